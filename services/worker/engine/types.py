@@ -1,0 +1,72 @@
+"""The engine's contract with the worker service: what goes in, what comes out.
+
+Plain dataclasses, no protobuf: the worker's servicer converts at its edge.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"  # EOS token or a stop string
+    LENGTH = "length"  # max_tokens, or the model's context is full
+    CANCELLED = "cancelled"  # abort_request
+    ERROR = "error"  # the engine could not run this request
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling. temperature == 0 means greedy."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k filter
+    repetition_penalty: float = 1.0  # 1.0: off
+    stop: tuple[str, ...] = ()
+    seed: int | None = None  # same seed, same text, whatever else is in the batch
+    ignore_eos: bool = False
+
+
+@dataclass
+class EngineRequest:
+    """A generation to run.
+
+    `resume_token_ids` are completion tokens a previous attempt already delivered (worker
+    recovery): the engine treats them as generated (they count toward max_tokens and the
+    seeded RNG continues from their index) and emits only what comes after.
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+    resume_token_ids: list[int] = field(default_factory=list)
+    deadline: float | None = None  # time.time() seconds; the engine finishes it with CANCELLED past it
+
+
+@dataclass
+class TokenOutput:
+    """New output of one request after one engine step."""
+
+    request_id: str
+    token_ids: list[int]  # tokens made in this step (may be empty on the finishing step)
+    text: str  # the new text these tokens complete (incremental detokenization)
+    index: int  # completion index of token_ids[0] (resume tokens included)
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # all completion tokens so far, resume tokens included
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """Load the scheduler places work by."""
+
+    total_kv_blocks: int
+    free_kv_blocks: int
+    block_size: int
+    running: int
+    waiting: int
