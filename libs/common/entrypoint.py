@@ -1,0 +1,30 @@
+"""The one entrypoint every service's `__main__` calls: settings, logging, tracing, serve."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
+from .logging import configure_logging
+from .server import GrpcApp, Service
+from .settings import ServiceSettings
+from .telemetry import configure_telemetry, shutdown_telemetry
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def run_service(name: str, settings_cls: type[S], make_service: Callable[[S], Service]) -> None:
+    """Validate settings, set up logging and telemetry, serve until SIGTERM, drain."""
+    settings = settings_cls()
+    configure_logging(name, settings.log_format, settings.log_level)
+    configure_telemetry(name, settings.otlp_endpoint)
+
+    async def serve() -> None:
+        await GrpcApp(make_service(settings), settings).run_until_signalled()
+
+    try:
+        asyncio.run(serve())
+    finally:
+        shutdown_telemetry()

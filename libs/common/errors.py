@@ -1,0 +1,96 @@
+"""Domain errors and the one table that maps them to gRPC status codes.
+
+Domain code raises these; the servicers' shared wrapper turns them into statuses. Anything
+else that escapes is a bug and becomes INTERNAL (logged with its traceback).
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class LLMServeError(Exception):
+    """Base of all errors a client may see."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class Unauthenticated(LLMServeError):
+    """No credentials, or credentials that do not check out."""
+
+
+class PermissionDenied(LLMServeError):
+    """A valid identity without access to what it asked for."""
+
+
+class InvalidArgument(LLMServeError):
+    """The request breaks a documented limit; the message names it."""
+
+
+class ModelNotFound(LLMServeError):
+    """The model is not served here."""
+
+
+class RateLimited(LLMServeError):
+    """The tenant is over a limit; retry after `retry_after_s`."""
+
+
+class Unavailable(LLMServeError):
+    """Overloaded queue, draining, or a dependency (Redis) down; retry later."""
+
+
+class DeadlineExceeded(LLMServeError):
+    """The request's deadline passed."""
+
+
+class Cancelled(LLMServeError):
+    """The request was cancelled."""
+
+
+class GenerationFailed(LLMServeError):
+    """The engine failed on this request (e.g. it kept killing workers)."""
+
+
+STATUS_OF: dict[type[LLMServeError], grpc.StatusCode] = {
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Cancelled: grpc.StatusCode.CANCELLED,
+    GenerationFailed: grpc.StatusCode.ABORTED,
+}
+
+# HTTP equivalents for the OpenAI-compatible API.
+HTTP_STATUS_OF: dict[type[LLMServeError], int] = {
+    Unauthenticated: 401,
+    PermissionDenied: 403,
+    InvalidArgument: 400,
+    ModelNotFound: 404,
+    RateLimited: 429,
+    Unavailable: 503,
+    DeadlineExceeded: 504,
+    Cancelled: 499,
+    GenerationFailed: 500,
+}
+
+RETRY_AFTER_KEY = "retry-after-ms"
+
+
+def status_code_for(error: LLMServeError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+async def abort_with(context: grpc.aio.ServicerContext, error: LLMServeError) -> None:
+    """Abort an RPC with the status of `error` (and the retry delay as trailing metadata)."""
+    if error.retry_after_s is not None:
+        context.set_trailing_metadata(((RETRY_AFTER_KEY, str(int(error.retry_after_s * 1000))),))
+    await context.abort(status_code_for(error), error.message)

@@ -1,0 +1,46 @@
+"""Settings shared by every service. Each service subclasses `ServiceSettings`.
+
+Values come from the environment (`LLMSERVE_<SERVICE>_<FIELD>`, plus a few unprefixed
+shared ones such as REDIS_URL) and are validated once at start; code below the entrypoint
+receives the settings object, never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Fields every service has."""
+
+    model_config = SettingsConfigDict(extra="ignore", validate_default=True)
+
+    host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
+    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6380/0",
+        validation_alias=AliasChoices("REDIS_URL", "LLMSERVE_REDIS_URL"),
+        description="Redis holding the streams, the worker registry and the rate limits.",
+    )
+    log_format: Literal["console", "json"] = Field(
+        "console",
+        validation_alias=AliasChoices("LLMSERVE_LOG_FORMAT"),
+        description="console: readable in a terminal; json: one object a line.",
+    )
+    log_level: str = Field("info", validation_alias=AliasChoices("LLMSERVE_LOG_LEVEL"))
+    otlp_endpoint: str = Field(
+        "",
+        validation_alias=AliasChoices("LLMSERVE_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="OTLP/gRPC endpoint (the monitor, host:port); empty: no export.",
+    )
+    drain_seconds: float = Field(
+        10.0, ge=0, description="On SIGTERM, how long in-flight work may take before stopping."
+    )
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="gRPC message size limit.")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"

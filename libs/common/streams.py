@@ -1,0 +1,80 @@
+"""Redis Streams helpers: consumer groups, reading, acknowledging, reclaiming.
+
+Delivery is at-least-once: a consumer acknowledges an entry only after handing it over,
+and entries a dead consumer held are reclaimed with XAUTOCLAIM once idle long enough.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from .redis_keys import PAYLOAD_FIELD
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    stream: str
+    entry_id: str
+    payload: bytes
+
+
+async def ensure_group(r: aioredis.Redis, stream: str, group: str) -> None:
+    """Create the consumer group (and the stream) if missing."""
+    try:
+        await r.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as e:
+        if "BUSYGROUP" not in str(e):
+            raise
+
+
+def _entries(stream: str | bytes, items) -> list[StreamEntry]:
+    name = stream.decode() if isinstance(stream, bytes) else stream
+    out = []
+    for entry_id, fields in items:
+        if not fields:  # the entry was deleted while pending
+            continue
+        eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        out.append(StreamEntry(name, eid, fields[PAYLOAD_FIELD.encode()]))
+    return out
+
+
+async def read_group(
+    r: aioredis.Redis, group: str, consumer: str, streams: list[str], *, count: int, block_ms: int
+) -> list[StreamEntry]:
+    """New entries for this consumer from any of `streams` (blocks up to block_ms)."""
+    if not streams:
+        return []
+    reply = await r.xreadgroup(group, consumer, {s: ">" for s in streams}, count=count, block=block_ms)
+    out: list[StreamEntry] = []
+    for stream, items in reply or []:
+        out.extend(_entries(stream, items))
+    return out
+
+
+async def read_own_pending(r: aioredis.Redis, group: str, consumer: str, stream: str, count: int = 1000):
+    """Entries this consumer read but never acknowledged (e.g. before a restart)."""
+    reply = await r.xreadgroup(group, consumer, {stream: "0"}, count=count)
+    out: list[StreamEntry] = []
+    for s, items in reply or []:
+        out.extend(_entries(s, items))
+    return out
+
+
+async def reclaim_stale(
+    r: aioredis.Redis, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int = 100
+) -> list[StreamEntry]:
+    """Take over entries other consumers held for longer than min_idle_ms."""
+    reply = await r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count)
+    return _entries(stream, reply[1])
+
+
+async def ack(r: aioredis.Redis, stream: str, group: str, entry_id: str, *, delete: bool = True) -> None:
+    """Acknowledge an entry; delete it too, since nobody reads a handled request again."""
+    pipe = r.pipeline(transaction=False)
+    pipe.xack(stream, group, entry_id)
+    if delete:
+        pipe.xdel(stream, entry_id)
+    await pipe.execute()

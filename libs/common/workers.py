@@ -1,0 +1,58 @@
+"""The worker registry: heartbeats with a TTL, read by schedulers and gateways."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+import redis.asyncio as aioredis
+
+from . import redis_keys as keys
+
+
+@dataclass
+class WorkerLoad:
+    """What a worker reports in each heartbeat."""
+
+    worker_id: str
+    address: str  # gRPC address of its WorkerService
+    models: list[str] = field(default_factory=list)
+    total_kv_blocks: int = 0
+    free_kv_blocks: int = 0
+    block_size: int = 16
+    running: int = 0
+    waiting: int = 0  # in the engine and in its stream, not yet running
+    draining: bool = False
+    sent_unix_ms: int = 0
+
+
+async def publish_heartbeat(r: aioredis.Redis, load: WorkerLoad, ttl_ms: int) -> None:
+    load.sent_unix_ms = int(time.time() * 1000)
+    pipe = r.pipeline(transaction=True)
+    pipe.sadd(keys.WORKERS_SET, load.worker_id)
+    pipe.set(keys.heartbeat_key(load.worker_id), json.dumps(asdict(load)), px=ttl_ms)
+    await pipe.execute()
+
+
+async def withdraw(r: aioredis.Redis, worker_id: str) -> None:
+    """Deregister on clean shutdown so nobody waits for its heartbeat to expire."""
+    pipe = r.pipeline(transaction=True)
+    pipe.srem(keys.WORKERS_SET, worker_id)
+    pipe.delete(keys.heartbeat_key(worker_id))
+    await pipe.execute()
+
+
+async def registry_snapshot(r: aioredis.Redis) -> tuple[list[WorkerLoad], list[str]]:
+    """(live workers, ids of registered workers whose heartbeat expired)."""
+    ids = sorted(x.decode() if isinstance(x, bytes) else x for x in await r.smembers(keys.WORKERS_SET))
+    if not ids:
+        return [], []
+    beats = await r.mget([keys.heartbeat_key(i) for i in ids])
+    live, dead = [], []
+    for worker_id, beat in zip(ids, beats, strict=True):
+        if beat is None:
+            dead.append(worker_id)
+        else:
+            live.append(WorkerLoad(**json.loads(beat)))
+    return live, dead

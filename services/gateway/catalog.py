@@ -1,0 +1,58 @@
+"""The models this gateway serves: their tokenizers, chat templates and context limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+
+from llmserve.common.errors import ModelNotFound
+from llmserve.common.model_store import resolve_model
+
+
+@dataclass
+class ServedModel:
+    name: str
+    path: Path
+    tokenizer: PreTrainedTokenizerBase
+    context_length: int
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return self.tokenizer.encode(prompt, add_special_tokens=True)
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        # transformers 5 returns a BatchEncoding; 4.x a list.
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+class ModelCatalog:
+    """Name -> ServedModel, loaded once at start."""
+
+    def __init__(self, models: dict[str, ServedModel]):
+        self._models = models
+
+    @classmethod
+    def load(cls, names: list[str]) -> ModelCatalog:
+        models = {}
+        for name in names:
+            path = resolve_model(name)
+            config = AutoConfig.from_pretrained(path)
+            display = Path(name).name if Path(name).is_dir() else name
+            models[display] = ServedModel(
+                name=display,
+                path=path,
+                tokenizer=AutoTokenizer.from_pretrained(path),
+                context_length=int(getattr(config, "max_position_embeddings", 2048)),
+            )
+        return cls(models)
+
+    def get(self, name: str) -> ServedModel:
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(f"model {name!r} is not served here; ListModels shows the models")
+        return model
+
+    def names(self) -> list[str]:
+        return sorted(self._models)

@@ -1,0 +1,80 @@
+"""The gateway's side of the Redis request streams: enqueue with idempotency and a bound."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from llmserve.common import redis_keys as keys
+from llmserve.common.errors import InvalidArgument, Unavailable
+from llmserve.common.telemetry import inject_context
+from llmserve.common.v1 import work_pb2
+
+from .validation import Job
+
+# One atomic step: idempotency check, queue bound, enqueue, whereabouts record.
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return -2 end
+redis.call('XADD', KEYS[1], '*', 'data', ARGV[2])
+redis.call('HSET', KEYS[2], 'gateway', ARGV[3], 'state', 'queued', 'attempt', 1)
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+_RECORD_TTL_MS = 24 * 3600 * 1000
+
+
+class RequestQueue:
+    def __init__(self, redis: aioredis.Redis, max_queue_len: int):
+        self._redis = redis
+        self.reply_to = ""  # this gateway's token sink address, known once the port is bound
+        self._max_queue_len = max_queue_len
+        self._enqueue = redis.register_script(_ENQUEUE)
+
+    async def enqueue(self, job: Job, deadline_unix_ms: int) -> None:
+        item = to_work_item(job, self.reply_to, deadline_unix_ms)
+        try:
+            result = await self._enqueue(
+                keys=[keys.request_stream(job.model), keys.request_key(job.request_id)],
+                args=[self._max_queue_len, item.SerializeToString(), self.reply_to, _RECORD_TTL_MS],
+            )
+        except RedisError as e:
+            raise Unavailable(f"request queue unreachable: {type(e).__name__}", retry_after_s=1.0) from e
+        if result == -1:
+            raise InvalidArgument(f"request_id {job.request_id!r} was already used; a retry never starts a second generation")
+        if result == -2:
+            raise Unavailable(f"the queue for {job.model} is full ({self._max_queue_len})", retry_after_s=1.0)
+
+    async def cancel(self, request_id: str) -> None:
+        """Mark a request cancelled for the scheduler and worker; best effort."""
+        with contextlib.suppress(RedisError):
+            await self._redis.set(keys.cancel_key(request_id), 1, px=_RECORD_TTL_MS)
+
+
+def to_work_item(job: Job, reply_to: str, deadline_unix_ms: int) -> work_pb2.WorkItem:
+    s = job.sampling
+    return work_pb2.WorkItem(
+        request_id=job.request_id,
+        tenant=job.tenant,
+        model=job.model,
+        prompt_token_ids=job.prompt_token_ids,
+        sampling=work_pb2.SamplingParams(
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            repetition_penalty=s.repetition_penalty,
+            stop=list(s.stop),
+            has_seed=s.seed is not None,
+            seed=s.seed or 0,
+        ),
+        deadline_unix_ms=deadline_unix_ms,
+        priority=job.priority,
+        reply_to=reply_to,
+        attempt=1,
+        trace_context=inject_context(),
+        enqueued_unix_ms=int(time.time() * 1000),
+    )

@@ -1,0 +1,149 @@
+"""gRPC adapters: protobuf <-> the gateway's domain. No logic beyond conversion."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from llmserve.common.errors import LLMServeError, Unavailable, abort_with
+from llmserve.common.logging import get_logger
+from llmserve.gateway.internal.v1 import token_sink_pb2, token_sink_pb2_grpc
+from llmserve.gateway.v1 import generation_pb2 as pb
+from llmserve.gateway.v1 import generation_pb2_grpc
+
+from .generation import GenerationService
+from .inflight import Chunk, FinishEvent, InflightRegistry, TokenEvent
+from .validation import GenerateParams
+
+log = get_logger(__name__)
+
+_FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
+_OUTCOME = {
+    token_sink_pb2.OUTCOME_UNSPECIFIED: "",
+    token_sink_pb2.OUTCOME_STOP: "stop",
+    token_sink_pb2.OUTCOME_LENGTH: "length",
+    token_sink_pb2.OUTCOME_CANCELLED: "cancelled",
+    token_sink_pb2.OUTCOME_ERROR: "error",
+    token_sink_pb2.OUTCOME_DEADLINE_EXCEEDED: "deadline",
+}
+
+
+def params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
+    which = request.WhichOneof("input")
+    return GenerateParams(
+        model=request.model,
+        prompt=request.prompt if which == "prompt" else None,
+        messages=[{"role": m.role, "content": m.content} for m in request.messages.messages]
+        if which == "messages" else None,
+        max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
+        temperature=request.temperature if request.HasField("temperature") else None,
+        top_p=request.top_p if request.HasField("top_p") else None,
+        top_k=request.top_k,
+        repetition_penalty=request.repetition_penalty if request.HasField("repetition_penalty") else None,
+        stop=list(request.stop),
+        seed=request.seed if request.HasField("seed") else None,
+        request_id=request.request_id,
+        priority=int(request.priority),
+    )
+
+
+def _usage(event: FinishEvent) -> pb.Usage:
+    return pb.Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
+                    total_tokens=event.prompt_tokens + event.completion_tokens)
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value
+    return None
+
+
+class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
+    def __init__(self, service: GenerationService):
+        self.service = service
+
+    async def GenerateStream(self, request, context):
+        try:
+            job = self._admit(request, context)
+            async for event in self.service.stream(job, context.time_remaining()):
+                if isinstance(event, TokenEvent):
+                    yield pb.GenerateStreamResponse(request_id=job.request_id, index=event.index,
+                                                    token_ids=event.token_ids, text=event.text)
+                else:
+                    yield pb.GenerateStreamResponse(request_id=job.request_id, index=event.completion_tokens,
+                                                    finish_reason=_FINISH[event.reason], usage=_usage(event))
+        except LLMServeError as e:
+            await abort_with(context, e)
+
+    async def Generate(self, request, context):
+        try:
+            job = self._admit(request, context)
+            parts: list[str] = []
+            async for event in self.service.stream(job, context.time_remaining()):
+                if isinstance(event, TokenEvent):
+                    parts.append(event.text)
+                else:
+                    return pb.GenerateResponse(request_id=job.request_id, model=job.model, text="".join(parts),
+                                               finish_reason=_FINISH[event.reason], usage=_usage(event))
+        except LLMServeError as e:
+            await abort_with(context, e)
+
+    async def ListModels(self, request, context):
+        models = await self.service.list_models()
+        return pb.ListModelsResponse(models=[
+            pb.ModelInfo(name=m.name, context_length=m.context_length, ready_workers=m.ready_workers)
+            for m in models
+        ])
+
+    def _admit(self, request, context):
+        if self.service.draining:
+            raise Unavailable("the gateway is draining; retry on another replica", retry_after_s=1.0)
+        return self.service.admit(_authorization(context), params_from_pb(request))
+
+
+class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
+    """Receives workers' token chunks; answers with cancellations for them."""
+
+    def __init__(self, inflight: InflightRegistry):
+        self.inflight = inflight
+
+    async def StreamTokens(self, request_iterator, context):
+        outbox: asyncio.Queue[str] = asyncio.Queue()
+        listeners: dict[str, asyncio.Queue[str]] = {}
+        forwarders: list[asyncio.Task] = []
+
+        async def consume() -> None:
+            async for message in request_iterator:
+                for c in message.chunks:
+                    if c.worker_id and c.worker_id not in listeners:
+                        listeners[c.worker_id] = self.inflight.listen_cancellations(c.worker_id)
+                        forwarders.append(asyncio.create_task(_forward(listeners[c.worker_id], outbox)))
+                    if not self.inflight.deliver(_chunk_from_pb(c)) and not _OUTCOME[c.outcome]:
+                        outbox.put_nowait(c.request_id)  # nobody waits for it here: stop it
+            outbox.put_nowait("")  # the worker closed its side
+
+        reader = asyncio.create_task(consume())
+        try:
+            while True:
+                request_id = await outbox.get()
+                if not request_id:
+                    break
+                yield token_sink_pb2.StreamTokensResponse(cancel_request_ids=[request_id])
+        finally:
+            for task in (reader, *forwarders):
+                task.cancel()
+            for worker_id, queue in listeners.items():
+                self.inflight.stop_listening(worker_id, queue)
+
+
+async def _forward(source: asyncio.Queue[str], outbox: asyncio.Queue[str]) -> None:
+    while True:
+        outbox.put_nowait(await source.get())
+
+
+def _chunk_from_pb(c: token_sink_pb2.TokenChunk) -> Chunk:
+    return Chunk(request_id=c.request_id, attempt=c.attempt, index=c.index, token_ids=list(c.token_ids),
+                 text=c.text, outcome=_OUTCOME[c.outcome], prompt_tokens=c.prompt_tokens,
+                 completion_tokens=c.completion_tokens, error=c.error, worker_id=c.worker_id)

@@ -1,0 +1,167 @@
+"""Validate a generation request before anything touches Redis.
+
+Every rejection is InvalidArgument naming the limit that was broken, so a client can fix
+its request without reading our source.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from dataclasses import dataclass, field
+
+from llmserve.common.errors import InvalidArgument
+
+from .catalog import ServedModel
+from .settings import GatewaySettings
+
+PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH = 1, 2, 3
+ROLES = ("system", "user", "assistant")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+@dataclass
+class GenerateParams:
+    """A request as the client sent it, protobuf-free. None means "not set"."""
+
+    model: str
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int = 0
+    repetition_penalty: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    request_id: str = ""
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+    stop: tuple[str, ...]
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated request, ready to enqueue."""
+
+    request_id: str
+    tenant: str
+    model: str
+    prompt_token_ids: list[int]
+    sampling: Sampling
+    priority: int
+
+
+def validate(params: GenerateParams, model: ServedModel, tenant: str, settings: GatewaySettings) -> Job:
+    request_id = params.request_id or uuid.uuid4().hex
+    if not _REQUEST_ID.match(request_id):
+        raise InvalidArgument("request_id must be 1-128 characters of [A-Za-z0-9._:-]")
+    prompt_ids = _prompt_ids(params, model, settings)
+    sampling = _sampling(params, len(prompt_ids), model, settings)
+    if params.priority not in (0, PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH):
+        raise InvalidArgument(f"priority {params.priority} is not a Priority value")
+    return Job(
+        request_id=request_id,
+        tenant=tenant,
+        model=model.name,
+        prompt_token_ids=prompt_ids,
+        sampling=sampling,
+        priority=params.priority or PRIORITY_NORMAL,
+    )
+
+
+def _prompt_ids(params: GenerateParams, model: ServedModel, settings: GatewaySettings) -> list[int]:
+    if params.prompt is None and params.messages is None:
+        raise InvalidArgument("one of prompt or messages is required")
+    if params.prompt is not None:
+        if not params.prompt.strip():
+            raise InvalidArgument("prompt must not be empty")
+        _check_bytes(len(params.prompt.encode()), settings)
+        ids = model.encode_prompt(params.prompt)
+    else:
+        ids = model.encode_chat(_checked_messages(params.messages or [], settings))
+    if len(ids) >= model.context_length:
+        raise InvalidArgument(
+            f"prompt is {len(ids)} tokens; the model's context length is {model.context_length} tokens"
+        )
+    return ids
+
+
+def _checked_messages(messages: list[dict[str, str]], settings: GatewaySettings) -> list[dict[str, str]]:
+    if not messages:
+        raise InvalidArgument("messages must hold at least one message")
+    if len(messages) > settings.max_messages:
+        raise InvalidArgument(f"at most {settings.max_messages} messages are allowed (max_messages)")
+    for i, m in enumerate(messages):
+        if m.get("role") not in ROLES:
+            raise InvalidArgument(f"messages[{i}].role must be one of {', '.join(ROLES)}")
+    if not any(m.get("content", "").strip() for m in messages):
+        raise InvalidArgument("messages must not all be empty")
+    _check_bytes(sum(len(m.get("content", "").encode()) for m in messages), settings)
+    return messages
+
+
+def _check_bytes(size: int, settings: GatewaySettings) -> None:
+    if size > settings.max_prompt_bytes:
+        raise InvalidArgument(f"prompt is {size} bytes; max_prompt_bytes is {settings.max_prompt_bytes}")
+
+
+def _sampling(params: GenerateParams, prompt_len: int, model: ServedModel, settings: GatewaySettings) -> Sampling:
+    room = model.context_length - prompt_len
+    if params.max_tokens is None:
+        max_tokens = min(settings.default_max_tokens, room)
+    else:
+        max_tokens = params.max_tokens
+        if max_tokens < 1:
+            raise InvalidArgument(f"max_tokens must be >= 1 (got {max_tokens})")
+        if max_tokens > room:
+            raise InvalidArgument(
+                f"max_tokens ({max_tokens}) + prompt ({prompt_len} tokens) exceeds the model's "
+                f"context length ({model.context_length} tokens)"
+            )
+    temperature = _in_range("temperature", params.temperature, 1.0, 0.0, 2.0)
+    top_p = _in_range("top_p", params.top_p, 1.0, 0.0, 1.0, low_open=True)
+    repetition_penalty = _in_range("repetition_penalty", params.repetition_penalty, 1.0, 0.0, 10.0, low_open=True)
+    vocab = len(model.tokenizer)
+    if not 0 <= params.top_k <= vocab:
+        raise InvalidArgument(f"top_k must be in [0, {vocab}] (the vocabulary size); got {params.top_k}")
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=params.top_k,
+        repetition_penalty=repetition_penalty,
+        stop=_checked_stop(params.stop, settings),
+        seed=params.seed,
+    )
+
+
+def _in_range(name: str, value: float | None, default: float, low: float, high: float, *, low_open=False) -> float:
+    if value is None:
+        return default
+    low_ok = value > low if low_open else value >= low
+    if not math.isfinite(value) or not low_ok or value > high:
+        bracket = "(" if low_open else "["
+        raise InvalidArgument(f"{name} must be a number in {bracket}{low:g}, {high:g}]; got {value}")
+    return float(value)
+
+
+def _checked_stop(stop: list[str], settings: GatewaySettings) -> tuple[str, ...]:
+    if len(stop) > settings.max_stop_strings:
+        raise InvalidArgument(f"at most {settings.max_stop_strings} stop strings are allowed (max_stop_strings)")
+    for s in stop:
+        if not s:
+            raise InvalidArgument("stop strings must not be empty")
+        if len(s.encode()) > settings.max_stop_bytes:
+            raise InvalidArgument(f"stop strings must be at most {settings.max_stop_bytes} bytes (max_stop_bytes)")
+    return tuple(stop)

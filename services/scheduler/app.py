@@ -1,0 +1,55 @@
+"""Wires the scheduler: settings -> loop -> gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import redis.asyncio as aioredis
+
+from llmserve.common import redis_keys as keys
+from llmserve.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+from .core import SchedulerCore
+from .settings import SchedulerSettings
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
+    def __init__(self, core: SchedulerCore):
+        self.core = core
+
+    async def GetQueueStats(self, request, context):
+        queues = []
+        for stream in sorted(self.core._streams):
+            model = stream.removeprefix(keys.request_stream(""))
+            depth = await self.core.redis.xlen(stream)
+            workers = sum(1 for w in self.core.placement.workers.values() if model in w.models)
+            queues.append(scheduler_pb2.ModelQueue(model=model, waiting=depth, workers=workers))
+        return scheduler_pb2.GetQueueStatsResponse(queues=queues, dispatched=self.core.dispatched)
+
+
+class SchedulerService:
+    service_names = (scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,)
+
+    def __init__(self, settings: SchedulerSettings):
+        self.settings = settings
+        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        self.core = SchedulerCore(settings, self.redis)
+        self._task: asyncio.Task | None = None
+
+    def register(self, server) -> None:
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(self.core), server)
+
+    async def start(self, bound_port: int) -> None:
+        self._task = asyncio.create_task(self.core.run())
+
+    async def drain(self) -> None:
+        # Held requests stay pending in the consumer group: a peer (or our restart) takes them.
+        self.core.stop()
+        if self._task:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def close(self) -> None:
+        await self.core.close()
+        await self.redis.aclose()

@@ -1,0 +1,136 @@
+"""The scheduling loop: read request streams, hold work in fair order, place it on workers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from llmserve.common import redis_keys as keys
+from llmserve.common.logging import get_logger
+from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending, reclaim_stale
+from llmserve.common.v1 import work_pb2
+from llmserve.common.workers import registry_snapshot
+from llmserve.gateway.sink_client import OutChunk, SinkClient
+
+from .dispatch import CANCELLED, DISPATCHED, Dispatcher
+from .placement import Placement
+from .settings import SchedulerSettings
+from .waiting import Pending, WaitingQueue
+
+log = get_logger(__name__)
+
+
+def pending_from_entry(entry: StreamEntry) -> Pending:
+    item = work_pb2.WorkItem.FromString(entry.payload)
+    return Pending(
+        stream=entry.stream, entry_id=entry.entry_id, request_id=item.request_id, tenant=item.tenant,
+        model=item.model, priority=item.priority, deadline_unix_ms=item.deadline_unix_ms,
+        reply_to=item.reply_to, attempt=item.attempt,
+        need_tokens=len(item.prompt_token_ids) + item.sampling.max_tokens, payload=entry.payload,
+    )
+
+
+class SchedulerCore:
+    def __init__(self, settings: SchedulerSettings, redis: aioredis.Redis):
+        self.settings = settings
+        self.redis = redis
+        self.waiting = WaitingQueue(settings.tenant_weights)
+        self.placement = Placement(settings.max_worker_backlog)
+        self.dispatcher = Dispatcher(redis)
+        self.sink = SinkClient(f"scheduler/{settings.scheduler_id}")
+        self.dispatched = 0
+        self._streams: set[str] = set()
+        self._last_refresh = 0.0
+        self._last_reclaim = 0.0
+        self._stopping = False
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                await self.run_once()
+            except RedisError as e:
+                log.warning("redis unavailable; retrying", error=type(e).__name__)
+                await asyncio.sleep(0.5)
+
+    async def run_once(self) -> None:
+        now = time.monotonic()
+        if now - self._last_refresh >= self.settings.registry_refresh_ms / 1000:
+            await self._refresh()
+        if now - self._last_reclaim >= self.settings.reclaim_idle_ms / 3000:
+            await self._reclaim()
+            self._last_reclaim = now
+        block = self.settings.idle_block_ms
+        entries = await read_group(self.redis, keys.SCHEDULER_GROUP, self.settings.scheduler_id,
+                                   sorted(self._streams), count=self.settings.read_batch, block_ms=block)
+        for entry in entries:
+            self.waiting.push(pending_from_entry(entry))
+        if len(self.waiting):
+            await self._dispatch_ready()
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def _refresh(self) -> None:
+        live, _dead = await registry_snapshot(self.redis)
+        self.placement.update(live)
+        models = set(self.settings.models) | self.placement.models()
+        for model in models:
+            stream = keys.request_stream(model)
+            if stream not in self._streams:
+                await ensure_group(self.redis, stream, keys.SCHEDULER_GROUP)
+                # Entries this consumer read before a restart are still ours to dispatch.
+                for entry in await read_own_pending(self.redis, keys.SCHEDULER_GROUP,
+                                                    self.settings.scheduler_id, stream):
+                    self.waiting.push(pending_from_entry(entry))
+                self._streams.add(stream)
+        self._last_refresh = time.monotonic()
+
+    async def _reclaim(self) -> None:
+        """Take over requests a dead scheduler read but never dispatched; keep ours fresh."""
+        held = self.waiting.all()
+        for stream in self._streams:
+            mine = [p.entry_id for p in held if p.stream == stream]
+            if mine:  # reset idle time so no live peer steals what we hold
+                await self.redis.xclaim(stream, keys.SCHEDULER_GROUP, self.settings.scheduler_id,
+                                        min_idle_time=0, message_ids=mine, justid=True)
+            for entry in await reclaim_stale(self.redis, stream, keys.SCHEDULER_GROUP,
+                                             self.settings.scheduler_id,
+                                             min_idle_ms=self.settings.reclaim_idle_ms):
+                if entry.entry_id not in mine:
+                    self.waiting.push(pending_from_entry(entry))
+
+    async def _dispatch_ready(self) -> None:
+        now_ms = int(time.time() * 1000)
+        for p in self.waiting.remove_where(lambda p: 0 < p.deadline_unix_ms <= now_ms):
+            if await self.dispatcher.drop(p, "expired"):
+                self._notify(p, "deadline")
+        blocked_models: set[str] = set()
+        progress = True
+        while progress:
+            progress = False
+            for p in self.waiting.peek_order():
+                if p.model in blocked_models:
+                    continue
+                worker = self.placement.choose(p.model)
+                if worker is None:
+                    blocked_models.add(p.model)
+                    continue
+                self.waiting.pop(p)
+                result = await self.dispatcher.dispatch(p, worker.worker_id)
+                if result == DISPATCHED:
+                    self.placement.reserve(worker, p.need_tokens)
+                    self.dispatched += 1
+                elif result == CANCELLED:
+                    self._notify(p, "cancelled")
+                progress = True
+                break  # the order changed: start again from the best candidate
+
+    def _notify(self, p: Pending, outcome: str) -> None:
+        log.info("request dropped before dispatch", request_id=p.request_id, outcome=outcome)
+        self.sink.send(p.reply_to, [OutChunk(p.request_id, p.attempt, 0, [], "", outcome=outcome)])
+
+    async def close(self) -> None:
+        await self.sink.close()

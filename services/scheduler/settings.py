@@ -1,0 +1,45 @@
+"""Scheduler settings (environment prefix LLMSERVE_SCHEDULER_)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from llmserve.common.model_store import DEFAULT_MODEL
+from llmserve.common.settings import ServiceSettings
+
+
+class SchedulerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMSERVE_SCHEDULER_", extra="ignore")
+
+    port: int = Field(50052, ge=0, le=65535)
+    scheduler_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="Consumer name in the `schedulers` group; unique per replica.",
+    )
+    models: list[str] = Field(
+        default_factory=lambda: [DEFAULT_MODEL],
+        description="Models whose request streams to read, besides those live workers announce.",
+    )
+    read_batch: int = Field(256, ge=1, description="Most entries read from the request streams at once.")
+    idle_block_ms: int = Field(50, ge=1, description="How long one read waits for new requests.")
+    registry_refresh_ms: int = Field(100, ge=10, description="How often the worker registry is re-read.")
+    max_worker_backlog: int = Field(
+        64, ge=1, description="Requests a worker may have waiting before more are held here."
+    )
+    reclaim_idle_ms: int = Field(
+        30_000, ge=1000, description="Entries held this long by another (dead) scheduler are taken over."
+    )
+    tenant_weights: dict[str, float] = Field(
+        default_factory=dict, description="Fair-share weight per tenant (default 1)."
+    )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_commas(cls, value):
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
