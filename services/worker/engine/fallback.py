@@ -1,0 +1,63 @@
+"""Fallback runner: any transformers causal LM, one sequence at a time, correctness first.
+
+Each sequence keeps its own `DynamicCache`; a step feeds each scheduled sequence its new
+tokens (a prefill chunk or one decode token) in a separate forward. The block manager still
+accounts KV in blocks, so scheduling, preemption (which drops the cache and recomputes) and
+stats behave exactly as on the fast path.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from .scheduler import SchedulerOutput
+from .sequence import Sequence
+
+
+class HFModelRunner:
+    """Runs `hf_model` per sequence with a per-sequence KV cache."""
+
+    def __init__(self, hf_model, num_kv_blocks: int, block_size: int, max_model_len: int):
+        self.model = hf_model
+        self.device = next(hf_model.parameters()).device
+        self.num_kv_blocks = num_kv_blocks
+        self.block_size = block_size
+        self.max_model_len = max_model_len
+        self.eos_token_id = None
+        self.timer = None
+        self._caches: dict[int, DynamicCache] = {}
+
+    def release(self, seq: Sequence) -> None:
+        self._caches.pop(seq.seq_id, None)
+
+    def _cache_for(self, seq: Sequence) -> DynamicCache:
+        cache = self._caches.get(seq.seq_id)
+        if cache is None or seq.num_computed_tokens == 0:
+            # New sequence, or preempted: its KV is recomputed from scratch.
+            cache = DynamicCache(config=self.model.config)
+            self._caches[seq.seq_id] = cache
+        return cache
+
+    def execute(self, out: SchedulerOutput) -> torch.Tensor:
+        rows = []
+        if self.timer is not None:
+            self.timer.mark("prepare_inputs")
+        for item in out.scheduled:
+            seq = item.seq
+            start = seq.num_computed_tokens
+            ids = seq.token_ids[start : start + item.num_new_tokens]
+            cache = self._cache_for(seq)
+            input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+            positions = torch.arange(start, start + len(ids), device=self.device)
+            result = self.model(
+                input_ids=input_ids,
+                past_key_values=cache,
+                use_cache=True,
+                cache_position=positions,
+                position_ids=positions.unsqueeze(0),
+                logits_to_keep=1,
+            )
+            if item.sample:
+                rows.append(result.logits[0, -1].float())
+        return torch.stack(rows) if rows else torch.empty(0)

@@ -1,0 +1,235 @@
+"""`LLMEngine`: the continuous-batching engine behind the `Engine` protocol.
+
+One step: take queued adds/aborts, cancel what is past its deadline, schedule, run the model
+on the flat batch, sample, then detokenize and check stop conditions per sequence.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from .config import EngineConfig
+from .detokenizer import IncrementalDetokenizer
+from .loader import load_engine_parts
+from .profiling import StepTimer, TraceRecorder
+from .sampler import Sampler, SampleRow, new_request_seed
+from .scheduler import Scheduler
+from .sequence import Sequence
+from .types import EngineRequest, EngineStats, FinishReason, TokenOutput
+
+
+class LLMEngine:
+    """Continuous batching over one model; implements `interface.Engine`.
+
+    `add_request`/`abort_request`/`stats` are safe from any thread (they touch only a
+    lock-protected inbox and a stats snapshot); `step` runs on one engine thread.
+    """
+
+    def __init__(self, config: EngineConfig, *, tokenizer, runner, block_manager, eos_token_ids):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.runner = runner
+        self.block_manager = block_manager
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.max_model_len = runner.max_model_len
+        self.scheduler = Scheduler(block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.sampler = Sampler()
+        self.timer = StepTimer(sync_cuda=config.torch_device().type == "cuda")
+        self.runner.timer = self.timer
+        self.tracer = TraceRecorder()
+        self._lock = threading.Lock()
+        self._inbox: list[EngineRequest] = []
+        self._aborts: list[str] = []
+        self._live: dict[str, Sequence] = {}  # request_id -> sequence, engine thread only
+        self._live_ids: set[str] = set()  # ids queued or live, under the lock
+        self._seeds: dict[int, int] = {}
+        self._stats = self._snapshot()
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> LLMEngine:
+        """Load the model and tokenizer, size the KV cache, pick the fast or fallback path."""
+        config.validate()
+        parts = load_engine_parts(config)
+        return cls(config, **parts)
+
+    @classmethod
+    def from_model(cls, config: EngineConfig, hf_model, tokenizer) -> LLMEngine:
+        """Build around an already loaded transformers model (tests, notebooks)."""
+        config.validate()
+        return cls(config, **load_engine_parts(config, hf_model=hf_model, tokenizer=tokenizer))
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, **kwargs) -> LLMEngine:
+        """Shorthand: `LLMEngine.from_pretrained(path, device="cpu", max_num_seqs=32, ...)`."""
+        return cls.from_config(EngineConfig(model=model_dir, **kwargs))
+
+    # Thread-safe API -----------------------------------------------------------------------
+    def add_request(self, request: EngineRequest) -> None:
+        """Queue a request; it joins the running batch at the next step boundary."""
+        with self._lock:
+            if request.request_id in self._live_ids:
+                raise ValueError(f"request id {request.request_id!r} is already in the engine")
+            self._live_ids.add(request.request_id)
+            self._inbox.append(request)
+
+    def abort_request(self, request_id: str) -> None:
+        """Cancel a request wherever it is; it finishes CANCELLED at the next step."""
+        with self._lock:
+            if request_id in self._live_ids:
+                self._aborts.append(request_id)
+
+    def has_unfinished(self) -> bool:
+        """True while any request is queued, waiting or running."""
+        with self._lock:
+            return bool(self._live_ids)
+
+    def stats(self) -> EngineStats:
+        """KV and queue accounting as of the last step boundary (plus requests queued since)."""
+        with self._lock:
+            s, queued = self._stats, len(self._inbox)
+        return EngineStats(s.total_kv_blocks, s.free_kv_blocks, s.block_size, s.running, s.waiting + queued)
+
+    # Profiling -----------------------------------------------------------------------------
+    @property
+    def last_step_timings(self) -> dict[str, float]:
+        """Seconds per phase of the last step that ran the model."""
+        return dict(self.timer.last)
+
+    def timing_totals(self) -> dict[str, float]:
+        return self.timer.summary()
+
+    def start_profile(self, n_steps: int, path: str | Path) -> None:
+        """Record a torch.profiler Chrome trace of the next `n_steps` steps to `path`."""
+        self.tracer.start(n_steps, path, cuda=self.config.torch_device().type == "cuda")
+
+    # The step ------------------------------------------------------------------------------
+    def step(self) -> list[TokenOutput]:
+        """Run one iteration; return the new output of every request that progressed or ended."""
+        with torch.inference_mode():
+            outputs: list[TokenOutput] = []
+            self.timer.start()
+            self._drain_inbox(outputs)
+            self._expire_deadlines(outputs)
+            sched = self.scheduler.schedule()
+            self.timer.mark("schedule")
+            if not sched.is_empty:
+                self._run(sched, outputs)
+                self.tracer.after_step()
+                self.timer.finish(sched.num_tokens)
+            self._end_step(outputs)
+            return outputs
+
+    def _run(self, sched, outputs: list[TokenOutput]) -> None:
+        logits = self.runner.execute(sched)
+        self.timer.mark("forward")
+        self.scheduler.update_after_step(sched)
+        sampling = [item.seq for item in sched.scheduled if item.sample]
+        rows = [self._sample_row(seq) for seq in sampling]
+        tokens = self.sampler(logits, rows) if rows else []
+        self.timer.mark("sample")
+        for seq, token in zip(sampling, tokens, strict=True):
+            self._append_token(seq, token, outputs)
+        self.timer.mark("detokenize")
+
+    def _sample_row(self, seq: Sequence) -> SampleRow:
+        seen = seq.token_ids if seq.sampling.repetition_penalty != 1.0 else []
+        return SampleRow(seq.sampling, self._seeds[seq.seq_id], seq.num_completion_tokens, seen)
+
+    # Request lifecycle -------------------------------------------------------------------
+    def _drain_inbox(self, outputs: list[TokenOutput]) -> None:
+        with self._lock:
+            inbox, self._inbox = self._inbox, []
+            aborts, self._aborts = self._aborts, []
+        for request in inbox:
+            self._admit(request, outputs)
+        for request_id in aborts:
+            seq = self._live.get(request_id)
+            if seq is not None:
+                self._finish(seq, FinishReason.CANCELLED, outputs)
+
+    def _admit(self, request: EngineRequest, outputs: list[TokenOutput]) -> None:
+        detok = IncrementalDetokenizer(
+            self.tokenizer, request.prompt_token_ids + request.resume_token_ids, request.sampling.stop
+        )
+        seq = Sequence(request, detok)
+        self._live[seq.request_id] = seq
+        seed = request.sampling.seed
+        self._seeds[seq.seq_id] = new_request_seed() if seed is None else seed
+        if not request.prompt_token_ids:
+            self._finish(seq, FinishReason.ERROR, outputs, error="empty prompt")
+        elif seq.num_tokens >= self.max_model_len:
+            msg = f"prompt of {seq.num_tokens} tokens does not fit the context ({self.max_model_len})"
+            self._finish(seq, FinishReason.ERROR, outputs, error=msg)
+        elif seq.num_completion_tokens >= request.sampling.max_tokens:
+            self._finish(seq, FinishReason.LENGTH, outputs)
+        else:
+            self.scheduler.add(seq)
+
+    def _expire_deadlines(self, outputs: list[TokenOutput]) -> None:
+        now = time.time()
+        expired = [s for s in self._live.values() if s.deadline is not None and s.deadline <= now]
+        for seq in expired:
+            self._finish(seq, FinishReason.CANCELLED, outputs)
+
+    def _append_token(self, seq: Sequence, token: int, outputs: list[TokenOutput]) -> None:
+        seq.append_token(token)
+        params = seq.sampling
+        is_eos = token in self.eos_token_ids and not params.ignore_eos
+        result = seq.detokenizer.add_tokens([] if is_eos else [token])
+        reason = None
+        if is_eos or result.stopped:
+            reason = FinishReason.STOP
+        elif seq.num_completion_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+            reason = FinishReason.LENGTH
+        text = result.text
+        if reason is not None and not result.stopped:
+            text += seq.detokenizer.flush()
+        outputs.append(self._output(seq, [token], text, reason))
+        seq.num_emitted_tokens += 1
+        if reason is not None:
+            self._release(seq, reason)
+
+    def _finish(self, seq: Sequence, reason: FinishReason, outputs, error: str | None = None) -> None:
+        outputs.append(self._output(seq, [], "", reason, error))
+        self._release(seq, reason, error)
+
+    def _release(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
+        seq.finish(reason, error)
+        self.scheduler.finish(seq)
+        self.runner.release(seq)
+        del self._live[seq.request_id]
+        del self._seeds[seq.seq_id]
+        with self._lock:
+            self._live_ids.discard(seq.request_id)
+
+    def _output(self, seq: Sequence, token_ids, text, reason, error=None) -> TokenOutput:
+        return TokenOutput(
+            request_id=seq.request_id,
+            token_ids=token_ids,
+            text=text,
+            index=seq.num_emitted_tokens,
+            finished=reason is not None,
+            finish_reason=reason,
+            prompt_tokens=seq.num_prompt_tokens,
+            completion_tokens=seq.num_completion_tokens,
+            error=error,
+        )
+
+    def _end_step(self, outputs: list[TokenOutput]) -> None:
+        snapshot = self._snapshot()
+        with self._lock:
+            self._stats = snapshot
+
+    def _snapshot(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            total_kv_blocks=bm.num_blocks,
+            free_kv_blocks=bm.num_free_blocks,
+            block_size=bm.block_size,
+            running=len(self.scheduler.running),
+            waiting=len(self.scheduler.waiting),
+        )

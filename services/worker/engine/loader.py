@@ -1,0 +1,112 @@
+"""Build the engine's parts from an `EngineConfig`: tokenizer, model runner, KV blocks."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from . import llama
+from .block_manager import BlockManager
+from .config import EngineConfig
+from .fallback import HFModelRunner
+from .model_runner import PagedModelRunner
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_CPU_KV_BYTES = 512 << 20
+
+
+def load_engine_parts(config: EngineConfig, hf_model=None, tokenizer=None) -> dict:
+    """Everything `LLMEngine.__init__` needs. `hf_model`/`tokenizer` may be passed in
+    (tests build tiny models from a config)."""
+    device, dtype = config.torch_device(), config.torch_dtype()
+    if device.type == "cpu" and config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(str(config.model))
+    if hf_model is None:
+        hf_model = AutoModelForCausalLM.from_pretrained(str(config.model), dtype=dtype)
+    hf_model.eval()
+    context_len = _context_length(hf_model.config)
+    if not config.force_fallback and llama.is_supported(hf_model.config):
+        runner = _build_paged_runner(config, hf_model, device, dtype, context_len)
+        del hf_model  # the fast path copied what it needs
+        prefix = config.enable_prefix_caching
+    else:
+        log.info("model type %s: using the transformers fallback path", hf_model.config.model_type)
+        runner = _build_fallback_runner(config, hf_model.to(device), context_len)
+        prefix = False  # per-sequence caches cannot share blocks
+    block_manager = BlockManager(runner.num_kv_blocks, config.block_size, prefix)
+    return {
+        "tokenizer": tokenizer,
+        "runner": runner,
+        "block_manager": block_manager,
+        "eos_token_ids": _eos_ids(runner.eos_token_id, tokenizer),
+    }
+
+
+def _context_length(hf_config) -> int:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(hf_config, name, None)
+        if value:
+            return int(value)
+    return 2048
+
+
+def _eos_ids(config_eos, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    if isinstance(config_eos, int):
+        ids.add(config_eos)
+    elif config_eos:
+        ids.update(int(i) for i in config_eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+def _num_blocks(config: EngineConfig, bytes_per_token: int, device: torch.device) -> int:
+    if config.num_kv_blocks is not None:
+        return config.num_kv_blocks
+    per_block = bytes_per_token * config.block_size
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        used = total - free
+        budget = int(total * config.gpu_memory_fraction) - used
+        # Leave room for activations and CUDA graph pools.
+        budget -= 1 << 30
+    else:
+        budget = config.kv_cache_bytes or _DEFAULT_CPU_KV_BYTES
+    if budget < per_block:
+        raise RuntimeError(f"KV budget of {budget} bytes is less than one block ({per_block} bytes)")
+    return budget // per_block
+
+
+def _build_paged_runner(config, hf_model, device, dtype, context_len) -> PagedModelRunner:
+    max_len = config.max_model_len or context_len
+    model = llama.LlamaFastModel(hf_model, device, dtype, max_positions=max_len)
+    num_blocks = _num_blocks(config, model.kv_bytes_per_token(), device)
+    max_len = min(max_len, num_blocks * config.block_size)
+    runner = PagedModelRunner(model, num_blocks, config.block_size, max_len)
+    if device.type == "cuda" and config.use_cuda_graphs:
+        from .cuda_graphs import DecodeGraphs
+
+        runner.graphs = DecodeGraphs(runner, config.cuda_graph_batch_sizes, config.cuda_graph_max_context)
+    gen = hf_model.generation_config
+    runner.eos_token_id = gen.eos_token_id if gen is not None else None
+    return runner
+
+
+def _build_fallback_runner(config, hf_model, context_len) -> HFModelRunner:
+    max_len = min(config.max_model_len or context_len, context_len)
+    param = next(hf_model.parameters())
+    hidden, layers = hf_model.config.hidden_size, hf_model.config.num_hidden_layers
+    # Accounting only: blocks bound how many tokens the per-sequence caches may hold.
+    bytes_per_token = 2 * layers * hidden * param.element_size()
+    num_blocks = _num_blocks(config, bytes_per_token, param.device)
+    max_len = min(max_len, num_blocks * config.block_size)
+    runner = HFModelRunner(hf_model, num_blocks, config.block_size, max_len)
+    gen = hf_model.generation_config
+    runner.eos_token_id = gen.eos_token_id if gen is not None else None
+    return runner

@@ -1,0 +1,124 @@
+"""Turns a scheduled step into model inputs and runs the model.
+
+`PagedModelRunner` drives the Llama-family fast path (`llama.LlamaFastModel`) over a
+preallocated paged KV cache; `fallback.HFModelRunner` runs any other transformers causal
+LM. Both return, for the sequences that sample this step, one row of logits each, in the
+order they appear in `SchedulerOutput.scheduled`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from .attention import AttentionMetadata, PrefillChunk
+from .scheduler import ScheduledSeq, SchedulerOutput
+from .sequence import Sequence
+
+
+class ModelRunner(Protocol):
+    """What the engine needs from a runner."""
+
+    block_size: int
+    num_kv_blocks: int
+    max_model_len: int
+
+    def execute(self, out: SchedulerOutput) -> torch.Tensor:
+        """Compute the scheduled tokens; logits [num sampling seqs, vocab] (float32)."""
+
+    def release(self, seq: Sequence) -> None:
+        """Forget any per-sequence state (its KV blocks are freed by the block manager)."""
+
+
+def _slots(block_table: list[int], start: int, end: int, block_size: int) -> list[int]:
+    return [block_table[p // block_size] * block_size + p % block_size for p in range(start, end)]
+
+
+class PagedModelRunner:
+    """Fast path: a flat token batch, one KV tensor pair per layer, paged by block tables.
+
+    The cache has one extra block at the end (`scratch_block`): padded decode rows of a CUDA
+    graph write their KV there, and padded block-table entries point there.
+    """
+
+    def __init__(self, model, num_kv_blocks: int, block_size: int, max_model_len: int, graphs=None):
+        self.model = model
+        self.device = model.device
+        self.block_size = block_size
+        self.num_kv_blocks = num_kv_blocks
+        self.max_model_len = max_model_len
+        self.scratch_block = num_kv_blocks
+        self.kv_caches = model.allocate_kv_cache((num_kv_blocks + 1) * block_size)
+        self.graphs = graphs  # cuda_graphs.DecodeGraphs or None
+        self.timer = None  # profiling.StepTimer, set by the engine
+
+    def release(self, seq: Sequence) -> None:
+        pass
+
+    def _tensor(self, values, dtype=torch.long) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
+
+    def execute(self, out: SchedulerOutput) -> torch.Tensor:
+        decodes = [s for s in out.scheduled if s.num_new_tokens == 1]
+        prefills = [s for s in out.scheduled if s.num_new_tokens != 1]
+        if not prefills and self.graphs is not None and self.graphs.can_run(decodes):
+            return self.graphs.run(decodes)
+        return self._execute_eager(decodes, prefills, out)
+
+    def _execute_eager(self, decodes: list[ScheduledSeq], prefills: list[ScheduledSeq], out):
+        ids, positions, slots = [], [], []
+        for item in decodes:
+            seq = item.seq
+            pos = seq.num_computed_tokens
+            ids.append(seq.token_ids[pos])
+            positions.append(pos)
+            slots.append(seq.block_table[pos // self.block_size] * self.block_size + pos % self.block_size)
+        meta = AttentionMetadata(slot_mapping=None, num_decode_tokens=len(decodes))
+        if decodes:
+            meta.decode_block_tables, meta.decode_mask = self.decode_tables(
+                [d.seq.block_table for d in decodes], [p + 1 for p in positions]
+            )
+        last_index = {}
+        for i, item in enumerate(decodes):
+            last_index[id(item)] = i
+        for item in prefills:
+            meta.prefills.append(self._prefill_chunk(item, len(ids)))
+            seq, start, end = (
+                item.seq,
+                item.seq.num_computed_tokens,
+                item.seq.num_computed_tokens + item.num_new_tokens,
+            )
+            ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            slots.extend(_slots(seq.block_table, start, end, self.block_size))
+            last_index[id(item)] = len(ids) - 1
+        meta.slot_mapping = self._tensor(slots)
+        logits_indices = [last_index[id(item)] for item in out.scheduled if item.sample]
+        ids_t, pos_t, idx_t = self._tensor(ids), self._tensor(positions), self._tensor(logits_indices)
+        if self.timer is not None:
+            self.timer.mark("prepare_inputs")
+        return self.model.forward(ids_t, pos_t, meta, self.kv_caches, idx_t, self.block_size)
+
+    def decode_tables(self, block_tables: list[list[int]], context_lens: list[int], width: int | None = None):
+        """Padded block tables [D, width] and the key mask [D, 1, 1, width * block_size]."""
+        width = width or max(len(t) for t in block_tables)
+        pad = self.scratch_block
+        rows = [t + [pad] * (width - len(t)) for t in block_tables]
+        tables = self._tensor(rows)
+        lens = self._tensor(context_lens)
+        key_pos = torch.arange(width * self.block_size, device=self.device)
+        mask = (key_pos.unsqueeze(0) < lens.unsqueeze(1)).view(len(rows), 1, 1, -1)
+        return tables, mask
+
+    def _prefill_chunk(self, item: ScheduledSeq, flat_start: int) -> PrefillChunk:
+        seq, n = item.seq, item.num_new_tokens
+        cached = seq.num_computed_tokens
+        chunk = PrefillChunk(flat_start, flat_start + n, cached, None, None)
+        if cached:
+            total = cached + n
+            chunk.context_slots = self._tensor(_slots(seq.block_table, 0, total, self.block_size))
+            q_pos = torch.arange(cached, total, device=self.device).unsqueeze(1)
+            k_pos = torch.arange(total, device=self.device).unsqueeze(0)
+            chunk.mask = (k_pos <= q_pos).view(1, 1, n, total)
+        return chunk

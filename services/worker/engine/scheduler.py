@@ -1,0 +1,133 @@
+"""Iteration-level scheduler: which sequences run in the next step, and how many tokens each.
+
+vLLM v1 shape: there is no separate prefill and decode phase. Each sequence simply has
+tokens without KV (`num_uncomputed_tokens`: the whole prompt at first, then one per step);
+every step hands out a token budget, running sequences first (decodes and unfinished prefill
+chunks, oldest first), then waiting ones (FCFS). A long prompt gets a chunk of whatever
+budget is left. When the KV blocks run out, the newest running sequence is preempted: its
+blocks are freed and it waits to recompute, so no request fails for lack of KV.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .block_manager import BlockManager
+from .sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledSeq:
+    """One sequence's share of a step: compute KV for `num_new_tokens` tokens from
+    `seq.num_computed_tokens` on; sample a token afterwards when `sample` is set."""
+
+    seq: Sequence
+    num_new_tokens: int
+    sample: bool
+
+
+@dataclass
+class SchedulerOutput:
+    """The plan for one step."""
+
+    scheduled: list[ScheduledSeq] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    """Owns the waiting queue and running list; allocates KV through the block manager."""
+
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self._schedule_running(out, self.max_num_batched_tokens)
+        if not out.preempted:
+            # A preemption means KV is short: do not admit new work in the same step.
+            self._schedule_waiting(out, budget)
+        return out
+
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            while not self.block_manager.allocate(seq, num_new):
+                victim = self.running.pop()  # newest running sequence
+                self._preempt(victim, out)
+                if victim is seq:
+                    break
+            else:
+                out.scheduled.append(ScheduledSeq(seq, num_new, num_new == seq.num_uncomputed_tokens))
+                budget -= num_new
+                i += 1
+                continue
+            break  # `seq` itself was preempted; everything after it already was
+        return budget
+
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            self.block_manager.match_prefix(seq)
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            if not self.block_manager.allocate(seq, num_new):
+                if not self.running:
+                    # Nothing left to free: take the biggest chunk that fits so it progresses.
+                    num_new = self._fit_chunk(seq, num_new)
+                if num_new <= 0 or not self.block_manager.allocate(seq, num_new):
+                    self.block_manager.free(seq)  # give back prefix-cache hits
+                    seq.num_computed_tokens = 0
+                    break
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            out.scheduled.append(ScheduledSeq(seq, num_new, num_new == seq.num_uncomputed_tokens))
+            budget -= num_new
+
+    def _fit_chunk(self, seq: Sequence, num_new: int) -> int:
+        bm = self.block_manager
+        free_tokens = (len(seq.block_table) + bm.num_free_blocks) * bm.block_size
+        return min(num_new, free_tokens - seq.num_computed_tokens)
+
+    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+        self.block_manager.free(seq)
+        seq.reset_for_recompute()
+        self.waiting.appendleft(seq)
+        out.preempted.append(seq)
+        self.num_preemptions += 1
+
+    def update_after_step(self, out: SchedulerOutput) -> None:
+        """Record the KV the step computed (before sampling appends new tokens)."""
+        for item in out.scheduled:
+            item.seq.num_computed_tokens += item.num_new_tokens
+            self.block_manager.cache_full_blocks(item.seq)
+
+    def finish(self, seq: Sequence) -> None:
+        """Remove a finished/cancelled sequence and free its blocks at once."""
+        self.block_manager.free(seq)
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
