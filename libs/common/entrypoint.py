@@ -11,7 +11,6 @@ from .server import GrpcApp, Service
 from .settings import ServiceSettings
 from .telemetry import configure_telemetry, shutdown_telemetry
 
-
 S = TypeVar("S", bound=ServiceSettings)
 
 

@@ -68,12 +68,11 @@ class GenerationService:
                     event = await asyncio.wait_for(stream.events.get(), remaining)
                 except TimeoutError:
                     continue
+                finished = isinstance(event, FinishEvent | LLMServeError)
                 if isinstance(event, LLMServeError):
-                    finished = True
                     raise event
                 yield event
-                if isinstance(event, FinishEvent):
-                    finished = True
+                if finished:
                     return
         finally:
             self.inflight.close(job.request_id)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from typing import Annotated
+
 from pydantic import Field, field_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from llmserve.common.model_store import DEFAULT_MODEL
 from llmserve.common.settings import ServiceSettings
@@ -16,12 +19,12 @@ class GatewaySettings(ServiceSettings):
     advertise_host: str = Field(
         "", description="Host workers use to reach this gateway's token sink; empty: the bind host."
     )
-    api_keys: list[str] = Field(
+    api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Accepted API keys as `tenant=key` (or a bare key: tenant `default`). "
         "JSON list or comma-separated.",
     )
-    models: list[str] = Field(
+    models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [DEFAULT_MODEL], description="Models served: names or directories."
     )
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when the request leaves it unset.")
@@ -40,6 +43,8 @@ class GatewaySettings(ServiceSettings):
     @field_validator("api_keys", "models", mode="before")
     @classmethod
     def _split_commas(cls, value):
-        if isinstance(value, str) and not value.strip().startswith("["):
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from llmserve.common.model_store import DEFAULT_MODEL
 from llmserve.common.settings import ServiceSettings
@@ -20,7 +22,7 @@ class SchedulerSettings(ServiceSettings):
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
         description="Consumer name in the `schedulers` group; unique per replica.",
     )
-    models: list[str] = Field(
+    models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [DEFAULT_MODEL],
         description="Models whose request streams to read, besides those live workers announce.",
     )
@@ -40,6 +42,8 @@ class SchedulerSettings(ServiceSettings):
     @field_validator("models", mode="before")
     @classmethod
     def _split_commas(cls, value):
-        if isinstance(value, str) and not value.strip().startswith("["):
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value

@@ -1,0 +1,148 @@
+"""The local suite as real processes: Redis, gateway, scheduler, worker(s), monitor.
+
+Used by `llmserve up` (and so `make run`) and by the end-to-end tests, so what the tests
+start is exactly what a developer runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .redis_server import RedisServer, free_port
+
+
+@dataclass
+class Ports:
+    gateway: int = 50051
+    http: int = 8000
+    scheduler: int = 50052
+    worker: int = 50053
+    monitor: int = 50054
+    monitor_http: int = 9464
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(*(free_port() for _ in range(6)))
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@dataclass
+class LocalSuite:
+    """Starts and stops the whole suite; `env` entries override settings for every service."""
+
+    ports: Ports = field(default_factory=Ports)
+    redis_url: str | None = None
+    redis_port: int = 6380
+    api_key: str = "llmserve-dev-key"
+    log_dir: Path = Path(".run/logs")
+    env: dict[str, str] = field(default_factory=dict)
+    with_monitor: bool = True
+    redis: RedisServer | None = None
+    services: list[ServiceProcess] = field(default_factory=list)
+
+    def start_redis(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        self.redis = RedisServer(self.redis_port, data_dir=self.log_dir.parent / "redis").start()
+        self.redis_url = self.redis.url
+        return self.redis_url
+
+    def base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "REDIS_URL": self.redis_url or "",
+            "LLMSERVE_GATEWAY_PORT": str(self.ports.gateway),
+            "LLMSERVE_GATEWAY_HTTP_PORT": str(self.ports.http),
+            "LLMSERVE_GATEWAY_API_KEYS": f"dev={self.api_key}",
+            "LLMSERVE_SCHEDULER_PORT": str(self.ports.scheduler),
+            "LLMSERVE_WORKER_PORT": str(self.ports.worker),
+            "LLMSERVE_WORKER_WORKER_ID": f"worker-{self.ports.worker}",
+            "LLMSERVE_MONITOR_PORT": str(self.ports.monitor),
+            "LLMSERVE_MONITOR_HTTP_PORT": str(self.ports.monitor_http),
+            "PYTHONUNBUFFERED": "1",
+        })
+        if self.with_monitor:
+            env.setdefault("LLMSERVE_OTLP_ENDPOINT", f"127.0.0.1:{self.ports.monitor}")
+        env.update(self.env)
+        return env
+
+    def spawn(self, name: str, module: str, port: int, extra_env: dict[str, str] | None = None) -> ServiceProcess:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        env = self.base_env() | (extra_env or {})
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        service = ServiceProcess(name, port, process, log_path)
+        self.services.append(service)
+        return service
+
+    def start(self, timeout: float = 180.0) -> None:
+        self.start_redis()
+        if self.with_monitor:
+            self.spawn("monitor", "llmserve.monitor", self.ports.monitor)
+        self.spawn("worker", "llmserve.worker", self.ports.worker)
+        self.spawn("scheduler", "llmserve.scheduler", self.ports.scheduler)
+        self.spawn("gateway", "llmserve.gateway", self.ports.gateway)
+        self.wait_serving(timeout)
+
+    def wait_serving(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for service in self.services:
+            wait_serving(service, deadline)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM every service (they drain), then Redis; kill whatever outlives timeout."""
+        for service in reversed(self.services):
+            if service.alive():
+                service.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for service in self.services:
+            try:
+                service.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(service.process.pid, signal.SIGKILL)
+                service.process.wait()
+        self.services.clear()
+        if self.redis:
+            self.redis.stop()
+            self.redis = None
+
+
+def health_status(port: int, timeout: float = 1.0) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout).status
+
+
+def wait_serving(service: ServiceProcess, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if not service.alive():
+            tail = service.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{service.name} exited with {service.process.returncode}:\n{tail}")
+        try:
+            if health_status(service.port) == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{service.name} not SERVING on :{service.port} in time; see {service.log_path}")

@@ -1,0 +1,39 @@
+"""Worker settings (environment prefix LLMSERVE_WORKER_)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from llmserve.common.model_store import DEFAULT_MODEL
+from llmserve.common.settings import ServiceSettings
+
+
+class WorkerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMSERVE_WORKER_", extra="ignore")
+
+    port: int = Field(50053, ge=0, le=65535)
+    worker_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="Unique id; names this worker's stream and heartbeat.",
+    )
+    advertise_host: str = Field("", description="Host others reach this worker at; empty: the bind host.")
+    model: str = Field(DEFAULT_MODEL, description="Model name (built-in) or Hugging Face directory.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
+    dtype: str | None = Field(None, description="float32, bfloat16 or float16; unset: fp32 on CPU, bf16 on GPU.")
+    kv_cache_bytes: int | None = Field(None, ge=1, description="CPU KV cache budget; unset: engine default.")
+    num_kv_blocks: int | None = Field(None, ge=1, description="Exact KV block count (overrides the budget).")
+    gpu_memory_fraction: float = Field(0.85, gt=0, le=1)
+    max_num_seqs: int = Field(64, ge=1, description="Most sequences in the running batch.")
+    max_num_batched_tokens: int = Field(512, ge=1, description="Token budget per engine step.")
+    num_threads: int | None = Field(None, ge=1, description="torch threads on CPU; unset: torch default.")
+    max_backlog: int = Field(
+        16, ge=1, description="Requests read from the stream but not yet running, at most."
+    )
+    heartbeat_interval_ms: int = Field(500, ge=50)
+    heartbeat_ttl_ms: int = Field(3000, ge=200, description="A worker silent this long counts as dead.")
+    profile_dir: str = Field("bench/traces", description="Where StartProfile writes traces.")
