@@ -1,0 +1,282 @@
+"""The one catalogue of metric instruments every llmserve service records.
+
+Services record through the OpenTelemetry API (`opentelemetry.metrics.get_meter`); the meter
+provider that `telemetry.configure_telemetry` installs exports them over OTLP/gRPC to the
+monitor, which keeps rolling windows and re-exposes them to Prometheus (dots become
+underscores, seconds get `_seconds`, counters `_total`). The monitor's alert rules and
+dashboards refer to the names below, so a name changes only together with them.
+
+| instrument                       | kind          | unit      | labels                     | recorded by |
+|----------------------------------|---------------|-----------|----------------------------|-------------|
+| llmserve.requests                | counter       | request   | model, tenant, status      | gateway     |
+| llmserve.requests.active         | up-down       | request   | model, tenant              | gateway     |
+| llmserve.ttft                    | histogram     | s         | model, tenant              | gateway     |
+| llmserve.inter_token_latency     | histogram     | s         | model                      | gateway     |
+| llmserve.e2e_latency             | histogram     | s         | model, tenant, status      | gateway     |
+| llmserve.tokens.in / .out        | counter       | token     | model, tenant              | gateway     |
+| llmserve.ratelimit.rejections    | counter       | request   | tenant, limit              | gateway     |
+| llmserve.ratelimit.fail_open     | counter       | request   | tenant                     | gateway     |
+| llmserve.queue.depth             | gauge         | request   | model, priority            | scheduler   |
+| llmserve.queue.wait              | histogram     | s         | model, priority            | scheduler   |
+| llmserve.workers                 | gauge         | worker    | model, state               | scheduler (and the monitor, from the registry) |
+| llmserve.batch.size              | histogram     | sequence  | model, worker              | worker      |
+| llmserve.step.duration           | histogram     | s         | model, worker              | worker      |
+| llmserve.engine.tokens           | counter       | token     | model, worker, phase       | worker      |
+| llmserve.kv.blocks.used / .free  | gauge         | block     | model, worker              | worker      |
+| llmserve.preemptions             | counter       | sequence  | model, worker              | worker      |
+| llmserve.process.cpu.utilization | observable    | 1         | (resource: service)        | every service |
+| llmserve.process.memory.rss      | observable    | By        | (resource: service)        | every service |
+| llmserve.gpu.utilization / .memory.used / .power | observable | 1 / By / W | gpu          | worker (NVIDIA GPU only) |
+
+`status` is the lower-case gRPC status name (`ok`, `cancelled`, `unavailable`, ...; see
+`status_label`). Latency histograms use `LATENCY_BUCKETS`, whose bounds grow by 10% a step,
+so a percentile read from buckets is within 10% of the true value from 0.5 ms to 2 min.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import grpc
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+METER_NAME = "llmserve"
+
+
+def _geometric(lo: float, hi: float, ratio: float) -> tuple[float, ...]:
+    bounds, b = [], lo
+    while b < hi * ratio:
+        bounds.append(float(f"{b:.4g}"))
+        b *= ratio
+    return tuple(bounds)
+
+
+#: Latency bucket bounds (seconds): 0.5 ms .. ~2 min, each 10% above the previous.
+LATENCY_BUCKETS = _geometric(0.0005, 120.0, 1.1)
+#: Batch-size bucket bounds (sequences per engine step).
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+#: Server-side failures: what the error-rate alert counts (client mistakes and cancels are not).
+SERVER_ERROR_STATUSES = ("internal", "unavailable", "aborted", "deadline_exceeded", "unknown", "data_loss")
+
+
+def status_label(code: grpc.StatusCode | str | None) -> str:
+    """The `status` label value for a gRPC status code (None means OK)."""
+    if code is None:
+        return "ok"
+    if isinstance(code, grpc.StatusCode):
+        return code.name.lower()
+    return str(code).lower()
+
+
+def _meter(meter: Meter | None) -> Meter:
+    return meter or metrics.get_meter(METER_NAME)
+
+
+def _latency(meter: Meter, name: str, description: str):
+    return meter.create_histogram(
+        name, unit="s", description=description, explicit_bucket_boundaries_advisory=LATENCY_BUCKETS
+    )
+
+
+class GatewayMetrics:
+    """What the gateway records for every request it admits, streams and finishes."""
+
+    def __init__(self, meter: Meter | None = None):
+        m = _meter(meter)
+        self.requests = m.create_counter("llmserve.requests", "{request}", "Requests finished, by status.")
+        self.active = m.create_up_down_counter(
+            "llmserve.requests.active", "{request}", "Requests admitted and not yet finished."
+        )
+        self.ttft = _latency(m, "llmserve.ttft", "Time from admission to the first token sent.")
+        self.itl = _latency(m, "llmserve.inter_token_latency", "Time between tokens of one request.")
+        self.e2e = _latency(m, "llmserve.e2e_latency", "Time from admission to the last message sent.")
+        self.tokens_in = m.create_counter("llmserve.tokens.in", "{token}", "Prompt tokens admitted.")
+        self.tokens_out = m.create_counter("llmserve.tokens.out", "{token}", "Tokens delivered to clients.")
+        self.rejections = m.create_counter(
+            "llmserve.ratelimit.rejections", "{request}", "Requests refused by a tenant limit."
+        )
+        self.fail_open = m.create_counter(
+            "llmserve.ratelimit.fail_open", "{request}", "Requests admitted without a limiter verdict."
+        )
+
+    def request_started(self, model: str, tenant: str, prompt_tokens: int) -> None:
+        """A request passed auth, limits and validation and was enqueued."""
+        attrs = {"model": model, "tenant": tenant}
+        self.active.add(1, attrs)
+        self.tokens_in.add(prompt_tokens, attrs)
+
+    def first_token(self, model: str, tenant: str, ttft_s: float) -> None:
+        """The first token of a request went to the client, `ttft_s` after admission."""
+        self.ttft.record(ttft_s, {"model": model, "tenant": tenant})
+
+    def tokens_delivered(self, model: str, tenant: str, count: int, gap_s: float | None) -> None:
+        """`count` tokens went to the client; `gap_s` since the previous delivery (None: first).
+
+        A chunk of k tokens counts k inter-token gaps of gap_s / k each, so the percentiles
+        describe tokens, not chunks.
+        """
+        if count <= 0:
+            return
+        self.tokens_out.add(count, {"model": model, "tenant": tenant})
+        if gap_s is not None:
+            for _ in range(count):
+                self.itl.record(gap_s / count, {"model": model})
+
+    def request_finished(self, model: str, tenant: str, status: str, e2e_s: float) -> None:
+        """A request ended (any outcome); `status` from `status_label`."""
+        self.active.add(-1, {"model": model, "tenant": tenant})
+        attrs = {"model": model, "tenant": tenant, "status": status}
+        self.requests.add(1, attrs)
+        self.e2e.record(e2e_s, attrs)
+
+    def rate_limited(self, tenant: str, limit: str) -> None:
+        """A request was refused by `limit` (requests, tokens or streams)."""
+        self.rejections.add(1, {"tenant": tenant, "limit": limit})
+
+    def limiter_failed_open(self, tenant: str) -> None:
+        """The limiter could not reach Redis and admitted the request under its local bound."""
+        self.fail_open.add(1, {"tenant": tenant})
+
+
+class SchedulerMetrics:
+    """What a scheduler records about queues, dispatch and the workers it sees."""
+
+    def __init__(self, meter: Meter | None = None):
+        m = _meter(meter)
+        self.depth = m.create_gauge("llmserve.queue.depth", "{request}", "Requests waiting for a worker.")
+        self.wait = _latency(m, "llmserve.queue.wait", "Time from enqueue to dispatch on a worker.")
+        self.workers = m.create_gauge("llmserve.workers", "{worker}", "Workers in the registry, by state.")
+
+    def set_queue_depth(self, model: str, priority: int | str, depth: int) -> None:
+        """Requests of `model` at `priority` waiting now (stream backlog plus held here)."""
+        self.depth.set(depth, {"model": model, "priority": str(priority)})
+
+    def dispatched(self, model: str, priority: int | str, waited_s: float) -> None:
+        """A request was handed to a worker after waiting `waited_s` since the gateway enqueued it."""
+        self.wait.record(waited_s, {"model": model, "priority": str(priority)})
+
+    def set_workers(self, live_by_model: dict[str, int], live: int, draining: int = 0) -> None:
+        """Workers with a fresh heartbeat: in all (no model label) and per model served.
+
+        Totals carry no `model` attribute, so a worker serving two models counts once.
+        """
+        self.workers.set(live, {"state": "live"})
+        self.workers.set(draining, {"state": "draining"})
+        for model, count in live_by_model.items():
+            self.workers.set(count, {"model": model, "state": "live"})
+
+
+class WorkerMetrics:
+    """What a worker records per engine step and about its KV cache."""
+
+    def __init__(self, worker_id: str, meter: Meter | None = None):
+        m = _meter(meter)
+        self.worker_id = worker_id
+        self.batch = m.create_histogram(
+            "llmserve.batch.size",
+            "{sequence}",
+            "Sequences in one engine step.",
+            explicit_bucket_boundaries_advisory=BATCH_BUCKETS,
+        )
+        self.step_time = _latency(m, "llmserve.step.duration", "Wall time of one engine step.")
+        self.tokens = m.create_counter("llmserve.engine.tokens", "{token}", "Tokens computed, by phase.")
+        self.kv_used = m.create_gauge("llmserve.kv.blocks.used", "{block}", "KV cache blocks in use.")
+        self.kv_free = m.create_gauge("llmserve.kv.blocks.free", "{block}", "KV cache blocks free.")
+        self.preempts = m.create_counter(
+            "llmserve.preemptions", "{sequence}", "Sequences preempted because KV ran out."
+        )
+
+    def _attrs(self, model: str) -> dict[str, str]:
+        return {"model": model, "worker": self.worker_id}
+
+    def step(
+        self, model: str, batch_size: int, prefill_tokens: int, decode_tokens: int, seconds: float
+    ) -> None:
+        """One engine step ran `batch_size` sequences in `seconds`."""
+        attrs = self._attrs(model)
+        self.batch.record(batch_size, attrs)
+        self.step_time.record(seconds, attrs)
+        if prefill_tokens:
+            self.tokens.add(prefill_tokens, {**attrs, "phase": "prefill"})
+        if decode_tokens:
+            self.tokens.add(decode_tokens, {**attrs, "phase": "decode"})
+
+    def set_kv_blocks(self, model: str, used: int, free: int) -> None:
+        """KV accounting after a step (or a heartbeat)."""
+        self.kv_used.set(used, self._attrs(model))
+        self.kv_free.set(free, self._attrs(model))
+
+    def preempted(self, model: str, count: int = 1) -> None:
+        """`count` sequences were preempted (recompute) to free KV blocks."""
+        self.preempts.add(count, self._attrs(model))
+
+
+_process_installed = False
+
+
+def install_process_metrics(meter: Meter | None = None) -> None:
+    """Observable CPU and memory of this process, and NVIDIA GPU gauges when a GPU is present.
+
+    Called once per process (the entrypoint is the natural place); later calls do nothing.
+    """
+    global _process_installed
+    if _process_installed:
+        return
+    _process_installed = True
+    import psutil
+
+    m = _meter(meter)
+    proc = psutil.Process(os.getpid())
+    proc.cpu_percent(None)  # the first reading is meaningless; prime it
+
+    def cpu(_: CallbackOptions):
+        yield Observation(proc.cpu_percent(None) / 100.0)
+
+    def rss(_: CallbackOptions):
+        yield Observation(proc.memory_info().rss)
+
+    m.create_observable_gauge("llmserve.process.cpu.utilization", [cpu], "1", "CPU use, in cores.")
+    m.create_observable_gauge("llmserve.process.memory.rss", [rss], "By", "Resident memory.")
+    _install_gpu_metrics(m)
+
+
+def _install_gpu_metrics(m: Meter) -> None:
+    try:
+        import pynvml  # nvidia-ml-py; optional
+
+        pynvml.nvmlInit()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception:  # no package, no driver or no GPU: no GPU metrics
+        return
+    if not handles:
+        return
+
+    def observe(read):
+        def callback(_: CallbackOptions):
+            for index, handle in enumerate(handles):
+                with contextlib.suppress(Exception):  # a GPU that stops answering skips a reading
+                    yield Observation(read(handle), {"gpu": str(index)})
+
+        return [callback]
+
+    m.create_observable_gauge(
+        "llmserve.gpu.utilization",
+        observe(lambda h: pynvml.nvmlDeviceGetUtilizationRates(h).gpu / 100.0),
+        "1",
+        "GPU busy fraction.",
+    )
+    m.create_observable_gauge(
+        "llmserve.gpu.memory.used",
+        observe(lambda h: pynvml.nvmlDeviceGetMemoryInfo(h).used),
+        "By",
+        "GPU memory in use.",
+    )
+    m.create_observable_gauge(
+        "llmserve.gpu.power",
+        observe(lambda h: pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0),
+        "W",
+        "GPU power draw.",
+    )
