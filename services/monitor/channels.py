@@ -204,7 +204,8 @@ class Notifier:
                     error=f"{type(e).__name__}: {e}",
                     seconds=round(time.monotonic() - started, 3),
                 )
-                await asyncio.sleep(min(2**attempt, 10))
+                if attempt < self.retries:
+                    await asyncio.sleep(min(2**attempt, 10))
         self.failed += 1
 
     async def flush(self, timeout_s: float = 5.0) -> None:

@@ -15,8 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmserve.common.metrics import GatewayMetrics, SchedulerMetrics, WorkerMetrics
 from llmserve.monitor.v1 import monitor_pb2, monitor_pb2_grpc
-
-from .harness import otlp_meter_provider, otlp_tracer_provider, running_monitor
+from tests.integration.monitor.harness import otlp_meter_provider, otlp_tracer_provider, running_monitor
 
 N_OK, N_FAILED = 120, 3
 

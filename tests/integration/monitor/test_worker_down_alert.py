@@ -16,9 +16,8 @@ import redis.asyncio as aioredis
 from llmserve.cli.redis_server import RedisServer
 from llmserve.common.workers import WorkerLoad, publish_heartbeat
 from llmserve.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+from tests.integration.monitor.harness import running_monitor
 from tests.unit.monitor.receivers import WebhookReceiver, smtp_server, wait_for_mail
-
-from .harness import running_monitor
 
 RULES = """
 channels:

@@ -8,8 +8,7 @@ from llmserve.monitor.alerts import AlertEngine, State
 from llmserve.monitor.rules import RuleError, default_rules_path, load_rules, parse_rules
 from llmserve.monitor.series import Kind
 from llmserve.monitor.store import MetricStore
-
-from .helpers import FakeClock
+from tests.unit.monitor.helpers import FakeClock
 
 RULES = """
 rules:

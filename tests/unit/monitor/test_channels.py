@@ -9,9 +9,8 @@ from llmserve.monitor.channels import Notifier
 from llmserve.monitor.rules import parse_rules
 from llmserve.monitor.series import Kind
 from llmserve.monitor.store import MetricStore
-
-from .helpers import FakeClock
-from .receivers import WebhookReceiver, smtp_server, wait_for_mail
+from tests.unit.monitor.helpers import FakeClock
+from tests.unit.monitor.receivers import WebhookReceiver, smtp_server, wait_for_mail
 
 RULES = """
 channels:

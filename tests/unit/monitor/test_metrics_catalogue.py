@@ -17,8 +17,7 @@ from llmserve.monitor.query import Context, evaluate, scalar
 from llmserve.monitor.series import Kind
 from llmserve.monitor.store import MetricStore
 from llmserve.monitor.summary import summarize_model
-
-from .helpers import FakeClock, sdk_meter
+from tests.unit.monitor.helpers import FakeClock, sdk_meter
 
 
 def test_latency_buckets_step_by_at_most_ten_percent():

@@ -11,8 +11,7 @@ from llmserve.monitor.otlp import MetricsIngest
 from llmserve.monitor.prometheus import StoreCollector, make_registry, prom_name, render
 from llmserve.monitor.store import MetricStore
 from llmserve.monitor.summary import summarize
-
-from .helpers import FakeClock, sdk_meter
+from tests.unit.monitor.helpers import FakeClock, sdk_meter
 
 
 def test_prom_names():

@@ -7,8 +7,7 @@ import pytest
 from llmserve.monitor.query import Context, QueryError, evaluate, parse, scalar
 from llmserve.monitor.series import Kind
 from llmserve.monitor.store import MetricStore
-
-from .helpers import FakeClock
+from tests.unit.monitor.helpers import FakeClock
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import pytest
 from llmserve.common.metrics import LATENCY_BUCKETS
 from llmserve.monitor.series import HistSample, Kind, Series, merge_hists, quantile
 from llmserve.monitor.store import Matcher, MetricStore
-
-from .helpers import FakeClock
+from tests.unit.monitor.helpers import FakeClock
 
 
 def hist_of(values: list[float], bounds: tuple[float, ...]) -> HistSample:
