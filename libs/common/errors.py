@@ -34,6 +34,10 @@ class ModelNotFound(LLMServeError):
     """The model is not served here."""
 
 
+class AlreadyExists(LLMServeError):
+    """The request_id was used before: a retry never starts a second generation."""
+
+
 class RateLimited(LLMServeError):
     """The tenant is over a limit; retry after `retry_after_s`."""
 
@@ -59,6 +63,7 @@ STATUS_OF: dict[type[LLMServeError], grpc.StatusCode] = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -72,6 +77,7 @@ HTTP_STATUS_OF: dict[type[LLMServeError], int] = {
     PermissionDenied: 403,
     InvalidArgument: 400,
     ModelNotFound: 404,
+    AlreadyExists: 409,
     RateLimited: 429,
     Unavailable: 503,
     DeadlineExceeded: 504,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from llmserve.common.errors import DeadlineExceeded, InvalidArgument, LLMServeError
+from llmserve.common.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, LLMServeError
 from llmserve.common.logging import get_logger
 from llmserve.common.workers import registry_snapshot
 
@@ -55,7 +55,7 @@ class GenerationService:
         deadline = time.monotonic() + timeout
         stream = self.inflight.open(job.request_id)
         if stream is None:
-            raise InvalidArgument(f"request_id {job.request_id!r} is already streaming")
+            raise AlreadyExists(f"request_id {job.request_id!r} is already streaming")
         enqueued = finished = False
         try:
             await self.queue.enqueue(job, int((time.time() + timeout) * 1000))

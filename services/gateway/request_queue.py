@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from llmserve.common import redis_keys as keys
-from llmserve.common.errors import InvalidArgument, Unavailable
+from llmserve.common.errors import AlreadyExists, Unavailable
 from llmserve.common.telemetry import inject_context
 from llmserve.common.v1 import work_pb2
 
@@ -44,7 +44,7 @@ class RequestQueue:
         except RedisError as e:
             raise Unavailable(f"request queue unreachable: {type(e).__name__}", retry_after_s=1.0) from e
         if result == -1:
-            raise InvalidArgument(f"request_id {job.request_id!r} was already used; a retry never starts a second generation")
+            raise AlreadyExists(f"request_id {job.request_id!r} was already used; a retry never starts a second generation")
         if result == -2:
             raise Unavailable(f"the queue for {job.model} is full ({self._max_queue_len})", retry_after_s=1.0)
 

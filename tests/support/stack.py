@@ -1,0 +1,47 @@
+"""The gateway, scheduler and worker as in-process gRPC servers on port 0 over real Redis."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from llmserve.common.server import GrpcApp
+from llmserve.gateway.app import GatewayService
+from llmserve.gateway.settings import GatewaySettings
+from llmserve.scheduler.app import SchedulerService
+from llmserve.scheduler.settings import SchedulerSettings
+from llmserve.worker.app import WorkerService
+from llmserve.worker.settings import WorkerSettings
+
+API_KEY = "test-key"
+MODEL = "SmolLM2-135M-Instruct"
+
+
+@dataclass
+class Stack:
+    gateway: GrpcApp
+    scheduler: GrpcApp
+    workers: list[GrpcApp]
+
+    @property
+    def gateway_address(self) -> str:
+        return f"127.0.0.1:{self.gateway.port}"
+
+
+@contextlib.asynccontextmanager
+async def running_stack(redis_url: str, engines: list, catalog=None, gateway_overrides=None):
+    """Start worker(s) with the given engines, a scheduler and a gateway; stop them after."""
+    common = {"redis_url": redis_url, "port": 0, "drain_seconds": 2}
+    async with contextlib.AsyncExitStack() as stack:
+        workers = []
+        for i, engine in enumerate(engines):
+            settings = WorkerSettings(**common, worker_id=f"w{i}", heartbeat_interval_ms=100)
+            workers.append(await stack.enter_async_context(
+                GrpcApp(WorkerService(settings, engine=engine, model_name=MODEL), settings)))
+        sched_settings = SchedulerSettings(**common, scheduler_id="s0", registry_refresh_ms=20)
+        scheduler = await stack.enter_async_context(GrpcApp(SchedulerService(sched_settings), sched_settings))
+        gw_settings = GatewaySettings(**common, api_keys=[f"t1={API_KEY}", "t2=other-key"],
+                                      **(gateway_overrides or {}))
+        gateway = await stack.enter_async_context(
+            GrpcApp(GatewayService(gw_settings, catalog=catalog), gw_settings))
+        yield Stack(gateway, scheduler, workers)

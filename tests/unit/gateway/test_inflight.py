@@ -1,0 +1,55 @@
+from llmserve.common.errors import DeadlineExceeded
+from llmserve.gateway.inflight import Chunk, FinishEvent, RequestStream, TokenEvent
+
+
+def events(stream: RequestStream) -> list:
+    out = []
+    while not stream.events.empty():
+        out.append(stream.events.get_nowait())
+    return out
+
+
+def test_every_index_is_delivered_once_across_attempts():
+    s = RequestStream("r")
+    s.offer(Chunk("r", 1, 0, [10], "a"))
+    s.offer(Chunk("r", 1, 1, [11], "b"))
+    # attempt 2 replays from the start after a worker died
+    s.offer(Chunk("r", 2, 0, [10], "a"))
+    s.offer(Chunk("r", 2, 1, [11], "b"))
+    s.offer(Chunk("r", 2, 2, [12], "c"))
+    s.offer(Chunk("r", 2, 3, [], "", outcome="stop", prompt_tokens=5, completion_tokens=3))
+    got = events(s)
+    assert [(e.index, e.token_ids) for e in got if isinstance(e, TokenEvent)] == [(0, [10]), (1, [11]), (2, [12])]
+    assert isinstance(got[-1], FinishEvent) and got[-1].completion_tokens == 3
+
+
+def test_a_stale_attempt_is_fenced_off():
+    s = RequestStream("r")
+    s.offer(Chunk("r", 2, 0, [10], "a"))
+    s.offer(Chunk("r", 1, 1, [99], "stale"))  # the old worker woke up
+    s.offer(Chunk("r", 1, 1, [], "", outcome="stop"))
+    s.offer(Chunk("r", 2, 1, [11], "b"))
+    assert [(e.index, e.text) for e in events(s)] == [(0, "a"), (1, "b")]
+    assert not s.finished
+
+
+def test_a_gap_is_not_delivered_out_of_order():
+    s = RequestStream("r")
+    s.offer(Chunk("r", 1, 2, [12], "c"))
+    assert events(s) == []
+
+
+def test_overlapping_chunk_delivers_only_new_tokens():
+    s = RequestStream("r")
+    s.offer(Chunk("r", 1, 0, [10, 11], "ab"))
+    s.offer(Chunk("r", 2, 1, [11, 12], "bc"))
+    got = events(s)
+    assert [(e.index, e.token_ids) for e in got] == [(0, [10, 11]), (2, [12])]
+
+
+def test_deadline_outcome_becomes_an_error_event_and_ends_the_stream():
+    s = RequestStream("r")
+    s.offer(Chunk("r", 1, 0, [], "", outcome="deadline"))
+    s.offer(Chunk("r", 1, 0, [10], "late"))
+    got = events(s)
+    assert len(got) == 1 and isinstance(got[0], DeadlineExceeded)
