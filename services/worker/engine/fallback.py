@@ -8,6 +8,8 @@ stats behave exactly as on the fast path.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import DynamicCache
 
@@ -27,6 +29,10 @@ class HFModelRunner:
         self.eos_token_id = None
         self.timer = None
         self._caches: dict[int, DynamicCache] = {}
+        params = inspect.signature(hf_model.forward).parameters
+        # transformers 5 renamed `past_key_values` to `cache`; remote-code models may not have.
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._takes_cache_position = "cache_position" in params or "kwargs" in params
 
     def release(self, seq: Sequence) -> None:
         self._caches.pop(seq.seq_id, None)
@@ -50,14 +56,10 @@ class HFModelRunner:
             cache = self._cache_for(seq)
             input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
             positions = torch.arange(start, start + len(ids), device=self.device)
-            result = self.model(
-                input_ids=input_ids,
-                past_key_values=cache,
-                use_cache=True,
-                cache_position=positions,
-                position_ids=positions.unsqueeze(0),
-                logits_to_keep=1,
-            )
+            kwargs = {self._cache_kw: cache, "position_ids": positions.unsqueeze(0)}
+            if self._takes_cache_position:
+                kwargs["cache_position"] = positions
+            result = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **kwargs)
             if item.sample:
                 rows.append(result.logits[0, -1].float())
         return torch.stack(rows) if rows else torch.empty(0)

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real model (loaded once), chat prompts, and greedy references."""
+"""Shared fixtures: the real model (loaded once per session), chat prompts, greedy references."""
 
 from __future__ import annotations
 
@@ -9,28 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llmserve.common.model_store import resolve_model
 from llmserve.worker.engine.config import EngineConfig
 from llmserve.worker.engine.llm_engine import LLMEngine
-from llmserve.worker.engine.types import EngineRequest, SamplingParams
-
-NEW_TOKENS = 24
-
-PROMPTS = [
-    "What is the capital of France?",
-    "Name three primary colors.",
-    "Write a two-line poem about the sea.",
-    "What is 12 plus 30?",
-    "Define gravity in one sentence.",
-    "Give one tip for sleeping well.",
-    "What is the largest planet?",
-    "Say hello in Spanish.",
-    "Explain what a cat is to a child.",
-    "List two fruits that are red.",
-    "What does a thermometer measure?",
-    "Who wrote Romeo and Juliet?",
-    "Why is the sky blue?",
-    "Translate 'thank you' to French.",
-    "What is 7 times 8?",
-    "Describe autumn in five words.",
-]
+from tests.unit.worker.engine.engine_helpers import NEW_TOKENS, PROMPTS, chat_ids
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +26,6 @@ def tokenizer(model_dir):
 def hf_model(model_dir):
     torch.set_num_threads(2)
     return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-
-
-def chat_ids(tokenizer, text: str) -> list[int]:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
 @pytest.fixture(scope="session")
@@ -84,32 +58,3 @@ def make_engine(hf_model, tokenizer):
         return LLMEngine.from_model(cfg, hf_model, tokenizer)
 
     return make
-
-
-def greedy(max_tokens: int = NEW_TOKENS, **kw) -> SamplingParams:
-    return SamplingParams(max_tokens=max_tokens, temperature=0.0, **kw)
-
-
-def run_engine(engine, requests: list[EngineRequest], join_at: list[int] | None = None, max_steps=10_000):
-    """Step until done, adding request i at step join_at[i]; return id -> list of outputs."""
-    join_at = join_at or [0] * len(requests)
-    results: dict[str, list] = {r.request_id: [] for r in requests}
-    step = 0
-    while step < max_steps:
-        for req, at in zip(requests, join_at, strict=True):
-            if at == step:
-                engine.add_request(req)
-        if step > max(join_at) and not engine.has_unfinished():
-            break
-        for out in engine.step():
-            results[out.request_id].append(out)
-        step += 1
-    return results
-
-
-def tokens_of(outputs) -> list[int]:
-    return [t for o in outputs for t in o.token_ids]
-
-
-def text_of(outputs) -> str:
-    return "".join(o.text for o in outputs)

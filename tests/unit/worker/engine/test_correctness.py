@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import NEW_TOKENS, greedy, run_engine, text_of, tokens_of
-
 from llmserve.worker.engine.types import EngineRequest, FinishReason, SamplingParams
+from tests.unit.worker.engine.engine_helpers import NEW_TOKENS, greedy, run_engine, text_of, tokens_of
 
 
 def _requests(prompt_ids, params, prefix="r"):
