@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .alerts import AlertEngine
-from .series import HistSample, Kind, Series
+from .series import HistSample, Kind, Series, as_float
 from .store import MetricStore
 from .summary import Summary
 
@@ -77,18 +77,15 @@ class StoreCollector:
                 return None
         labels = _label_names(series)
         doc = first.description or name
-        if first.kind is Kind.COUNTER:
-            family = CounterMetricFamily(pname, doc, labels=labels)
+        if first.kind is Kind.HISTOGRAM:
+            histogram = HistogramMetricFamily(pname, doc, labels=labels)
             for s in series:
-                family.add_metric(_values(s, labels), float(s.values[-1]))
-        elif first.kind is Kind.GAUGE:
-            family = GaugeMetricFamily(pname, doc, labels=labels)
-            for s in series:
-                family.add_metric(_values(s, labels), float(s.values[-1]))
-        else:
-            family = HistogramMetricFamily(pname, doc, labels=labels)
-            for s in series:
-                self._add_histogram(family, s, labels)
+                self._add_histogram(histogram, s, labels)
+            return histogram
+        family_cls = CounterMetricFamily if first.kind is Kind.COUNTER else GaugeMetricFamily
+        family = family_cls(pname, doc, labels=labels)
+        for s in series:
+            family.add_metric(_values(s, labels), as_float(s.values[-1]))
         return family
 
     def _add_histogram(self, family: HistogramMetricFamily, s: Series, labels: list[str]) -> None:

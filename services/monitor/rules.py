@@ -29,6 +29,7 @@ from __future__ import annotations
 import operator
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,8 @@ class RuleSet:
 
 
 def expand_env(text: str, env: dict[str, str] | None = None) -> str:
-    env = os.environ if env is None else env
-    return _ENV.sub(lambda m: env.get(m[1], m[2] or ""), text)
+    source: Mapping[str, str] = os.environ if env is None else env
+    return _ENV.sub(lambda m: source.get(m[1], m[2] or ""), text)
 
 
 def seconds(value: Any) -> float:

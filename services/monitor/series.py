@@ -44,6 +44,11 @@ class HistSample:
 EMPTY_HIST = HistSample(0.0, 0.0, ())
 
 
+def as_float(value: float | HistSample) -> float:
+    """A sample as one number (a histogram's observation count)."""
+    return value.count if isinstance(value, HistSample) else float(value)
+
+
 @dataclass
 class Series:
     """Samples of one metric for one label set, oldest first, bounded."""
@@ -84,8 +89,7 @@ class Series:
         """The last value of a gauge (or a counter's cumulative value), None when stale."""
         if not self.times or now - self.times[-1] > stale_after:
             return None
-        value = self.values[-1]
-        return value.count if isinstance(value, HistSample) else value
+        return as_float(self.values[-1])
 
     def _baseline_index(self, since: float) -> int | None:
         """Index of the last sample at or before `since`; None when the series began after it."""
@@ -99,10 +103,10 @@ class Series:
         if not self.times:
             return 0.0
         base = self._baseline_index(since)
-        prev = 0.0 if base is None else float(self.values[base])
+        prev = 0.0 if base is None else as_float(self.values[base])
         total = 0.0
         for j in range(0 if base is None else base + 1, len(self.values)):
-            value = float(self.values[j])
+            value = as_float(self.values[j])
             total += value - prev if value >= prev else value
             prev = value
         return total

@@ -13,6 +13,7 @@ from llmserve.common.metrics import SERVER_ERROR_STATUSES
 
 from .autoscale import Load, ScalingTargets, recommend
 from .query import Context, evaluate, scalar
+from .series import as_float
 from .store import Matcher, MetricStore
 
 _ERRORS = "|".join(SERVER_ERROR_STATUSES)
@@ -85,7 +86,7 @@ def _lifetime_by(store: MetricStore, name: str, matchers: tuple[Matcher, ...], l
     for s in store.select(name, matchers):
         if s.values:
             key = s.label_dict.get(label, "")
-            out[key] = out.get(key, 0) + int(round(float(s.values[-1])))
+            out[key] = out.get(key, 0) + int(round(as_float(s.values[-1])))
     return out
 
 
