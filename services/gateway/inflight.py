@@ -57,27 +57,43 @@ class RequestStream:
     next_index: int = 0
     worker_id: str = ""
     finished: bool = False
+    delivered_token_ids: list[int] = field(default_factory=list)
+    delivered_text: list[str] = field(default_factory=list)
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
 
-    def offer(self, chunk: Chunk) -> None:
+    def fence(self, attempt: int) -> bool:
+        """Start `attempt`: chunks of older attempts are discarded from now on."""
+        if self.finished or attempt <= self.attempt:
+            return False
+        self.attempt = attempt
+        return True
+
+    def offer(self, chunk: Chunk) -> bool:
+        """Take a chunk; False if it is stale (an older attempt, or after the end)."""
         if self.finished or chunk.attempt < self.attempt:
-            return  # fenced: a stale attempt, or after the end
+            return False
         self.attempt = chunk.attempt
         self.worker_id = chunk.worker_id or self.worker_id
         end = chunk.index + len(chunk.token_ids)
-        if chunk.token_ids and end <= self.next_index:
-            pass  # already delivered by an earlier attempt
-        elif chunk.index > self.next_index:
+        if chunk.index > self.next_index:
             log.warning("token gap; chunk dropped", request_id=self.request_id,
                         expected=self.next_index, got=chunk.index)
-            return
-        elif chunk.token_ids:
-            skip = self.next_index - chunk.index
-            self.events.put_nowait(TokenEvent(self.next_index, chunk.token_ids[skip:], chunk.text))
+            return True
+        if end > self.next_index:
+            # Resumed workers start exactly at next_index; a partial overlap (only possible
+            # for multi-token chunks) delivers the new tokens with the chunk's text.
+            new_tokens = chunk.token_ids[self.next_index - chunk.index:]
+            self.events.put_nowait(TokenEvent(self.next_index, new_tokens, chunk.text))
+            self.delivered_token_ids.extend(new_tokens)
+            self.delivered_text.append(chunk.text)
             self.next_index = end
+        elif not chunk.token_ids and chunk.text:
+            self.events.put_nowait(TokenEvent(self.next_index, [], chunk.text))  # held-back text
+            self.delivered_text.append(chunk.text)
         if chunk.outcome:
             self.finished = True
             self.events.put_nowait(_final_event(chunk))
+        return True
 
 
 def _final_event(chunk: Chunk) -> Event:
@@ -108,12 +124,12 @@ class InflightRegistry:
         self._streams.pop(request_id, None)
 
     def deliver(self, chunk: Chunk) -> bool:
-        """Route a chunk; False when nobody here waits for it (the worker should stop)."""
+        """Route a chunk; False when nobody here waits for it from that worker (it should stop)."""
         stream = self._streams.get(chunk.request_id)
-        if stream is None:
-            return False
-        stream.offer(chunk)
-        return True
+        return stream is not None and stream.offer(chunk)
+
+    def get(self, request_id: str) -> RequestStream | None:
+        return self._streams.get(request_id)
 
     def __len__(self) -> int:
         return len(self._streams)

@@ -121,7 +121,7 @@ class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
                         listeners[c.worker_id] = self.inflight.listen_cancellations(c.worker_id)
                         forwarders.append(asyncio.create_task(_forward(listeners[c.worker_id], outbox)))
                     if not self.inflight.deliver(_chunk_from_pb(c)) and not _OUTCOME[c.outcome]:
-                        outbox.put_nowait(c.request_id)  # nobody waits for it here: stop it
+                        outbox.put_nowait(c.request_id)  # nobody waits for these tokens: stop it
             outbox.put_nowait("")  # the worker closed its side
 
         reader = asyncio.create_task(consume())
@@ -136,6 +136,13 @@ class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
                 task.cancel()
             for worker_id, queue in listeners.items():
                 self.inflight.stop_listening(worker_id, queue)
+
+    async def Fence(self, request, context):
+        stream = self.inflight.get(request.request_id)
+        if stream is None or not stream.fence(request.attempt):
+            return token_sink_pb2.FenceResponse(found=False)
+        return token_sink_pb2.FenceResponse(found=True, delivered_token_ids=stream.delivered_token_ids,
+                                            delivered_text="".join(stream.delivered_text))
 
 
 async def _forward(source: asyncio.Queue[str], outbox: asyncio.Queue[str]) -> None:
