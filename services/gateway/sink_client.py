@@ -116,3 +116,27 @@ class SinkClient:
             with contextlib.suppress(BaseException):
                 await link.task
         self._links.clear()
+
+
+@dataclass
+class Progress:
+    """What the client of a request already received (answer to a fence)."""
+
+    token_ids: list[int]
+    text: str
+
+
+async def fence(address: str, request_id: str, attempt: int, timeout: float = 2.0) -> Progress | None:
+    """Start `attempt` of a request at its gateway; None when no client waits for it any more
+    (or the gateway is gone, which is the same thing for the request)."""
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = token_sink_pb2_grpc.TokenSinkServiceStub(channel)
+            reply = await stub.Fence(pb.FenceRequest(request_id=request_id, attempt=attempt), timeout=timeout)
+    except grpc.aio.AioRpcError as e:
+        log.warning("fence failed; dropping the request", gateway=address, request_id=request_id,
+                    code=e.code().name)
+        return None
+    if not reply.found:
+        return None
+    return Progress(list(reply.delivered_token_ids), reply.delivered_text)

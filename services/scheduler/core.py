@@ -17,6 +17,7 @@ from llmserve.gateway.sink_client import OutChunk, SinkClient
 
 from .dispatch import CANCELLED, DISPATCHED, Dispatcher
 from .placement import Placement
+from .recovery import WorkerRecovery
 from .settings import SchedulerSettings
 from .waiting import Pending, WaitingQueue
 
@@ -41,6 +42,9 @@ class SchedulerCore:
         self.placement = Placement(settings.max_worker_backlog)
         self.dispatcher = Dispatcher(redis)
         self.sink = SinkClient(f"scheduler/{settings.scheduler_id}")
+        self.recovery = WorkerRecovery(redis, self.sink, settings.scheduler_id,
+                                       max_attempts=settings.max_attempts)
+        self._recovery_task: asyncio.Task | None = None
         self.dispatched = 0
         self._streams: set[str] = set()
         self._last_refresh = 0.0
@@ -74,8 +78,11 @@ class SchedulerCore:
         self._stopping = True
 
     async def _refresh(self) -> None:
-        live, _dead = await registry_snapshot(self.redis)
+        live, dead = await registry_snapshot(self.redis)
         self.placement.update(live)
+        if dead and (self._recovery_task is None or self._recovery_task.done()):
+            # In the background: fencing asks gateways, and dispatch must not wait for that.
+            self._recovery_task = asyncio.create_task(self.recovery.recover(dead))
         models = set(self.settings.models) | self.placement.models()
         for model in models:
             stream = keys.request_stream(model)
@@ -133,4 +140,6 @@ class SchedulerCore:
         self.sink.send(p.reply_to, [OutChunk(p.request_id, p.attempt, 0, [], "", outcome=outcome)])
 
     async def close(self) -> None:
+        if self._recovery_task:
+            self._recovery_task.cancel()
         await self.sink.close()

@@ -35,6 +35,9 @@ class SchedulerSettings(ServiceSettings):
     reclaim_idle_ms: int = Field(
         30_000, ge=1000, description="Entries held this long by another (dead) scheduler are taken over."
     )
+    max_attempts: int = Field(
+        3, ge=1, description="Workers a request may take down before it is dead-lettered."
+    )
     tenant_weights: dict[str, float] = Field(
         default_factory=dict, description="Fair-share weight per tenant (default 1)."
     )

@@ -21,6 +21,7 @@ from llmserve.gateway.sink_client import OutChunk, SinkClient
 from .engine.interface import Engine
 from .engine.types import EngineRequest, FinishReason, SamplingParams, TokenOutput
 from .engine_thread import EngineThread
+from .resume import owed_text
 from .settings import WorkerSettings
 
 log = get_logger(__name__)
@@ -34,6 +35,7 @@ class Active:
     reply_to: str
     attempt: int
     deadline_unix_ms: int
+    owed_text: str = ""  # decoded by a previous attempt, never delivered: goes out first
 
 
 def engine_request(item: work_pb2.WorkItem) -> EngineRequest:
@@ -125,7 +127,9 @@ class WorkerRuntime:
         cancelled = await self.redis.mget([keys.cancel_key(i.request_id) for i in items])
         now_ms = time.time() * 1000
         for entry, item, flag in zip(entries, items, cancelled, strict=True):
-            active = Active(entry.entry_id, item.reply_to, item.attempt, item.deadline_unix_ms)
+            active = Active(entry.entry_id, item.reply_to, item.attempt, item.deadline_unix_ms,
+                            owed_text(getattr(self.engine, "tokenizer", None), list(item.prompt_token_ids),
+                                      list(item.resume_token_ids), item.resume_text))
             if flag is not None or 0 < item.deadline_unix_ms <= now_ms:
                 outcome = "cancelled" if flag is not None else "deadline"
                 self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt,
@@ -144,8 +148,9 @@ class WorkerRuntime:
             active = self.active.get(out.request_id)
             if active is None:
                 continue
+            text, active.owed_text = active.owed_text + out.text, ""
             by_gateway[active.reply_to].append(OutChunk(
-                out.request_id, active.attempt, out.index, out.token_ids, out.text,
+                out.request_id, active.attempt, out.index, out.token_ids, text,
                 outcome=_outcome(out, active), prompt_tokens=out.prompt_tokens,
                 completion_tokens=out.completion_tokens, error=out.error or "",
             ))

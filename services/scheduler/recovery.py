@@ -1,0 +1,96 @@
+"""Recovery of work from dead workers.
+
+A worker is dead when it is registered but its heartbeat expired. One scheduler (a Redis
+lock) takes each dead worker's stream: for every unfinished request it fences a new attempt
+at the owning gateway (so a worker that was only stalled can no longer deliver), learns what
+the client already received, and re-enqueues the request to resume right after it. A request
+that has killed `max_attempts` workers goes to the dead-letter stream and its client gets an
+error. Moves are atomic (XDEL from the dead stream and XADD elsewhere in one script), so a
+request is never run twice nor lost.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from llmserve.common import redis_keys as keys
+from llmserve.common.logging import get_logger
+from llmserve.common.redis_keys import PAYLOAD_FIELD
+from llmserve.common.v1 import work_pb2
+from llmserve.gateway.sink_client import OutChunk, SinkClient, fence
+
+log = get_logger(__name__)
+
+_MOVE = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
+redis.call('HSET', KEYS[3], 'state', ARGV[3], 'attempt', ARGV[4])
+return 1
+"""
+_FORGET = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], 'state', ARGV[2])
+return 1
+"""
+
+
+class WorkerRecovery:
+    def __init__(self, redis: aioredis.Redis, sink: SinkClient, owner: str, *, max_attempts: int = 3,
+                 lock_ms: int = 15_000):
+        self.redis = redis
+        self.sink = sink
+        self.owner = owner
+        self.max_attempts = max_attempts
+        self.lock_ms = lock_ms
+        self._move = redis.register_script(_MOVE)
+        self._forget = redis.register_script(_FORGET)
+        self.recovered = 0
+
+    async def recover(self, dead_worker_ids: list[str]) -> None:
+        for worker_id in dead_worker_ids:
+            lock = f"{keys.PREFIX}:recovering:{worker_id}"
+            if not await self.redis.set(lock, self.owner, nx=True, px=self.lock_ms):
+                continue  # another scheduler is on it
+            try:
+                await self._recover_worker(worker_id)
+            finally:
+                await self.redis.delete(lock)
+
+    async def _recover_worker(self, worker_id: str) -> None:
+        stream = keys.worker_stream(worker_id)
+        entries = await self.redis.xrange(stream)
+        if entries:
+            log.warning("recovering work of a dead worker", worker_id=worker_id, requests=len(entries))
+        for entry_id, fields in entries:
+            await self._recover_entry(stream, entry_id, work_pb2.WorkItem.FromString(fields[PAYLOAD_FIELD.encode()]))
+        if await self.redis.xlen(stream) == 0:
+            # Nothing left: forget the worker (a stalled one re-registers with its next heartbeat).
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.srem(keys.WORKERS_SET, worker_id)
+            pipe.delete(stream)
+            await pipe.execute()
+
+    async def _recover_entry(self, stream: str, entry_id, item: work_pb2.WorkItem) -> None:
+        attempt = item.attempt + 1
+        progress = await fence(item.reply_to, item.request_id, attempt)
+        if progress is None:
+            await self._forget(keys=[stream, keys.request_key(item.request_id)], args=[entry_id, "abandoned"])
+            return
+        if attempt > self.max_attempts:
+            item.attempt = attempt
+            if await self._move(keys=[stream, keys.DEADLETTER_STREAM, keys.request_key(item.request_id)],
+                                args=[entry_id, item.SerializeToString(), "dead-letter", attempt]):
+                log.error("request failed on too many workers; dead-lettered", request_id=item.request_id)
+                self.sink.send(item.reply_to, [OutChunk(
+                    item.request_id, attempt, len(progress.token_ids), [], "", outcome="error",
+                    error=f"the request failed on {self.max_attempts} workers and was dead-lettered")])
+            return
+        item.attempt = attempt
+        del item.resume_token_ids[:]
+        item.resume_token_ids.extend(progress.token_ids)
+        item.resume_text = progress.text
+        if await self._move(keys=[stream, keys.request_stream(item.model), keys.request_key(item.request_id)],
+                            args=[entry_id, item.SerializeToString(), "requeued", attempt]):
+            self.recovered += 1
+            log.info("request requeued", request_id=item.request_id, attempt=attempt,
+                     resume_tokens=len(progress.token_ids))
