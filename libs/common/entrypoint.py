@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .logging import configure_logging
+from .metrics import install_process_metrics
 from .server import GrpcApp, Service
 from .settings import ServiceSettings
 from .telemetry import configure_telemetry, shutdown_telemetry
@@ -19,6 +20,7 @@ def run_service(name: str, settings_cls: type[S], make_service: Callable[[S], Se
     settings = settings_cls()
     configure_logging(name, settings.log_format, settings.log_level)
     configure_telemetry(name, settings.otlp_endpoint)
+    install_process_metrics()
 
     async def serve() -> None:
         await GrpcApp(make_service(settings), settings).run_until_signalled()

@@ -185,6 +185,8 @@ class WorkerMetrics:
         self.tokens = m.create_counter("llmserve.engine.tokens", "{token}", "Tokens computed, by phase.")
         self.kv_used = m.create_gauge("llmserve.kv.blocks.used", "{block}", "KV cache blocks in use.")
         self.kv_free = m.create_gauge("llmserve.kv.blocks.free", "{block}", "KV cache blocks free.")
+        self.phase_time = _latency(m, "llmserve.step.phase.duration",
+                                   "Time of one engine step phase (schedule, prepare, forward, sample, ...).")
         self.preempts = m.create_counter(
             "llmserve.preemptions", "{sequence}", "Sequences preempted because KV ran out."
         )
@@ -203,6 +205,12 @@ class WorkerMetrics:
             self.tokens.add(prefill_tokens, {**attrs, "phase": "prefill"})
         if decode_tokens:
             self.tokens.add(decode_tokens, {**attrs, "phase": "decode"})
+
+    def step_phases(self, model: str, seconds_by_phase: dict[str, float]) -> None:
+        """The per-phase breakdown of one step, so the next optimization starts from evidence."""
+        attrs = self._attrs(model)
+        for phase, seconds in seconds_by_phase.items():
+            self.phase_time.record(seconds, {**attrs, "phase": phase})
 
     def set_kv_blocks(self, model: str, used: int, free: int) -> None:
         """KV accounting after a step (or a heartbeat)."""

@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 
 from llmserve.common import redis_keys as keys
 from llmserve.common.logging import get_logger
+from llmserve.common.metrics import SchedulerMetrics
 from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending, reclaim_stale
 from llmserve.common.v1 import work_pb2
 from llmserve.common.workers import registry_snapshot
@@ -31,6 +32,7 @@ def pending_from_entry(entry: StreamEntry) -> Pending:
         model=item.model, priority=item.priority, deadline_unix_ms=item.deadline_unix_ms,
         reply_to=item.reply_to, attempt=item.attempt,
         need_tokens=len(item.prompt_token_ids) + item.sampling.max_tokens, payload=entry.payload,
+        enqueued_unix_ms=item.enqueued_unix_ms,
     )
 
 
@@ -46,6 +48,7 @@ class SchedulerCore:
                                        max_attempts=settings.max_attempts)
         self._recovery_task: asyncio.Task | None = None
         self.dispatched = 0
+        self.metrics = SchedulerMetrics()
         self._streams: set[str] = set()
         self._last_refresh = 0.0
         self._last_reclaim = 0.0
@@ -80,6 +83,10 @@ class SchedulerCore:
     async def _refresh(self) -> None:
         live, dead = await registry_snapshot(self.redis)
         self.placement.update(live)
+        serving = [w for w in live if not w.draining]
+        self.metrics.set_workers({m: sum(m in w.models for w in serving) for m in self.placement.models()},
+                                 live=len(serving), draining=len(live) - len(serving))
+        self._record_queue_depth()
         if dead and (self._recovery_task is None or self._recovery_task.done()):
             # In the background: fencing asks gateways, and dispatch must not wait for that.
             self._recovery_task = asyncio.create_task(self.recovery.recover(dead))
@@ -130,10 +137,19 @@ class SchedulerCore:
                 if result == DISPATCHED:
                     self.placement.reserve(worker, p.need_tokens)
                     self.dispatched += 1
+                    waited = max(0.0, time.time() - p.enqueued_unix_ms / 1000) if p.enqueued_unix_ms else 0.0
+                    self.metrics.dispatched(p.model, p.priority, waited)
                 elif result == CANCELLED:
                     self._notify(p, "cancelled")
                 progress = True
                 break  # the order changed: start again from the best candidate
+
+    def _record_queue_depth(self) -> None:
+        depth: dict[tuple[str, int], int] = {(m, prio): 0 for m in self.placement.models() for prio in (1, 2, 3)}
+        for p in self.waiting.all():
+            depth[(p.model, p.priority)] = depth.get((p.model, p.priority), 0) + 1
+        for (model, priority), n in depth.items():
+            self.metrics.set_queue_depth(model, priority, n)
 
     def _notify(self, p: Pending, outcome: str) -> None:
         log.info("request dropped before dispatch", request_id=p.request_id, outcome=outcome)

@@ -27,6 +27,7 @@ class Pending:
     attempt: int
     need_tokens: int  # prompt + max_tokens: the KV it may take
     payload: bytes
+    enqueued_unix_ms: int = 0
 
 
 class _PriorityClass:

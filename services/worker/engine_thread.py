@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 
 from llmserve.common.logging import get_logger
@@ -18,8 +19,10 @@ class EngineThread:
     """Steps the engine while it has work; hands each step's outputs to the event loop."""
 
     def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop,
-                 on_outputs: Callable[[list[TokenOutput]], None]):
+                 on_outputs: Callable[[list[TokenOutput]], None],
+                 on_step: Callable[[float, list[TokenOutput]], None] = lambda _s, _o: None):
         self.engine = engine
+        self._on_step = on_step
         self._loop = loop
         self._on_outputs = on_outputs
         self._wake = threading.Event()
@@ -44,11 +47,13 @@ class EngineThread:
                 self._wake.wait(timeout=0.1)
                 self._wake.clear()
                 continue
+            started = time.perf_counter()
             try:
                 outputs = self.engine.step()
             except Exception:  # a bug in the engine must not kill the worker silently
                 log.exception("engine step failed")
                 raise
             self.steps += 1
+            self._on_step(time.perf_counter() - started, outputs)  # metrics; runs on this thread
             if outputs:
                 self._loop.call_soon_threadsafe(self._on_outputs, outputs)

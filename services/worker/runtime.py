@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from llmserve.common import redis_keys as keys
 from llmserve.common.logging import get_logger
+from llmserve.common.metrics import WorkerMetrics
 from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending
 from llmserve.common.v1 import work_pb2
 from llmserve.common.workers import WorkerLoad, publish_heartbeat
@@ -77,10 +78,11 @@ class WorkerRuntime:
         self._thread: EngineThread | None = None
         self._tasks: list[asyncio.Task] = []
         self._to_ack: list[str] = []
+        self.metrics = WorkerMetrics(settings.worker_id)
 
     async def start(self, address: str) -> None:
         self.address = address
-        self._thread = EngineThread(self.engine, asyncio.get_running_loop(), self._publish)
+        self._thread = EngineThread(self.engine, asyncio.get_running_loop(), self._publish, self._record_step)
         self._thread.start()
         await ensure_group(self.redis, self.stream, keys.WORKER_GROUP)
         # Requests read before a restart and never finished are ours to run again.
@@ -160,6 +162,13 @@ class WorkerRuntime:
         for reply_to, chunks in by_gateway.items():
             self.sink.send(reply_to, chunks)
 
+    def _record_step(self, seconds: float, outputs: list[TokenOutput]) -> None:
+        tokens = sum(len(o.token_ids) for o in outputs)
+        self.metrics.step(self.model_name, len(outputs), 0, tokens, seconds)
+        timings = getattr(self.engine, "last_step_timings", None)
+        if timings:
+            self.metrics.step_phases(self.model_name, timings)
+
     async def _flush_acks(self) -> None:
         if not self._to_ack:
             return
@@ -174,7 +183,10 @@ class WorkerRuntime:
             raise
 
     async def _heartbeat(self) -> None:
-        await publish_heartbeat(self.redis, self.load(), self.settings.heartbeat_ttl_ms)
+        load = self.load()
+        self.metrics.set_kv_blocks(self.model_name, load.total_kv_blocks - load.free_kv_blocks,
+                                   load.free_kv_blocks)
+        await publish_heartbeat(self.redis, load, self.settings.heartbeat_ttl_ms)
 
     async def _heartbeat_loop(self) -> None:
         while True:
