@@ -1,5 +1,26 @@
-"""Python client for llmserve's public gRPC API."""
+"""Python client for llmserve's public gRPC API (sync `Client`, asyncio `AsyncClient`)."""
 
-from .client import Client, Completion, StreamPiece
+from .aio import AsyncClient
+from .auth import ApiKey, Auth, BearerToken, NoAuth
+from .balancer import Balancer, Endpoint
+from .client import Client
+from .retry import ClientRpcError, RequestAlreadyAccepted, RetryPolicy, StreamInterrupted
+from .types import Completion, StreamPiece, build_request
 
-__all__ = ["Client", "Completion", "StreamPiece"]
+__all__ = [
+    "ApiKey",
+    "AsyncClient",
+    "Auth",
+    "Balancer",
+    "BearerToken",
+    "Client",
+    "ClientRpcError",
+    "Completion",
+    "Endpoint",
+    "NoAuth",
+    "RequestAlreadyAccepted",
+    "RetryPolicy",
+    "StreamInterrupted",
+    "StreamPiece",
+    "build_request",
+]

@@ -1,78 +1,141 @@
-"""A small synchronous client over `llmserve.gateway.v1.GenerationService`."""
+"""The synchronous client over `llmserve.gateway.v1.GenerationService`.
+
+    with Client("10.0.0.1:50051,10.0.0.2:50051", api_key="...") as client:
+        for piece in client.stream(model, messages=[{"role": "user", "content": "hi"}]):
+            print(piece.text, end="")
+
+Retries and failover: see `retry.py`; load balancing: see `balancer.py`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator, Sequence
 
 import grpc
 
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
 
-_FINISH = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length"}
+from .auth import Auth, resolve_auth
+from .balancer import Balancer, Balancing, parse_addresses
+from .retry import CallPlan, RetryPolicy
+from .types import Completion, StreamPiece, build_request, to_completion, to_piece
 
-
-@dataclass
-class StreamPiece:
-    index: int
-    token_ids: list[int]
-    text: str
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass
-class Completion:
-    request_id: str
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
-def build_request(model: str, prompt: str | None = None, messages: list[dict] | None = None,
-                  **params) -> pb.GenerateRequest:
-    request = pb.GenerateRequest(model=model, **{k: v for k, v in params.items() if v is not None})
-    if messages is not None:
-        request.messages.messages.extend(pb.ChatMessage(**m) for m in messages)
-    elif prompt is not None:
-        request.prompt = prompt
-    return request
+DEFAULT_OPTIONS = (
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    # Fail fast on a dead address (then fail over) instead of backing off for up to 2 minutes.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 30_000),
+)
 
 
 class Client:
-    """`Client("127.0.0.1:50051", api_key=...)`; use as a context manager to close the channel."""
+    """Sync client: `Client(address(es), api_key=...)`; a context manager closes the channels.
 
-    def __init__(self, address: str, api_key: str | None = None, timeout: float | None = 120.0):
-        self.channel = grpc.insecure_channel(address)
-        self.stub = generation_pb2_grpc.GenerationServiceStub(self.channel)
-        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+    `address` is "host:port", a comma-separated list, or a list (`"host:port=3"` weighs an
+    address; or pass `weights`). `timeout` is each call's whole deadline, retries included.
+    """
+
+    def __init__(
+        self,
+        address: str | Sequence[str],
+        api_key: str | None = None,
+        timeout: float | None = 120.0,
+        *,
+        auth: Auth | None = None,
+        retry: RetryPolicy | None = None,
+        balancing: Balancing | None = None,
+        weights: Sequence[float] | None = None,
+        eject_cooldown_s: float = 2.0,
+        options: Sequence[tuple[str, object]] = DEFAULT_OPTIONS,
+    ):
+        parsed = parse_addresses(address, weights)
+        weighted = weights is not None or any(w != 1.0 for _, w in parsed)
+        self.balancer = Balancer(
+            parsed,
+            lambda a: _channel(a, options),
+            balancing or ("weighted" if weighted else "round_robin"),
+            eject_cooldown_s,
+        )
+        self.auth = resolve_auth(api_key, auth)
+        self.retry = retry or RetryPolicy()
         self.timeout = timeout
 
-    def generate(self, model: str, prompt: str | None = None, *, messages=None, **params) -> Completion:
-        response = self.stub.Generate(build_request(model, prompt, messages, **params),
-                                      metadata=self.metadata, timeout=self.timeout)
-        return Completion(response.request_id, response.text, _FINISH.get(response.finish_reason, ""),
-                          response.usage.prompt_tokens, response.usage.completion_tokens)
+    @property
+    def stub(self) -> generation_pb2_grpc.GenerationServiceStub:
+        """The first endpoint's stub (for callers that want the raw API)."""
+        return self.balancer.endpoints[0].stub
 
-    def stream(self, model: str, prompt: str | None = None, *, messages=None, **params) -> Iterator[StreamPiece]:
-        call = self.stub.GenerateStream(build_request(model, prompt, messages, **params),
-                                        metadata=self.metadata, timeout=self.timeout)
-        for m in call:
-            yield StreamPiece(m.index, list(m.token_ids), m.text, _FINISH.get(m.finish_reason),
-                              m.usage.prompt_tokens, m.usage.completion_tokens)
+    def generate(
+        self, model: str, prompt: str | None = None, *, messages=None, timeout: float | None = None, **params
+    ) -> Completion:
+        request = build_request(model, prompt, messages, **params)
+        plan = CallPlan(self.retry, self.balancer, request.request_id, _pick(timeout, self.timeout))
+        while True:
+            endpoint, remaining = plan.next_attempt()
+            request.request_id = plan.request_id
+            try:
+                response = endpoint.stub.Generate(request, metadata=self.auth.metadata(), timeout=remaining)
+            except grpc.RpcError as e:
+                time.sleep(plan.after_error(e, endpoint))
+                continue
+            plan.succeeded(endpoint)
+            return to_completion(response)
 
-    def list_models(self) -> list[pb.ModelInfo]:
-        return list(self.stub.ListModels(pb.ListModelsRequest(), metadata=self.metadata,
-                                         timeout=self.timeout).models)
+    def stream(
+        self, model: str, prompt: str | None = None, *, messages=None, timeout: float | None = None, **params
+    ) -> Iterator[StreamPiece]:
+        """Pieces as the tokens are made. Retried only until the first piece arrives."""
+        request = build_request(model, prompt, messages, **params)
+        plan = CallPlan(self.retry, self.balancer, request.request_id, _pick(timeout, self.timeout))
+        while True:
+            endpoint, remaining = plan.next_attempt()
+            request.request_id = plan.request_id
+            call = endpoint.stub.GenerateStream(request, metadata=self.auth.metadata(), timeout=remaining)
+            delivered = 0
+            try:
+                for message in call:
+                    delivered += 1
+                    yield to_piece(message)
+                plan.succeeded(endpoint)
+                return
+            except grpc.RpcError as e:
+                delay = plan.after_error(e, endpoint, delivered)
+            finally:
+                call.cancel()  # the caller stopped early (or it failed): the gateway cancels the work
+            time.sleep(delay)
+
+    def list_models(self, timeout: float | None = None) -> list[pb.ModelInfo]:
+        plan = CallPlan(self.retry, self.balancer, "-", _pick(timeout, self.timeout))
+        while True:
+            endpoint, remaining = plan.next_attempt()
+            try:
+                response = endpoint.stub.ListModels(
+                    pb.ListModelsRequest(), metadata=self.auth.metadata(), timeout=remaining
+                )
+            except grpc.RpcError as e:
+                time.sleep(plan.after_error(e, endpoint))
+                continue
+            plan.succeeded(endpoint)
+            return list(response.models)
 
     def close(self) -> None:
-        self.channel.close()
+        for channel in self.balancer.channels():
+            channel.close()
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _channel(address: str, options) -> tuple[grpc.Channel, generation_pb2_grpc.GenerationServiceStub]:
+    channel = grpc.insecure_channel(address, options=list(options))
+    return channel, generation_pb2_grpc.GenerationServiceStub(channel)
+
+
+def _pick(timeout: float | None, default: float | None) -> float | None:
+    return timeout if timeout is not None else default
