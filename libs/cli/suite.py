@@ -56,6 +56,7 @@ class LocalSuite:
     log_dir: Path = Path(".run/logs")
     env: dict[str, str] = field(default_factory=dict)
     with_monitor: bool = True
+    workers: int = 1
     redis: RedisServer | None = None
     services: list[ServiceProcess] = field(default_factory=list)
 
@@ -96,11 +97,34 @@ class LocalSuite:
         self.services.append(service)
         return service
 
+    def spawn_worker(self, index: int, generation: int = 0) -> ServiceProcess:
+        """Worker `index` listens on the worker port + 10*index (50053, 50063, ...); a restarted
+        worker (generation > 0) takes a new id, as a replacement pod would."""
+        port = self.ports.worker + 10 * index if index else self.ports.worker
+        if index and not self._port_free(port):
+            port = free_port()
+        worker_id = f"worker-{port}" + (f"-{generation}" if generation else "")
+        name = "worker" if index == 0 else f"worker{index}"
+        return self.spawn(name, "llmserve.worker", port,
+                          {"LLMSERVE_WORKER_PORT": str(port), "LLMSERVE_WORKER_WORKER_ID": worker_id})
+
+    @staticmethod
+    def _port_free(port: int) -> bool:
+        import socket
+
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
     def start(self, timeout: float = 180.0) -> None:
         self.start_redis()
         if self.with_monitor:
             self.spawn("monitor", "llmserve.monitor", self.ports.monitor)
-        self.spawn("worker", "llmserve.worker", self.ports.worker)
+        for index in range(self.workers):
+            self.spawn_worker(index)
         self.spawn("scheduler", "llmserve.scheduler", self.ports.scheduler)
         self.spawn("gateway", "llmserve.gateway", self.ports.gateway)
         self.wait_serving(timeout)

@@ -17,7 +17,8 @@ def run_up(args) -> int:
     print(f"preparing {DEFAULT_MODEL} ...", flush=True)
     resolve_model(DEFAULT_MODEL)
     suite = LocalSuite(ports=Ports(), redis_url=os.environ.get("REDIS_URL") or None,
-                       log_dir=Path(".run/logs"), with_monitor=not args.no_monitor)
+                       log_dir=Path(".run/logs"), with_monitor=not args.no_monitor,
+                       workers=args.workers)
     stop = False
 
     def on_signal(*_):
