@@ -6,12 +6,14 @@ import asyncio
 import time
 
 import redis.asyncio as aioredis
+from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from llmserve.common import redis_keys as keys
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import SchedulerMetrics
 from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending, reclaim_stale
+from llmserve.common.telemetry import extract_context
 from llmserve.common.v1 import work_pb2
 from llmserve.common.workers import registry_snapshot
 from llmserve.gateway.sink_client import OutChunk, SinkClient
@@ -23,6 +25,7 @@ from .settings import SchedulerSettings
 from .waiting import Pending, WaitingQueue
 
 log = get_logger(__name__)
+_tracer = trace.get_tracer("llmserve.scheduler")
 
 
 def pending_from_entry(entry: StreamEntry) -> Pending:
@@ -32,7 +35,7 @@ def pending_from_entry(entry: StreamEntry) -> Pending:
         model=item.model, priority=item.priority, deadline_unix_ms=item.deadline_unix_ms,
         reply_to=item.reply_to, attempt=item.attempt,
         need_tokens=len(item.prompt_token_ids) + item.sampling.max_tokens, payload=entry.payload,
-        enqueued_unix_ms=item.enqueued_unix_ms,
+        enqueued_unix_ms=item.enqueued_unix_ms, trace_context=dict(item.trace_context),
     )
 
 
@@ -139,10 +142,19 @@ class SchedulerCore:
                     self.dispatched += 1
                     waited = max(0.0, time.time() - p.enqueued_unix_ms / 1000) if p.enqueued_unix_ms else 0.0
                     self.metrics.dispatched(p.model, p.priority, waited)
+                    self._trace_dispatch(p, worker.worker_id)
                 elif result == CANCELLED:
                     self._notify(p, "cancelled")
                 progress = True
                 break  # the order changed: start again from the best candidate
+
+    def _trace_dispatch(self, p: Pending, worker_id: str) -> None:
+        """One span from enqueue to dispatch, in the request's trace."""
+        start_ns = p.enqueued_unix_ms * 1_000_000 if p.enqueued_unix_ms else None
+        span = _tracer.start_span("scheduler.queue", context=extract_context(p.trace_context), start_time=start_ns,
+                                  attributes={"llmserve.request_id": p.request_id, "llmserve.worker": worker_id,
+                                              "llmserve.priority": p.priority, "llmserve.tenant": p.tenant})
+        span.end()
 
     def _record_queue_depth(self) -> None:
         depth: dict[tuple[str, int], int] = {(m, prio): 0 for m in self.placement.models() for prio in (1, 2, 3)}

@@ -9,7 +9,7 @@ minimum, so it cannot bank credit); within a tenant, oldest first.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Pending:
     need_tokens: int  # prompt + max_tokens: the KV it may take
     payload: bytes
     enqueued_unix_ms: int = 0
+    trace_context: dict[str, str] = field(default_factory=dict)
 
 
 class _PriorityClass:

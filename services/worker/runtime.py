@@ -7,14 +7,17 @@ import asyncio
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
+from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from llmserve.common import redis_keys as keys
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import WorkerMetrics
 from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending
+from llmserve.common.telemetry import extract_context
 from llmserve.common.v1 import work_pb2
 from llmserve.common.workers import WorkerLoad, publish_heartbeat
 from llmserve.gateway.sink_client import OutChunk, SinkClient
@@ -26,6 +29,7 @@ from .resume import owed_text
 from .settings import WorkerSettings
 
 log = get_logger(__name__)
+_tracer = trace.get_tracer("llmserve.worker")
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Active:
     attempt: int
     deadline_unix_ms: int
     owed_text: str = ""  # decoded by a previous attempt, never delivered: goes out first
+    span: Any = None  # the request's "worker.generate" span, in the gateway's trace
 
 
 def engine_request(item: work_pb2.WorkItem) -> EngineRequest:
@@ -138,6 +143,10 @@ class WorkerRuntime:
                                                         len(item.resume_token_ids), [], "", outcome=outcome)])
                 self._to_ack.append(entry.entry_id)
                 continue
+            active.span = _tracer.start_span(
+                "worker.generate", context=extract_context(dict(item.trace_context)),
+                attributes={"llmserve.request_id": item.request_id, "llmserve.worker": self.settings.worker_id,
+                            "llmserve.attempt": item.attempt, "llmserve.prompt_tokens": len(item.prompt_token_ids)})
             self.active[item.request_id] = active
             self.engine.add_request(engine_request(item))
         if self._thread:
@@ -158,6 +167,9 @@ class WorkerRuntime:
             ))
             if out.finished:
                 del self.active[out.request_id]
+                active.span.set_attribute("llmserve.completion_tokens", out.completion_tokens)
+                active.span.set_attribute("llmserve.finish_reason", _outcome(out, active))
+                active.span.end()
                 self._to_ack.append(active.entry_id)
         for reply_to, chunks in by_gateway.items():
             self.sink.send(reply_to, chunks)
