@@ -62,8 +62,12 @@ class SchedulerCore:
             try:
                 await self.run_once()
             except RedisError as e:
+                if "NOGROUP" in str(e):  # Redis lost its data (restart without persistence)
+                    self._streams.clear()
+                    self.dispatcher.forget_groups()
+                    continue
                 log.warning("redis unavailable; retrying", error=type(e).__name__)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.2)
 
     async def run_once(self) -> None:
         now = time.monotonic()

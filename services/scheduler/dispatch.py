@@ -47,6 +47,10 @@ class Dispatcher:
             args=[keys.SCHEDULER_GROUP, p.entry_id, p.payload, worker_id, p.attempt],
         )
 
+    def forget_groups(self) -> None:
+        """Re-create worker stream groups on next use (Redis came back empty)."""
+        self._worker_groups.clear()
+
     async def drop(self, p: Pending, state: str) -> bool:
         """Acknowledge a request that will not run (expired, cancelled); False if taken elsewhere."""
         result = await self._drop(keys=[p.stream, keys.request_key(p.request_id)],

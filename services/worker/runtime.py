@@ -124,8 +124,11 @@ class WorkerRuntime:
                 await self._admit(entries)
                 await self._flush_acks()
             except RedisError as e:
+                if "NOGROUP" in str(e):  # Redis came back empty: recreate our group
+                    await ensure_group(self.redis, self.stream, keys.WORKER_GROUP)
+                    continue
                 log.warning("redis unavailable; retrying", error=type(e).__name__)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.2)
 
     async def _admit(self, entries: list[StreamEntry]) -> None:
         if not entries:
