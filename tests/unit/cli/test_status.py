@@ -11,7 +11,6 @@ import redis.asyncio as aioredis
 from llmserve.cli.redis_server import free_port
 from llmserve.cli.status import collect, render, run_status
 from llmserve.common import redis_keys as keys
-from llmserve.gateway.catalog import ModelCatalog
 from llmserve.monitor.v1 import monitor_pb2 as mpb
 from tests.support.scripted_engine import ScriptedEngine
 from tests.support.stack import MODEL, running_stack
@@ -37,10 +36,10 @@ async def wait_for_workers(redis_url: str, n: int) -> None:
     await r.aclose()
 
 
-async def test_status_shows_workers_queues_kv_and_alerts(redis_url):
+async def test_status_shows_workers_queues_kv_and_alerts(redis_url, catalog):
     engines = [ScriptedEngine(total_blocks=100), ScriptedEngine(total_blocks=50)]
     async with (
-        running_stack(redis_url, engines, ModelCatalog.load([MODEL])) as stack,
+        running_stack(redis_url, engines, catalog) as stack,
         FakeMonitor([]) as monitor,
     ):
         await wait_for_workers(redis_url, 2)
