@@ -101,7 +101,27 @@ def build_parser() -> argparse.ArgumentParser:
     prep = sub.add_parser("prepare", help="convert and cache a model (once)")
     prep.add_argument("--model", default=DEFAULT_MODEL)
     prep.set_defaults(func=cmd_prepare)
+    _register_command_modules(sub)
     return parser
+
+
+# Subcommands kept in their own modules, each with `register(sub, add_client_args)`:
+# status/batch/bench (ops_commands), and `keys` and `models` once their modules exist.
+COMMAND_MODULES = ("ops_commands", "keys", "models")
+
+
+def _register_command_modules(sub) -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"llmserve.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"llmserve.cli.{name}":
+                raise
+            continue
+        if hasattr(module, "register"):
+            module.register(sub, _add_client_args)
 
 
 def main(argv: list[str] | None = None) -> int:
