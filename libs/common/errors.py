@@ -85,7 +85,36 @@ HTTP_STATUS_OF: dict[type[LLMServeError], int] = {
     GenerationFailed: 500,
 }
 
+# OpenAI-style error `type` and `code` for the HTTP API's `{"error": {...}}` bodies.
+OPENAI_ERROR_OF: dict[type[LLMServeError], tuple[str, str]] = {
+    Unauthenticated: ("authentication_error", "invalid_api_key"),
+    PermissionDenied: ("permission_error", "model_not_allowed"),
+    InvalidArgument: ("invalid_request_error", "invalid_argument"),
+    ModelNotFound: ("invalid_request_error", "model_not_found"),
+    AlreadyExists: ("invalid_request_error", "duplicate_request_id"),
+    RateLimited: ("rate_limit_error", "rate_limit_exceeded"),
+    Unavailable: ("server_error", "unavailable"),
+    DeadlineExceeded: ("timeout_error", "deadline_exceeded"),
+    Cancelled: ("cancelled", "cancelled"),
+    GenerationFailed: ("server_error", "generation_failed"),
+}
+
 RETRY_AFTER_KEY = "retry-after-ms"
+
+
+def http_status_for(error: LLMServeError) -> int:
+    for cls in type(error).__mro__:
+        if cls in HTTP_STATUS_OF:
+            return HTTP_STATUS_OF[cls]
+    return 500
+
+
+def openai_error_of(error: LLMServeError) -> tuple[str, str]:
+    """(type, code) of an OpenAI-shaped error body for `error`."""
+    for cls in type(error).__mro__:
+        if cls in OPENAI_ERROR_OF:
+            return OPENAI_ERROR_OF[cls]
+    return ("server_error", "internal_error")
 
 
 def status_code_for(error: LLMServeError) -> grpc.StatusCode:

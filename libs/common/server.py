@@ -58,9 +58,12 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
 class GrpcApp:
     """A service on a gRPC server with health, reflection and graceful drain."""
 
-    def __init__(self, service: Service, settings: ServiceSettings):
+    def __init__(self, service: Service, settings: ServiceSettings,
+                 credentials: grpc.ServerCredentials | None = None):
         self.service = service
         self.settings = settings
+        # TLS for the port: given here, or offered by the service as `server_credentials`.
+        self.credentials = credentials or getattr(service, "server_credentials", None)
         self.health = HealthServicer()
         self.server = grpc.aio.server(options=server_options(settings))
         self.port = 0
@@ -72,7 +75,10 @@ class GrpcApp:
         names = (*self.service.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                  reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.server)
-        self.port = self.server.add_insecure_port(self.settings.address)
+        if self.credentials is not None:
+            self.port = self.server.add_secure_port(self.settings.address, self.credentials)
+        else:
+            self.port = self.server.add_insecure_port(self.settings.address)
         if self.port == 0:
             raise RuntimeError(f"could not bind {self.settings.address}")
         await self.server.start()

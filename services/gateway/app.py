@@ -1,19 +1,26 @@
-"""Wires the gateway: settings -> components -> gRPC server."""
+"""Wires the gateway: settings -> components -> gRPC server (+ HTTP server in the same loop)."""
 
 from __future__ import annotations
 
 import asyncio
 
+import grpc
 import redis.asyncio as aioredis
 
 from llmserve.common.logging import get_logger
+from llmserve.common.server import server_options
 from llmserve.gateway.internal.v1 import token_sink_pb2, token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2, generation_pb2_grpc
 
-from .auth import ApiKeyAuthenticator
+from .api_keys import ApiKeyStore
+from .auth import Authenticator, StaticKeys
 from .catalog import ModelCatalog
 from .generation import GenerationService
+from .http_api import build_app
+from .http_server import HttpServer, grpc_server_credentials
 from .inflight import InflightRegistry
+from .jwt_auth import JwtVerifier
+from .ratelimit import RateLimiter
 from .request_queue import RequestQueue
 from .servicer import GenerationServicer, TokenSinkServicer
 from .settings import GatewaySettings
@@ -22,7 +29,12 @@ log = get_logger(__name__)
 
 
 class GatewayService:
-    """The gateway as a `llmserve.common.server.Service`."""
+    """The gateway as a `llmserve.common.server.Service`.
+
+    With TLS configured the public port carries only GenerationService; the workers' token
+    sink then listens on a separate plaintext internal port (`internal_port`), since
+    workers are inside the deployment and hold no client certificates.
+    """
 
     service_names = (
         generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name,
@@ -37,19 +49,40 @@ class GatewayService:
             socket_connect_timeout=settings.redis_timeout_s,
         )
         self.inflight = InflightRegistry()
-        self.auth = ApiKeyAuthenticator(settings.api_keys)
-        if not self.auth.configured:
-            log.warning("no API keys configured: every request will be UNAUTHENTICATED")
+        self.keys = ApiKeyStore(self.redis, settings.api_key_cache_s)
+        jwt = JwtVerifier(settings) if settings.jwt_algorithms else None
+        self.auth = Authenticator(StaticKeys(settings.api_keys), self.keys, jwt)
+        if not settings.api_keys and not (jwt and jwt.configured):
+            log.info("no static API keys or JWT keys configured: only keys from `llmserve keys create` work")
+        self.limiter = RateLimiter(settings)
         self.queue = RequestQueue(self.redis, settings.max_queue_len)
         self.generation = GenerationService(settings, self.auth, self.catalog, self.queue, self.inflight,
-                                            self.redis)
+                                            self.redis, self.limiter)
+        #: Read by the gRPC bootstrap: TLS for the public port when certificates are configured.
+        self.server_credentials = grpc_server_credentials(settings)
+        self.http = HttpServer(build_app(self.generation), settings)
+        self.http_port = 0
+        self._internal: grpc.aio.Server | None = None
+        self._internal_port = 0
 
     def register(self, server) -> None:
-        token_sink_pb2_grpc.add_TokenSinkServiceServicer_to_server(TokenSinkServicer(self.inflight), server)
         generation_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(self.generation), server)
+        sink_server = server
+        if self.server_credentials is not None:
+            sink_server = self._internal = grpc.aio.server(options=server_options(self.settings))
+            self._internal_port = self._internal.add_insecure_port(
+                f"{self.settings.host}:{self.settings.internal_port}")
+        token_sink_pb2_grpc.add_TokenSinkServiceServicer_to_server(TokenSinkServicer(self.inflight), sink_server)
 
     async def start(self, bound_port: int) -> None:
-        self.queue.reply_to = f"{self.settings.advertise_host or self.settings.host}:{bound_port}"
+        sink_port = bound_port
+        if self._internal is not None:
+            await self._internal.start()
+            sink_port = self._internal_port
+        self.queue.reply_to = f"{self.settings.advertise_host or self.settings.host}:{sink_port}"
+        self.limiter.start()
+        await self.limiter.warm_up()
+        self.http_port = await self.http.start()
 
     async def drain(self) -> None:
         self.generation.draining = True
@@ -57,5 +90,8 @@ class GatewayService:
             await asyncio.sleep(0.05)
 
     async def close(self) -> None:
+        await self.http.stop()
+        if self._internal is not None:
+            await self._internal.stop(grace=1.0)
+        await self.limiter.close()
         await self.redis.aclose()
-

@@ -1,4 +1,10 @@
-"""Who is calling: API keys checked in constant time, mapped to tenants."""
+"""Who is calling: static keys, stored API keys and JWTs, mapped to tenants.
+
+A bearer token is tried in this order: the static `tenant=key` entries from settings (in
+memory, every digest compared), then by shape: `llmsk_<id>_<secret>` is looked up in the
+Redis key store, a three-part dotted token is verified as a JWT. Any failure is
+UNAUTHENTICATED; a valid identity asking for a model it may not use is PERMISSION_DENIED.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +12,46 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from llmserve.common.errors import Unauthenticated
+from llmserve.common.errors import PermissionDenied, Unauthenticated
+
+from .api_keys import KEY_PREFIX, LIMIT_NAMES, ApiKeyStore
+from .jwt_auth import JwtVerifier
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-tenant limits; None leaves a field at the settings' default."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent_streams: int | None = None
+
+    def over(self, defaults: Limits) -> Limits:
+        """These limits with unset fields taken from `defaults`."""
+        return Limits(**{
+            name: getattr(self, name) if getattr(self, name) is not None else getattr(defaults, name)
+            for name in LIMIT_NAMES
+        })
 
 
 @dataclass(frozen=True)
 class Identity:
+    """An authenticated caller: its tenant, the models it may use (None: all), its limits."""
+
     tenant: str
+    models: frozenset[str] | None = None
+    limits: Limits = Limits()
+
+    def check_model(self, model: str) -> None:
+        if self.models is not None and model not in self.models:
+            raise PermissionDenied(f"tenant {self.tenant!r} may not use model {model!r}")
 
 
-class ApiKeyAuthenticator:
-    """Checks `authorization: Bearer <key>` against configured `tenant=key` entries.
+class StaticKeys:
+    """The `tenant=key` entries from settings; only SHA-256 digests are kept in memory.
 
-    Only SHA-256 digests of the keys are kept in memory; every candidate is compared
-    (hmac.compare_digest) so timing does not reveal which key nearly matched.
+    Every candidate is compared (hmac.compare_digest), so timing does not reveal which key
+    nearly matched.
     """
 
     def __init__(self, entries: list[str]):
@@ -29,24 +62,52 @@ class ApiKeyAuthenticator:
                 tenant, key = "default", entry
             self._digests.append((_digest(key), tenant))
 
-    @property
-    def configured(self) -> bool:
+    def __bool__(self) -> bool:
         return bool(self._digests)
 
-    def authenticate(self, authorization: str | None) -> Identity:
-        if not authorization:
-            raise Unauthenticated("missing `authorization: Bearer <api key>` metadata")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("authorization must be `Bearer <api key>`")
-        candidate = _digest(token.strip())
+    def match(self, token: str) -> Identity | None:
+        candidate = _digest(token)
         tenant = None
         for digest, owner in self._digests:
             if hmac.compare_digest(digest, candidate):
                 tenant = owner
-        if tenant is None:
-            raise Unauthenticated("invalid API key")
-        return Identity(tenant=tenant)
+        return Identity(tenant) if tenant is not None else None
+
+
+class Authenticator:
+    """Turns an `authorization` header into an Identity, or raises Unauthenticated."""
+
+    def __init__(self, static: StaticKeys, store: ApiKeyStore | None = None, jwt: JwtVerifier | None = None):
+        self.static = static
+        self.store = store
+        self.jwt = jwt
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.static) or self.store is not None or bool(self.jwt and self.jwt.configured)
+
+    async def authenticate(self, authorization: str | None) -> Identity:
+        token = bearer_token(authorization)
+        identity = self.static.match(token)
+        if identity is not None:
+            return identity
+        if self.store is not None and token.startswith(KEY_PREFIX + "_"):
+            record = await self.store.lookup(token)
+            if record is not None:
+                return Identity(record.tenant, record.model_set(), Limits(**record.limit_overrides()))
+        elif self.jwt is not None and self.jwt.configured and token.count(".") == 2:
+            tenant, models = self.jwt.verify(token)
+            return Identity(tenant, models)
+        raise Unauthenticated("invalid API key")
+
+
+def bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthenticated("missing `authorization: Bearer <api key>` metadata")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("authorization must be `Bearer <api key>`")
+    return token.strip()
 
 
 def _digest(key: str) -> bytes:

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from llmserve.common.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, LLMServeError
+from llmserve.common.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    InvalidArgument,
+    LLMServeError,
+    Unavailable,
+)
 from llmserve.common.logging import get_logger
 from llmserve.common.workers import registry_snapshot
 
-from .auth import ApiKeyAuthenticator
+from .auth import Authenticator, Identity
 from .catalog import ModelCatalog
-from .inflight import Event, FinishEvent, InflightRegistry
+from .inflight import Event, FinishEvent, InflightRegistry, TokenEvent
+from .ratelimit import RateLimiter
 from .request_queue import RequestQueue
 from .settings import GatewaySettings
 from .validation import GenerateParams, Job, validate
@@ -24,23 +32,39 @@ log = get_logger(__name__)
 
 
 class GenerationService:
-    def __init__(self, settings: GatewaySettings, auth: ApiKeyAuthenticator, catalog: ModelCatalog,
-                 queue: RequestQueue, inflight: InflightRegistry, redis):
+    """The one path every front end (gRPC, HTTP, WebSocket) takes: admit, then stream."""
+
+    def __init__(self, settings: GatewaySettings, auth: Authenticator, catalog: ModelCatalog,
+                 queue: RequestQueue, inflight: InflightRegistry, redis, limiter: RateLimiter):
         self.settings = settings
         self.redis = redis
         self.auth = auth
         self.catalog = catalog
         self.queue = queue
         self.inflight = inflight
+        self.limiter = limiter
         self.draining = False
 
-    def admit(self, authorization: str | None, params: GenerateParams) -> Job:
-        """Authenticate and validate; raises before anything is written anywhere."""
-        identity = self.auth.authenticate(authorization)
+    async def identify(self, authorization: str | None) -> Identity:
+        return await self.auth.authenticate(authorization)
+
+    async def admit(self, authorization: str | None, params: GenerateParams) -> Job:
+        """Authenticate, authorize, validate, then take a rate-limit lease.
+
+        Everything before the lease is checked without writing anything anywhere; the
+        returned job must be passed to `stream`, which gives the lease back.
+        """
+        if self.draining:
+            raise Unavailable("the gateway is draining; retry on another replica", retry_after_s=1.0)
+        identity = await self.auth.authenticate(authorization)
         if not params.model:
             raise InvalidArgument("model is required")
         model = self.catalog.get(params.model)
-        return validate(params, model, identity.tenant, self.settings)
+        identity.check_model(model.name)
+        job = validate(params, model, identity.tenant, self.settings)
+        reserved = len(job.prompt_token_ids) + job.sampling.max_tokens
+        lease = await self.limiter.acquire(identity.tenant, identity.limits, reserved)
+        return dataclasses.replace(job, lease=lease)
 
     async def list_models(self) -> list[ModelStatus]:
         return await list_models(self.catalog, self.redis)
@@ -49,8 +73,19 @@ class GenerationService:
         """Enqueue the job and yield its events until it finishes.
 
         Raises the request's error (deadline, cancellation, failure). If the caller stops
-        iterating early (client gone), the request is cancelled everywhere.
+        iterating early (client gone), the request is cancelled everywhere. Either way the
+        job's rate-limit lease is released with the tokens really used.
         """
+        used = _Usage(len(job.prompt_token_ids))
+        try:
+            async for event in self._events(job, timeout_s):
+                used.count(event)
+                yield event
+        finally:
+            if job.lease is not None:
+                await asyncio.shield(self.limiter.release(job.lease, used.total))
+
+    async def _events(self, job: Job, timeout_s: float | None) -> AsyncIterator[Event]:
         timeout = timeout_s if timeout_s is not None else self.settings.default_timeout_s
         deadline = time.monotonic() + timeout
         stream = self.inflight.open(job.request_id)
@@ -85,6 +120,24 @@ class GenerationService:
             self.inflight.notify_worker_cancel(request_id, worker_id)
         await asyncio.shield(self.queue.cancel(request_id))
 
+
+class _Usage:
+    """Tokens a request really used: the prompt plus the completion tokens delivered."""
+
+    def __init__(self, prompt_tokens: int):
+        self.prompt = prompt_tokens
+        self.completion = 0
+        self.final: int | None = None
+
+    def count(self, event: Event) -> None:
+        if isinstance(event, TokenEvent):
+            self.completion += len(event.token_ids)
+        elif isinstance(event, FinishEvent):
+            self.final = event.prompt_tokens + event.completion_tokens
+
+    @property
+    def total(self) -> int:
+        return self.final if self.final is not None else self.prompt + self.completion
 
 
 @dataclass

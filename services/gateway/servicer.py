@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 
-from llmserve.common.errors import LLMServeError, Unavailable, abort_with
+from llmserve.common.errors import LLMServeError, abort_with
 from llmserve.common.logging import get_logger
 from llmserve.gateway.internal.v1 import token_sink_pb2, token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2 as pb
@@ -66,7 +66,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
     async def GenerateStream(self, request, context):
         try:
-            job = self._admit(request, context)
+            job = await self._admit(request, context)
             async for event in self.service.stream(job, context.time_remaining()):
                 if isinstance(event, TokenEvent):
                     yield pb.GenerateStreamResponse(request_id=job.request_id, index=event.index,
@@ -79,7 +79,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
     async def Generate(self, request, context):
         try:
-            job = self._admit(request, context)
+            job = await self._admit(request, context)
             parts: list[str] = []
             async for event in self.service.stream(job, context.time_remaining()):
                 if isinstance(event, TokenEvent):
@@ -97,10 +97,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             for m in models
         ])
 
-    def _admit(self, request, context):
-        if self.service.draining:
-            raise Unavailable("the gateway is draining; retry on another replica", retry_after_s=1.0)
-        return self.service.admit(_authorization(context), params_from_pb(request))
+    async def _admit(self, request, context):
+        return await self.service.admit(_authorization(context), params_from_pb(request))
 
 
 class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):

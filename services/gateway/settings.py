@@ -3,32 +3,75 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from llmserve.common.model_store import DEFAULT_MODEL
 from llmserve.common.settings import ServiceSettings
 
+_LIST_FIELDS = ("api_keys", "models", "jwt_algorithms", "jwt_public_key_paths")
+
 
 class GatewaySettings(ServiceSettings):
+    """Everything the gateway reads from its environment, validated once at start."""
+
     model_config = SettingsConfigDict(env_prefix="LLMSERVE_GATEWAY_", extra="ignore")
 
     port: int = Field(50051, ge=0, le=65535, description="Public gRPC port.")
+    http_port: int = Field(
+        8000, ge=0, le=65535,
+        description="OpenAI-compatible HTTP and WebSocket port; 0 picks a free one. Left unset while the "
+        "gRPC port is 0 (tests, ephemeral replicas), it is 0 too.",
+    )
     advertise_host: str = Field(
         "", description="Host workers use to reach this gateway's token sink; empty: the bind host."
     )
+    internal_port: int = Field(
+        0, ge=0, le=65535,
+        description="Plaintext port of the internal token sink when the public gRPC port uses TLS "
+        "(workers connect here); 0 picks a free one. Unused without TLS.",
+    )
+    # -- credentials ---------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Accepted API keys as `tenant=key` (or a bare key: tenant `default`). "
-        "JSON list or comma-separated.",
+        description="Static API keys as `tenant=key` (or a bare key: tenant `default`), all models, "
+        "default limits. JSON list or comma-separated. Keys made by `llmserve keys create` live in Redis.",
     )
+    api_key_cache_s: float = Field(
+        2.0, ge=0, description="How long a key looked up in Redis is trusted locally: a revoked key "
+        "stops working within this time."
+    )
+    jwt_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="JWT algorithms accepted (HS256, RS256, ES256); empty: JWTs are not accepted. "
+        "The token's header never widens this list.",
+    )
+    jwt_hs256_secret: str = Field("", description="Shared secret for HS256 tokens.")
+    jwt_public_key_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="PEM public keys (RSA for RS256, EC P-256 for ES256)."
+    )
+    jwks_path: str = Field("", description="A JWKS file (keys chosen by `kid`).")
+    jwt_audience: str = Field("", description="Required `aud`; empty: aud is not checked.")
+    jwt_issuer: str = Field("", description="Required `iss`; empty: iss is not checked.")
+    jwt_leeway_s: float = Field(10.0, ge=0, le=300, description="Clock skew allowed on exp and nbf.")
+    jwt_tenant_claim: str = Field("tenant", description="Claim naming the tenant (falls back to `sub`).")
+    jwt_models_claim: str = Field(
+        "models", description="Claim listing the allowed models (list or space-separated); absent: all."
+    )
+    # -- models and validation -----------------------------------------------------------
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [DEFAULT_MODEL], description="Models served: names or directories."
     )
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when the request leaves it unset.")
     max_prompt_bytes: int = Field(256 * 1024, ge=1, description="Largest prompt (or all messages) in bytes.")
+    max_chat_message_bytes: int = Field(
+        64 * 1024, ge=1, description="Largest single chat message content in bytes."
+    )
+    max_request_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest HTTP request body or WebSocket message in bytes."
+    )
     max_stop_strings: int = Field(4, ge=0, description="Most stop strings per request.")
     max_stop_bytes: int = Field(64, ge=1, description="Longest stop string in bytes.")
     max_messages: int = Field(256, ge=1, description="Most chat messages per request.")
@@ -39,8 +82,41 @@ class GatewaySettings(ServiceSettings):
     redis_timeout_s: float = Field(
         1.0, gt=0, description="Socket timeout towards Redis: an outage answers UNAVAILABLE this fast."
     )
+    # -- rate limits (defaults per tenant; a stored API key may override them) -----------
+    requests_per_minute: int = Field(600, ge=0, description="Requests a tenant may start per minute; 0: no limit.")
+    tokens_per_minute: int = Field(
+        1_000_000, ge=0,
+        description="Tokens (prompt + max_tokens reserved at admission, corrected to the real use at the "
+        "end) per tenant per minute; 0: no limit.",
+    )
+    max_concurrent_streams: int = Field(64, ge=0, description="Requests a tenant may run at once; 0: no limit.")
+    rate_window_s: float = Field(60.0, gt=0, description="The sliding window of the per-minute limits.")
+    stream_lease_s: float = Field(
+        30.0, ge=1, description="A concurrency slot expires unless renewed this often; a crashed gateway's "
+        "slots come back after it."
+    )
+    ratelimit_timeout_ms: float = Field(
+        20.0, gt=0, description="Longest wait for the rate limiter's Redis call before the policy decides."
+    )
+    ratelimit_on_redis_down: Literal["closed", "open"] = Field(
+        "closed", description="Redis unreachable: `closed` answers UNAVAILABLE; `open` admits within a "
+        "local in-process bound."
+    )
+    ratelimit_local_share: float = Field(
+        1.0, gt=0, le=1,
+        description="Fail-open bound: the share of each tenant's limits one gateway grants on its own "
+        "(with N gateways, 1/N keeps the total near the limit).",
+    )
+    breaker_failures: int = Field(3, ge=1, description="Consecutive Redis failures that open the breaker.")
+    breaker_reset_s: float = Field(1.0, gt=0, description="How long an open breaker skips Redis before a trial.")
+    # -- TLS -----------------------------------------------------------------------------
+    tls_cert_path: str = Field("", description="PEM certificate chain for the public gRPC and HTTP ports.")
+    tls_key_path: str = Field("", description="PEM private key of that certificate.")
+    tls_client_ca_path: str = Field(
+        "", description="PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."
+    )
 
-    @field_validator("api_keys", "models", mode="before")
+    @field_validator(*_LIST_FIELDS, mode="before")
     @classmethod
     def _split_commas(cls, value):
         if isinstance(value, str):
@@ -48,3 +124,22 @@ class GatewaySettings(ServiceSettings):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: list[str]) -> list[str]:
+        unknown = set(value) - {"HS256", "RS256", "ES256"}
+        if unknown:
+            raise ValueError(f"unsupported JWT algorithms {sorted(unknown)}; use HS256, RS256, ES256")
+        return value
+
+    @model_validator(mode="after")
+    def _ephemeral_http_port(self) -> GatewaySettings:
+        # Two gateways on port 0 must not both claim :8000.
+        if self.port == 0 and "http_port" not in self.model_fields_set:
+            self.http_port = 0
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert_path and self.tls_key_path)

@@ -10,6 +10,7 @@ import math
 import re
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmserve.common.errors import InvalidArgument
 
@@ -60,6 +61,7 @@ class Job:
     prompt_token_ids: list[int]
     sampling: Sampling
     priority: int
+    lease: Any = None  # the rate limiter's Lease, taken after validation
 
 
 def validate(params: GenerateParams, model: ServedModel, tenant: str, settings: GatewaySettings) -> Job:
@@ -86,7 +88,7 @@ def _prompt_ids(params: GenerateParams, model: ServedModel, settings: GatewaySet
     if params.prompt is not None:
         if not params.prompt.strip():
             raise InvalidArgument("prompt must not be empty")
-        _check_bytes(len(params.prompt.encode()), settings)
+        _check_bytes(_utf8_len(params.prompt, "prompt"), settings)
         ids = model.encode_prompt(params.prompt)
     else:
         ids = model.encode_chat(_checked_messages(params.messages or [], settings))
@@ -105,10 +107,22 @@ def _checked_messages(messages: list[dict[str, str]], settings: GatewaySettings)
     for i, m in enumerate(messages):
         if m.get("role") not in ROLES:
             raise InvalidArgument(f"messages[{i}].role must be one of {', '.join(ROLES)}")
+        size = _utf8_len(m.get("content", ""), f"messages[{i}].content")
+        if size > settings.max_chat_message_bytes:
+            raise InvalidArgument(
+                f"messages[{i}].content is {size} bytes; max_chat_message_bytes is {settings.max_chat_message_bytes}"
+            )
     if not any(m.get("content", "").strip() for m in messages):
         raise InvalidArgument("messages must not all be empty")
-    _check_bytes(sum(len(m.get("content", "").encode()) for m in messages), settings)
+    _check_bytes(sum(_utf8_len(m.get("content", ""), "content") for m in messages), settings)
     return messages
+
+
+def _utf8_len(text: str, what: str) -> int:
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError as e:  # JSON can carry lone surrogates; protobuf cannot
+        raise InvalidArgument(f"{what} must be valid Unicode text") from e
 
 
 def _check_bytes(size: int, settings: GatewaySettings) -> None:
@@ -162,6 +176,6 @@ def _checked_stop(stop: list[str], settings: GatewaySettings) -> tuple[str, ...]
     for s in stop:
         if not s:
             raise InvalidArgument("stop strings must not be empty")
-        if len(s.encode()) > settings.max_stop_bytes:
+        if _utf8_len(s, "stop") > settings.max_stop_bytes:
             raise InvalidArgument(f"stop strings must be at most {settings.max_stop_bytes} bytes (max_stop_bytes)")
     return tuple(stop)

@@ -1,0 +1,235 @@
+"""The OpenAI-compatible HTTP API: a thin adapter over GenerationService, like the servicer.
+
+`/v1/chat/completions` and `/v1/completions` (whole, or `stream: true` as server-sent
+events), `/v1/models`, and the WebSocket stream (ws_api). Errors are OpenAI-shaped with
+the HTTP status of the one error table; 429 and 503 carry Retry-After. A client that
+disconnects cancels its request: the event iterator is closed, which cancels it everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+
+from llmserve.common.errors import RETRY_AFTER_KEY, InvalidArgument, LLMServeError
+from llmserve.common.logging import get_logger
+
+from .generation import GenerationService
+from .inflight import TokenEvent
+from .openai_format import OpenAIRequest, ResponseBuilder, error_body, parse_body
+from .ws_api import websocket_endpoint
+
+log = get_logger(__name__)
+_TIMEOUT_HEADER = "x-request-timeout"  # seconds; the HTTP stand-in for a gRPC deadline
+
+
+class PayloadTooLarge(InvalidArgument):
+    """The body is over max_request_bytes (HTTP 413)."""
+
+
+def error_response(error: LLMServeError) -> JSONResponse:
+    status, body = error_body(error)
+    if isinstance(error, PayloadTooLarge):
+        status = 413
+    return JSONResponse(body, status_code=status, headers=retry_headers(error))
+
+
+def retry_headers(error: LLMServeError) -> dict[str, str]:
+    if error.retry_after_s is None:
+        return {}
+    return {"retry-after": str(max(1, math.ceil(error.retry_after_s))),
+            RETRY_AFTER_KEY: str(int(error.retry_after_s * 1000))}
+
+
+def build_app(service: GenerationService) -> Starlette:
+    """The Starlette app serving `service` over HTTP and WebSocket."""
+    api = _Api(service)
+    routes = [
+        Route("/v1/chat/completions", api.chat, methods=["POST"]),
+        Route("/v1/completions", api.completions, methods=["POST"]),
+        Route("/v1/models", api.models, methods=["GET"]),
+        WebSocketRoute("/v1/ws", lambda ws: websocket_endpoint(ws, service)),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _internal_error})
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    body = {"error": {"message": str(exc.detail), "type": kind, "code": str(exc.status_code), "param": None}}
+    return JSONResponse(body, status_code=exc.status_code)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error in the HTTP API", path=request.url.path)
+    body = {"error": {"message": "internal error", "type": "server_error", "code": "internal_error", "param": None}}
+    return JSONResponse(body, status_code=500)
+
+
+class _Api:
+    def __init__(self, service: GenerationService):
+        self.service = service
+        self.max_bytes = service.settings.max_request_bytes
+
+    async def chat(self, request: Request):
+        return await self._completion(request, chat=True)
+
+    async def completions(self, request: Request):
+        return await self._completion(request, chat=False)
+
+    async def models(self, request: Request):
+        try:
+            identity = await self.service.identify(request.headers.get("authorization"))
+        except LLMServeError as e:
+            return error_response(e)
+        models = await self.service.list_models()
+        data = [{"id": m.name, "object": "model", "created": 0, "owned_by": "llmserve",
+                 "context_length": m.context_length, "ready_workers": m.ready_workers}
+                for m in models if identity.models is None or m.name in identity.models]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _completion(self, request: Request, *, chat: bool):
+        try:
+            parsed = parse_body(await self._body(request), chat=chat)
+            timeout = _timeout(request.headers.get(_TIMEOUT_HEADER))
+            job = await self.service.admit(request.headers.get("authorization"), parsed.params)
+        except LLMServeError as e:
+            return error_response(e)
+        builder = ResponseBuilder(parsed, job.request_id, job.model)
+        events = self.service.stream(job, timeout)
+        if parsed.stream:
+            return EventStreamResponse(events, builder, parsed)
+        return WholeResponse(events, builder)
+
+    async def _body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise PayloadTooLarge(f"the body is over max_request_bytes ({self.max_bytes})")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise PayloadTooLarge(f"the body is over max_request_bytes ({self.max_bytes})")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _timeout(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise InvalidArgument(f"{_TIMEOUT_HEADER} must be a positive number of seconds")
+    return seconds
+
+
+class _Disconnectable:
+    """An ASGI response that runs `produce` until it ends or the client disconnects."""
+
+    def __init__(self, events):
+        self.events = events
+
+    async def __call__(self, scope, receive, send) -> None:
+        producer = asyncio.create_task(self.produce(send))
+        watcher = asyncio.create_task(_disconnected(receive))
+        try:
+            await asyncio.wait({producer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (producer, watcher):
+                task.cancel()
+            await asyncio.gather(producer, watcher, return_exceptions=True)
+            await self.events.aclose()  # a client gone mid-request cancels it everywhere
+        if producer.done() and not producer.cancelled() and producer.exception():
+            raise producer.exception()
+
+    async def produce(self, send) -> None:
+        raise NotImplementedError
+
+
+async def _disconnected(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _send_json(send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+    payload = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class WholeResponse(_Disconnectable):
+    """A non-streaming completion: collect the text, answer once."""
+
+    def __init__(self, events, builder: ResponseBuilder):
+        super().__init__(events)
+        self.builder = builder
+
+    async def produce(self, send) -> None:
+        parts: list[str] = []
+        try:
+            async for event in self.events:
+                if isinstance(event, TokenEvent):
+                    parts.append(event.text)
+                else:
+                    await _send_json(send, 200, self.builder.whole("".join(parts), event))
+                    return
+        except LLMServeError as e:
+            status, body = error_body(e)
+            await _send_json(send, status, body, retry_headers(e))
+
+
+class EventStreamResponse(_Disconnectable):
+    """`stream: true`: server-sent events, `data: {chunk}` ... `data: [DONE]`.
+
+    Headers wait for the first event, so an error before any token still gets its own
+    HTTP status; an error after that arrives as a `data: {"error": ...}` event.
+    """
+
+    def __init__(self, events, builder: ResponseBuilder, request: OpenAIRequest):
+        super().__init__(events)
+        self.builder = builder
+        self.chat = request.chat
+
+    async def produce(self, send) -> None:
+        started = False
+        try:
+            async for event in self.events:
+                if not started:
+                    started = True
+                    await self._start(send)
+                if isinstance(event, TokenEvent):
+                    await _data(send, self.builder.chunk(event))
+                else:
+                    for chunk in self.builder.final_chunks(event):
+                        await _data(send, chunk)
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        except LLMServeError as e:
+            status, body = error_body(e)
+            if not started:
+                await _send_json(send, status, body, retry_headers(e))
+                return
+            await _data(send, body)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _start(self, send) -> None:
+        headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                   (b"x-accel-buffering", b"no")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if self.chat:
+            await _data(send, self.builder.chunk(None, first=True))
+
+
+async def _data(send, obj: dict) -> None:
+    await send({"type": "http.response.body", "body": b"data: " + json.dumps(obj).encode() + b"\n\n",
+                "more_body": True})

@@ -1,0 +1,198 @@
+"""OpenAI request bodies -> GenerateParams, and events -> OpenAI response objects.
+
+Plain functions, no web framework: the HTTP and WebSocket adapters share them. Every
+type or shape error is InvalidArgument naming the field, like the domain's own checks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from llmserve.common.errors import InvalidArgument, LLMServeError, http_status_for, openai_error_of
+
+from .inflight import FinishEvent, TokenEvent
+from .validation import GenerateParams
+
+_MAX_SEED = 2**64 - 1
+_PRIORITIES = {"low": 1, "normal": 2, "high": 3}
+
+
+@dataclass
+class OpenAIRequest:
+    """A parsed chat or text completion request."""
+
+    params: GenerateParams
+    chat: bool
+    stream: bool
+    include_usage: bool
+
+
+def parse_body(raw: bytes, *, chat: bool) -> OpenAIRequest:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidArgument("the request body must be a JSON object") from e
+    return parse_request(body, chat=chat)
+
+
+def parse_request(body: Any, *, chat: bool) -> OpenAIRequest:
+    if not isinstance(body, dict):
+        raise InvalidArgument("the request body must be a JSON object")
+    n = _opt(body, "n", int)
+    if n not in (None, 1):
+        raise InvalidArgument("n must be 1 (one choice per request)")
+    params = GenerateParams(
+        model=_opt(body, "model", str) or "",
+        max_tokens=_opt(body, "max_completion_tokens", int) if chat and "max_completion_tokens" in body
+        else _opt(body, "max_tokens", int),
+        temperature=_opt(body, "temperature", float),
+        top_p=_opt(body, "top_p", float),
+        top_k=_opt(body, "top_k", int) or 0,
+        repetition_penalty=_opt(body, "repetition_penalty", float),
+        stop=_stop(body.get("stop")),
+        seed=_seed(body.get("seed")),
+        request_id=_opt(body, "request_id", str) or "",
+        priority=_priority(body.get("priority")),
+    )
+    if chat:
+        params.messages = _messages(body.get("messages"))
+    else:
+        params.prompt = _prompt(body.get("prompt"))
+    stream = bool(_opt(body, "stream", bool))
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidArgument("stream_options must be an object")
+    include_usage = bool(_opt(options or {}, "include_usage", bool))
+    return OpenAIRequest(params, chat, stream, include_usage)
+
+
+def _opt(body: dict, name: str, kind: type) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    # bool is an int in Python, JSON keeps them apart; an int is a fine float.
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok, value = True, float(value)
+    if not ok:
+        raise InvalidArgument(f"{name} must be a {_TYPE_NAMES[kind]}")
+    return value
+
+
+_TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+
+
+def _stop(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        return list(value)
+    raise InvalidArgument("stop must be a string or a list of strings")
+
+
+def _seed(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_SEED:
+        raise InvalidArgument("seed must be an integer in [0, 2^64-1]")
+    return value
+
+
+def _priority(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, str) and value in _PRIORITIES:
+        return _PRIORITIES[value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value  # validation names the allowed values
+    raise InvalidArgument("priority must be low, normal or high")
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list):
+        raise InvalidArgument("messages must be a list of {role, content} objects")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise InvalidArgument(f"messages[{i}] must be an object with a string role")
+        out.append({"role": m["role"], "content": _content(m.get("content"), i)})
+    return out
+
+
+def _content(value: Any, i: int) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    # The content-parts form: only text parts are served by a text model.
+    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                       and isinstance(p.get("text"), str) for p in value):
+        return "".join(p["text"] for p in value)
+    raise InvalidArgument(f"messages[{i}].content must be a string or a list of text parts")
+
+
+def _prompt(value: Any) -> str:
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if not isinstance(value, str):
+        raise InvalidArgument("prompt must be a string (or a list holding one string)")
+    return value
+
+
+class ResponseBuilder:
+    """Shapes events of one request as OpenAI objects (whole or as stream chunks)."""
+
+    def __init__(self, request: OpenAIRequest, request_id: str, model: str):
+        self.chat = request.chat
+        self.include_usage = request.include_usage
+        self.id = ("chatcmpl-" if self.chat else "cmpl-") + request_id
+        self.model = model
+        self.created = int(time.time())
+
+    def _base(self, chunk: bool) -> dict:
+        kind = ("chat.completion" if self.chat else "text_completion") + (".chunk" if chunk and self.chat else "")
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+    def whole(self, text: str, finish: FinishEvent) -> dict:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish.reason, "logprobs": None}
+        if self.chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        return {**self._base(False), "choices": [choice], "usage": usage(finish)}
+
+    def chunk(self, event: TokenEvent | None, *, first: bool = False) -> dict:
+        """A token chunk (or, with event None and first, the chat role announcement)."""
+        text = event.text if event is not None else ""
+        if self.chat:
+            delta = {"role": "assistant", "content": text} if first else {"content": text}
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": None, "logprobs": None}
+        return {**self._base(True), "choices": [choice]}
+
+    def final_chunks(self, finish: FinishEvent) -> list[dict]:
+        """The finish chunk, and usage: in its own chunk when asked (as OpenAI does), else in the last one."""
+        last = self.chunk(None)
+        last["choices"][0]["finish_reason"] = finish.reason
+        if self.chat:
+            last["choices"][0]["delta"] = {}
+        if not self.include_usage:
+            return [{**last, "usage": usage(finish)}]
+        return [{**last, "usage": None}, {**self._base(True), "choices": [], "usage": usage(finish)}]
+
+
+def usage(finish: FinishEvent) -> dict:
+    return {"prompt_tokens": finish.prompt_tokens, "completion_tokens": finish.completion_tokens,
+            "total_tokens": finish.prompt_tokens + finish.completion_tokens}
+
+
+def error_body(error: LLMServeError) -> tuple[int, dict]:
+    """(HTTP status, OpenAI-shaped error object) for a domain error."""
+    kind, code = openai_error_of(error)
+    return http_status_for(error), {"error": {"message": error.message, "type": kind, "code": code, "param": None}}
