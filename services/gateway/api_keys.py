@@ -68,8 +68,13 @@ class ApiKeyStore:
         self._cache_s = cache_s
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
 
-    async def create(self, tenant: str, models: list[str] | None = None, limits: dict[str, int] | None = None,
-                     name: str = "") -> tuple[KeyRecord, str]:
+    async def create(
+        self,
+        tenant: str,
+        models: list[str] | None = None,
+        limits: dict[str, int] | None = None,
+        name: str = "",
+    ) -> tuple[KeyRecord, str]:
         """A new key for `tenant`; returns its record and the raw key (shown once, never stored)."""
         if not tenant:
             raise ValueError("tenant must not be empty")
@@ -78,11 +83,23 @@ class ApiKeyStore:
             raise ValueError(f"unknown limits {sorted(unknown)}; known: {', '.join(LIMIT_NAMES)}")
         key_id = secrets.token_hex(6)
         raw = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
-        record = KeyRecord(key_id, tenant, _digest(raw), sorted(models or []),
-                           {k: int(v) for k, v in (limits or {}).items() if v is not None}, name,
-                           int(time.time()))
-        fields = {"digest": record.digest, "tenant": tenant, "models": json.dumps(record.models),
-                  "limits": json.dumps(record.limits), "name": name, "created_unix": record.created_unix}
+        record = KeyRecord(
+            key_id,
+            tenant,
+            _digest(raw),
+            sorted(models or []),
+            {k: int(v) for k, v in (limits or {}).items() if v is not None},
+            name,
+            int(time.time()),
+        )
+        fields = {
+            "digest": record.digest,
+            "tenant": tenant,
+            "models": json.dumps(record.models),
+            "limits": json.dumps(record.limits),
+            "name": name,
+            "created_unix": record.created_unix,
+        }
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key_record_key(key_id), mapping=fields)
             pipe.sadd(KEYS_SET, key_id)
@@ -133,8 +150,15 @@ class ApiKeyStore:
         if not raw:
             return None
         f = {k.decode(): v.decode() for k, v in raw.items()}
-        return KeyRecord(key_id, f["tenant"], f["digest"], json.loads(f.get("models", "[]")),
-                         json.loads(f.get("limits", "{}")), f.get("name", ""), int(f.get("created_unix", 0)))
+        return KeyRecord(
+            key_id,
+            f["tenant"],
+            f["digest"],
+            json.loads(f.get("models", "[]")),
+            json.loads(f.get("limits", "{}")),
+            f.get("name", ""),
+            int(f.get("created_unix", 0)),
+        )
 
 
 def _digest(raw: str) -> str:

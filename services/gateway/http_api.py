@@ -44,8 +44,10 @@ def error_response(error: LLMServeError) -> JSONResponse:
 def retry_headers(error: LLMServeError) -> dict[str, str]:
     if error.retry_after_s is None:
         return {}
-    return {"retry-after": str(max(1, math.ceil(error.retry_after_s))),
-            RETRY_AFTER_KEY: str(int(error.retry_after_s * 1000))}
+    return {
+        "retry-after": str(max(1, math.ceil(error.retry_after_s))),
+        RETRY_AFTER_KEY: str(int(error.retry_after_s * 1000)),
+    }
 
 
 def build_app(service: GenerationService) -> Starlette:
@@ -57,7 +59,9 @@ def build_app(service: GenerationService) -> Starlette:
         Route("/v1/models", api.models, methods=["GET"]),
         WebSocketRoute("/v1/ws", lambda ws: websocket_endpoint(ws, service)),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _internal_error})
+    return Starlette(
+        routes=routes, exception_handlers={HTTPException: _http_error, Exception: _internal_error}
+    )
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -68,7 +72,14 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error in the HTTP API", path=request.url.path)
-    body = {"error": {"message": "internal error", "type": "server_error", "code": "internal_error", "param": None}}
+    body = {
+        "error": {
+            "message": "internal error",
+            "type": "server_error",
+            "code": "internal_error",
+            "param": None,
+        }
+    }
     return JSONResponse(body, status_code=500)
 
 
@@ -89,9 +100,18 @@ class _Api:
         except LLMServeError as e:
             return error_response(e)
         models = await self.service.list_models()
-        data = [{"id": m.name, "object": "model", "created": 0, "owned_by": "llmserve",
-                 "context_length": m.context_length, "ready_workers": m.ready_workers}
-                for m in models if identity.models is None or m.name in identity.models]
+        data = [
+            {
+                "id": m.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "llmserve",
+                "context_length": m.context_length,
+                "ready_workers": m.ready_workers,
+            }
+            for m in models
+            if identity.models is None or m.name in identity.models
+        ]
         return JSONResponse({"object": "list", "data": data})
 
     async def _completion(self, request: Request, *, chat: bool):
@@ -223,13 +243,21 @@ class EventStreamResponse(_Disconnectable):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _start(self, send) -> None:
-        headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                   (b"x-accel-buffering", b"no")]
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         if self.chat:
             await _data(send, self.builder.chunk(None, first=True))
 
 
 async def _data(send, obj: dict) -> None:
-    await send({"type": "http.response.body", "body": b"data: " + json.dumps(obj).encode() + b"\n\n",
-                "more_body": True})
+    await send(
+        {
+            "type": "http.response.body",
+            "body": b"data: " + json.dumps(obj).encode() + b"\n\n",
+            "more_body": True,
+        }
+    )

@@ -38,8 +38,15 @@ class HttpServer:
             tls = {"ssl_certfile": settings.tls_cert_path, "ssl_keyfile": settings.tls_key_path}
             if settings.tls_client_ca_path:
                 tls |= {"ssl_ca_certs": settings.tls_client_ca_path, "ssl_cert_reqs": ssl.CERT_REQUIRED}
-        self.config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
-                                     timeout_graceful_shutdown=2, server_header=False, **tls)
+        self.config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+            server_header=False,
+            **tls,
+        )
         self.server = _EmbeddedServer(self.config)
         self.port = 0
         self._task: asyncio.Task | None = None

@@ -83,9 +83,17 @@ class JwtVerifier:
     def _decode(self, token: str, key: object, alg: str) -> dict:
         s = self.settings
         return jwt.decode(
-            token, key, algorithms=[alg], audience=s.jwt_audience or None, issuer=s.jwt_issuer or None,
+            token,
+            key,
+            algorithms=[alg],
+            audience=s.jwt_audience or None,
+            issuer=s.jwt_issuer or None,
             leeway=s.jwt_leeway_s,
-            options={"require": ["exp"], "verify_aud": bool(s.jwt_audience), "verify_iss": bool(s.jwt_issuer)},
+            options={
+                "require": ["exp"],
+                "verify_aud": bool(s.jwt_audience),
+                "verify_iss": bool(s.jwt_issuer),
+            },
         )
 
     def _identity(self, claims: dict) -> tuple[str, frozenset[str] | None]:

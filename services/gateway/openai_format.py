@@ -46,7 +46,8 @@ def parse_request(body: Any, *, chat: bool) -> OpenAIRequest:
         raise InvalidArgument("n must be 1 (one choice per request)")
     params = GenerateParams(
         model=_opt(body, "model", str) or "",
-        max_tokens=_opt(body, "max_completion_tokens", int) if chat and "max_completion_tokens" in body
+        max_tokens=_opt(body, "max_completion_tokens", int)
+        if chat and "max_completion_tokens" in body
         else _opt(body, "max_tokens", int),
         temperature=_opt(body, "temperature", float),
         top_p=_opt(body, "top_p", float),
@@ -130,8 +131,9 @@ def _content(value: Any, i: int) -> str:
     if isinstance(value, str):
         return value
     # The content-parts form: only text parts are served by a text model.
-    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                       and isinstance(p.get("text"), str) for p in value):
+    if isinstance(value, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value
+    ):
         return "".join(p["text"] for p in value)
     raise InvalidArgument(f"messages[{i}].content must be a string or a list of text parts")
 
@@ -155,7 +157,9 @@ class ResponseBuilder:
         self.created = int(time.time())
 
     def _base(self, chunk: bool) -> dict:
-        kind = ("chat.completion" if self.chat else "text_completion") + (".chunk" if chunk and self.chat else "")
+        kind = ("chat.completion" if self.chat else "text_completion") + (
+            ".chunk" if chunk and self.chat else ""
+        )
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
     def whole(self, text: str, finish: FinishEvent) -> dict:
@@ -188,11 +192,16 @@ class ResponseBuilder:
 
 
 def usage(finish: FinishEvent) -> dict:
-    return {"prompt_tokens": finish.prompt_tokens, "completion_tokens": finish.completion_tokens,
-            "total_tokens": finish.prompt_tokens + finish.completion_tokens}
+    return {
+        "prompt_tokens": finish.prompt_tokens,
+        "completion_tokens": finish.completion_tokens,
+        "total_tokens": finish.prompt_tokens + finish.completion_tokens,
+    }
 
 
 def error_body(error: LLMServeError) -> tuple[int, dict]:
     """(HTTP status, OpenAI-shaped error object) for a domain error."""
     kind, code = openai_error_of(error)
-    return http_status_for(error), {"error": {"message": error.message, "type": kind, "code": code, "param": None}}
+    return http_status_for(error), {
+        "error": {"message": error.message, "type": kind, "code": code, "param": None}
+    }

@@ -69,11 +69,14 @@ class RateLimiter:
         self.settings = settings
         self._timeout = settings.ratelimit_timeout_ms / 1000
         self._redis = redis or aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout,
+            settings.redis_url,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
             retry=Retry(NoBackoff(), 0),
         )
-        self.defaults = Limits(settings.requests_per_minute, settings.tokens_per_minute,
-                               settings.max_concurrent_streams)
+        self.defaults = Limits(
+            settings.requests_per_minute, settings.tokens_per_minute, settings.max_concurrent_streams
+        )
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
         self.local = LocalLimiter(settings.ratelimit_local_share, settings.rate_window_s)
         self._pending: list[_Call] = []
@@ -100,9 +103,15 @@ class RateLimiter:
         """Take a lease or raise RateLimited (with the retry delay) / Unavailable (closed policy)."""
         resolved = limits.over(self.defaults)
         lease = Lease(tenant, uuid.uuid4().hex, tokens)
-        args = [resolved.requests_per_minute, resolved.tokens_per_minute, resolved.max_concurrent_streams,
-                tokens, lease.lease_id, int(self.settings.rate_window_s * 1000),
-                int(self.settings.stream_lease_s * 1000)]
+        args = [
+            resolved.requests_per_minute,
+            resolved.tokens_per_minute,
+            resolved.max_concurrent_streams,
+            tokens,
+            lease.lease_id,
+            int(self.settings.rate_window_s * 1000),
+            int(self.settings.stream_lease_s * 1000),
+        ]
         try:
             code, value = await self._call("acquire", scripts.tenant_keys(tenant), args)
         except RedisDown:
@@ -124,12 +133,16 @@ class RateLimiter:
 
     def _fallback(self, lease: Lease, limits: Limits) -> Lease:
         if self.settings.ratelimit_on_redis_down == "closed":
-            raise Unavailable("rate limiter unreachable (Redis down); failing closed",
-                              retry_after_s=self.settings.breaker_reset_s)
+            raise Unavailable(
+                "rate limiter unreachable (Redis down); failing closed",
+                retry_after_s=self.settings.breaker_reset_s,
+            )
         wait = self.local.try_acquire(lease.tenant, limits, lease.reserved_tokens)
         if wait is not None:
-            raise RateLimited(f"tenant {lease.tenant!r} is over its local limit while Redis is unreachable",
-                              retry_after_s=wait)
+            raise RateLimited(
+                f"tenant {lease.tenant!r} is over its local limit while Redis is unreachable",
+                retry_after_s=wait,
+            )
         lease.local = True
         return lease
 
@@ -188,7 +201,9 @@ class RateLimiter:
 
     def _failed(self, batch: list[_Call], error: Exception) -> None:
         self.breaker.failure()
-        log.warning("rate limiter: Redis call failed", error=type(error).__name__, breaker_open=self.breaker.is_open)
+        log.warning(
+            "rate limiter: Redis call failed", error=type(error).__name__, breaker_open=self.breaker.is_open
+        )
         failed = batch
         if self.breaker.is_open:  # waiting calls would only time out as well: decide them now
             failed, self._pending = batch + self._pending, []
@@ -228,23 +243,37 @@ class RateLimiter:
             await asyncio.sleep(self.settings.stream_lease_s / 3)
             leases = list(self._live.values())
             for i in range(0, len(leases), _RENEW_CHUNK):
-                chunk = leases[i:i + _RENEW_CHUNK]
+                chunk = leases[i : i + _RENEW_CHUNK]
                 with contextlib.suppress(RedisDown, RedisError):
-                    await self._call("renew", [scripts.tenant_keys(x.tenant)[2] for x in chunk],
-                                     [int(self.settings.stream_lease_s * 1000), *(x.lease_id for x in chunk)])
+                    await self._call(
+                        "renew",
+                        [scripts.tenant_keys(x.tenant)[2] for x in chunk],
+                        [int(self.settings.stream_lease_s * 1000), *(x.lease_id for x in chunk)],
+                    )
 
 
 def _rejection(code: int, value_ms: int, tenant: str, limits: Limits, tokens: int) -> RateLimited:
     retry = max(value_ms, 1) / 1000
     if code == scripts.OVER_RPM:
-        return RateLimited(f"tenant {tenant!r} reached requests_per_minute ({limits.requests_per_minute}); "
-                           f"retry in {retry:.2f}s", retry_after_s=retry)
+        return RateLimited(
+            f"tenant {tenant!r} reached requests_per_minute ({limits.requests_per_minute}); "
+            f"retry in {retry:.2f}s",
+            retry_after_s=retry,
+        )
     if code == scripts.OVER_TPM:
-        return RateLimited(f"tenant {tenant!r} reached tokens_per_minute ({limits.tokens_per_minute}); "
-                           f"retry in {retry:.2f}s", retry_after_s=retry)
+        return RateLimited(
+            f"tenant {tenant!r} reached tokens_per_minute ({limits.tokens_per_minute}); "
+            f"retry in {retry:.2f}s",
+            retry_after_s=retry,
+        )
     if code == scripts.OVER_STREAMS:
-        return RateLimited(f"tenant {tenant!r} reached max_concurrent_streams ({limits.max_concurrent_streams}); "
-                           f"retry in {retry:.2f}s", retry_after_s=retry)
+        return RateLimited(
+            f"tenant {tenant!r} reached max_concurrent_streams ({limits.max_concurrent_streams}); "
+            f"retry in {retry:.2f}s",
+            retry_after_s=retry,
+        )
     # Waiting never helps a request bigger than the whole budget: no retry delay.
-    return RateLimited(f"the request needs {tokens} tokens (prompt + max_tokens) but tokens_per_minute is "
-                       f"{limits.tokens_per_minute}; lower max_tokens")
+    return RateLimited(
+        f"the request needs {tokens} tokens (prompt + max_tokens) but tokens_per_minute is "
+        f"{limits.tokens_per_minute}; lower max_tokens"
+    )

@@ -26,7 +26,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # KEYS: window, tokens, streams. ARGV: rpm, tpm, max streams, tokens, lease, window ms, lease ms.
-ACQUIRE = _NOW + """
+ACQUIRE = (
+    _NOW
+    + """
 local rpm, tpm, maxs = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local need, lease = tonumber(ARGV[4]), ARGV[5]
 local window, lease_ms = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -76,6 +78,7 @@ redis.call('PEXPIRE', KEYS[2], window + 1000)
 redis.call('PEXPIRE', KEYS[3], lease_ms + 1000)
 return {0, 0}
 """
+)
 
 # KEYS: window, tokens, streams. ARGV: lease, tokens really used.
 # Frees the concurrency slot; corrects the charge if the admission is still in the window.
@@ -90,7 +93,9 @@ return 1
 """
 
 # KEYS: streams zsets. ARGV: lease ms, then one lease id per key. Extends live leases only.
-RENEW = _NOW + """
+RENEW = (
+    _NOW
+    + """
 local lease_ms = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
   redis.call('ZADD', key, 'XX', now + lease_ms, ARGV[i + 1])
@@ -98,3 +103,4 @@ for i, key in ipairs(KEYS) do
 end
 return #KEYS
 """
+)

@@ -86,11 +86,24 @@ async def _produce(ws: WebSocket, events, request_id: str) -> None:
     try:
         async for event in events:
             if isinstance(event, TokenEvent):
-                await ws.send_json({"type": "token", "request_id": request_id, "index": event.index,
-                                    "text": event.text, "token_ids": event.token_ids})
+                await ws.send_json(
+                    {
+                        "type": "token",
+                        "request_id": request_id,
+                        "index": event.index,
+                        "text": event.text,
+                        "token_ids": event.token_ids,
+                    }
+                )
             else:
-                await ws.send_json({"type": "done", "request_id": request_id, "finish_reason": event.reason,
-                                    "usage": usage(event)})
+                await ws.send_json(
+                    {
+                        "type": "done",
+                        "request_id": request_id,
+                        "finish_reason": event.reason,
+                        "usage": usage(event),
+                    }
+                )
     except LLMServeError as e:
         await ws.send_json({**_error(e), "request_id": request_id})
 
@@ -104,7 +117,17 @@ async def _watch(ws: WebSocket, request_id: str) -> bool:
         with contextlib.suppress(ValueError, UnicodeDecodeError, TypeError, AttributeError):
             if json.loads(message.get("text") or message.get("bytes") or "").get("type") == "cancel":
                 return False
-        await ws.send_json({"type": "error", "status": 409, "request_id": request_id,
-                            "error": {"message": "one request at a time per connection; send "
-                                      '{"type": "cancel"} to stop the running one',
-                                      "type": "invalid_request_error", "code": "busy", "param": None}})
+        await ws.send_json(
+            {
+                "type": "error",
+                "status": 409,
+                "request_id": request_id,
+                "error": {
+                    "message": "one request at a time per connection; send "
+                    '{"type": "cancel"} to stop the running one',
+                    "type": "invalid_request_error",
+                    "code": "busy",
+                    "param": None,
+                },
+            }
+        )
