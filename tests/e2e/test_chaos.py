@@ -13,10 +13,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 KILLS = 20
 
 
+@pytest.mark.timeout(900)
 def test_streams_survive_20_worker_kills(tmp_path):
     with RedisServer() as redis:
         suite = LocalSuite(ports=Ports.free(), redis_url=redis.url, log_dir=tmp_path, with_monitor=False,
-                           workers=2, env=CHAOS_ENV)
+                           workers=3, env=CHAOS_ENV)
         try:
             suite.start(timeout=240)
             references = reference_texts(suite)

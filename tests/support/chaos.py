@@ -5,6 +5,7 @@ Used by the e2e test (20 kills) and by `make chaos` (200 kills, results in bench
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import statistics
@@ -13,8 +14,9 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
+from grpc_health.v1 import health_pb2
 
-from llmserve.cli.suite import LocalSuite
+from llmserve.cli.suite import LocalSuite, health_status
 from llmserve.client import Client
 from llmserve.common.model_store import DEFAULT_MODEL
 from llmserve.worker.v1 import worker_pb2, worker_pb2_grpc
@@ -25,7 +27,7 @@ PROMPTS = [
     "Write one sentence about the sea.",
     "What is 12 times 12?",
 ]
-MAX_TOKENS = 48
+MAX_TOKENS = 32
 
 
 @dataclass
@@ -47,7 +49,8 @@ class ChaosReport:
 
     def summary(self) -> dict:
         rec = sorted(self.recovery_s)
-        pct = (lambda q: rec[min(len(rec) - 1, int(q * len(rec)))] if rec else None)
+        def pct(q):
+            return (rec[min(len(rec) - 1, int(q * len(rec)))] if rec else None)
         return {"kills": self.kills, "streams": self.streams, "failures": len(self.failures),
                 "recovery_p50_s": pct(0.5), "recovery_p99_s": pct(0.99),
                 "recovery_mean_s": statistics.fmean(rec) if rec else None}
@@ -83,8 +86,20 @@ def busiest_worker(suite: LocalSuite):
     return best
 
 
+def serving_workers(suite: LocalSuite) -> int:
+    n = 0
+    for service in suite.services:
+        if service.name.startswith("worker") and service.alive():
+            with contextlib.suppress(grpc.RpcError):
+                n += health_status(service.port, timeout=0.5) == health_pb2.HealthCheckResponse.SERVING
+    return n
+
+
 def chaos_round(suite: LocalSuite, references: dict[str, str], report: ChaosReport, round_no: int,
-                streams_per_round: int = 3) -> None:
+                streams_per_round: int = 3, min_serving: int = 2) -> None:
+    deadline = time.monotonic() + 120
+    while serving_workers(suite) < min_serving and time.monotonic() < deadline:
+        time.sleep(0.1)  # a survivor must be there to take the streams over
     address = f"127.0.0.1:{suite.ports.gateway}"
     prompts = [PROMPTS[(round_no + i) % len(PROMPTS)] for i in range(streams_per_round)]
     results = [StreamResult(p) for p in prompts]
