@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install protos model run test test-unit test-integration test-e2e lint format typecheck bench bench-engine chaos clean
+BUF := .tools/node_modules/.bin/buf
+.PHONY: help install protos model run test buf-lint buf-breaking docs docs-check schemas test-unit test-integration test-e2e lint format typecheck bench bench-engine chaos clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -31,7 +32,7 @@ model: install ## convert the default model to safetensors once (cached in ~/.ca
 run: model ## start the whole suite locally (Redis, gateway, scheduler, worker, monitor); Ctrl-C stops it
 	$(BIN)/llmserve up
 
-test: model ## set up and run every test
+test: model $(BUF) ## set up and run every test
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install ## unit tests only
@@ -61,3 +62,24 @@ bench: bench-engine ## the benchmark matrix
 clean: ## remove the environment, generated stubs and run state
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache
 	find . -name '*_pb2*.py*' -not -path './.venv/*' -delete
+
+$(BUF):
+	npm install --silent --prefix .tools @bufbuild/buf@1.75.0
+
+buf-lint: $(BUF) ## lint every proto (buf)
+	$(BUF) lint
+
+buf-breaking: $(BUF) ## protos stay compatible with main (buf)
+	$(BUF) breaking --against '.git#branch=main,subdir=protos'
+
+docs: install ## regenerate docs/configuration.md from the settings classes
+	$(BIN)/python scripts/gen_config_docs.py
+
+docs-check: install ## fail if docs/configuration.md is stale
+	$(BIN)/python scripts/gen_config_docs.py --check
+
+schemas: install ## re-vendor the compose/Kubernetes JSON schemas into tests/schemas
+	$(BIN)/python scripts/vendor_schemas.py
+
+chaos: model ## kill -9 workers 200 times mid-stream; results in bench/results/chaos.json
+	$(BIN)/python scripts/chaos.py --kills 200
