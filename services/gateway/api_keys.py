@@ -12,6 +12,7 @@ limits JSON, name, created_unix), `apikeys` set of key ids.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -67,6 +68,7 @@ class ApiKeyStore:
         self._redis = redis
         self._cache_s = cache_s
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._loading: dict[str, asyncio.Future] = {}
 
     async def create(
         self,
@@ -132,17 +134,24 @@ class ApiKeyStore:
         return record
 
     async def _cached(self, key_id: str) -> KeyRecord | None:
-        now = time.monotonic()
         hit = self._cache.get(key_id)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > time.monotonic():
             return hit[1]
+        # One Redis lookup per key id at a time: a burst on one key costs one round trip.
+        pending = self._loading.get(key_id)
+        if pending is None:
+            pending = self._loading[key_id] = asyncio.ensure_future(self._refresh(key_id))
+            pending.add_done_callback(lambda _f: self._loading.pop(key_id, None))
+        return await asyncio.shield(pending)
+
+    async def _refresh(self, key_id: str) -> KeyRecord | None:
         try:
             record = await self._load(key_id)
         except RedisError as e:
             raise Unavailable(f"API key store unreachable: {type(e).__name__}", retry_after_s=1.0) from e
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()  # bounded: a flood of made-up key ids must not grow memory
-        self._cache[key_id] = (now + self._cache_s, record)
+        self._cache[key_id] = (time.monotonic() + self._cache_s, record)
         return record
 
     async def _load(self, key_id: str) -> KeyRecord | None:

@@ -35,8 +35,8 @@ from .settings import GatewaySettings
 log = get_logger(__name__)
 _BATCH = 256
 _RENEW_CHUNK = 500
-_PER_CALL_S = 20e-6  # a big batch takes a little longer to write and parse
 _STALL_S = 0.005
+_PER_CALL_S = 40e-6  # writing and parsing a big batch takes this much longer per request
 _SCRIPTS = {"acquire": scripts.ACQUIRE, "release": scripts.RELEASE, "renew": scripts.RENEW}
 
 
@@ -56,9 +56,9 @@ class RedisDown(Exception):
 
 @dataclass
 class _Call:
-    script: str
-    keys: list[str]
-    args: list
+    script: str  # acquire | release | renew
+    tenant: str
+    args: list  # this call's share of the script's per-request arguments
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -79,6 +79,8 @@ class RateLimiter:
         )
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
         self.local = LocalLimiter(settings.ratelimit_local_share, settings.rate_window_s)
+        self._window_ms = int(settings.rate_window_s * 1000)
+        self._lease_ms = int(settings.stream_lease_s * 1000)
         self._pending: list[_Call] = []
         self._wake = asyncio.Event()
         self._shas: dict[str, str] = {}
@@ -109,11 +111,9 @@ class RateLimiter:
             resolved.max_concurrent_streams,
             tokens,
             lease.lease_id,
-            int(self.settings.rate_window_s * 1000),
-            int(self.settings.stream_lease_s * 1000),
         ]
         try:
-            code, value = await self._call("acquire", scripts.tenant_keys(tenant), args)
+            code, value = await self._call("acquire", tenant, args)
         except RedisDown:
             return self._fallback(lease, resolved)
         if code != scripts.OK:
@@ -128,8 +128,8 @@ class RateLimiter:
             return
         self._live.pop(lease.lease_id, None)
         # An unreachable Redis loses only the correction: the slot expires with its lease.
-        with contextlib.suppress(RedisDown):
-            await self._call("release", scripts.tenant_keys(lease.tenant), [lease.lease_id, used_tokens])
+        with contextlib.suppress(RedisDown, RedisError):
+            await self._call("release", lease.tenant, [lease.lease_id, used_tokens])
 
     def _fallback(self, lease: Lease, limits: Limits) -> Lease:
         if self.settings.ratelimit_on_redis_down == "closed":
@@ -146,10 +146,10 @@ class RateLimiter:
         lease.local = True
         return lease
 
-    async def _call(self, script: str, keys: list[str], args: list):
+    async def _call(self, script: str, tenant: str, args: list):
         if not self.breaker.allow():
             raise RedisDown("circuit breaker open")
-        call = _Call(script, keys, args)
+        call = _Call(script, tenant, args)
         self._pending.append(call)
         self._wake.set()
         return await call.future
@@ -163,19 +163,25 @@ class RateLimiter:
                 await self._send(batch)
 
     async def _send(self, batch: list[_Call]) -> None:
+        groups: dict[tuple[str, str], list[_Call]] = {}
+        for call in batch:
+            groups.setdefault((call.script, call.tenant), []).append(call)
         try:
-            results = await self._within_deadline(self._execute(batch), len(batch))
+            results = await self._within_deadline(self._execute(groups), len(batch))
         except (RedisError, OSError, TimeoutError) as e:
             self._failed(batch, e)
             return
         self.breaker.success()
-        for call, result in zip(batch, results, strict=True):
-            if call.future.done():
-                continue
-            if isinstance(result, Exception):
-                call.future.set_exception(result)
-            else:
-                call.future.set_result(result)
+        for calls, result in zip(groups.values(), results, strict=True):
+            for i, call in enumerate(calls):
+                if call.future.done():
+                    continue
+                if isinstance(result, Exception):
+                    call.future.set_exception(result)
+                elif call.script == "acquire":
+                    call.future.set_result((int(result[2 * i]), int(result[2 * i + 1])))
+                else:
+                    call.future.set_result(None)
 
     async def _within_deadline(self, work, size: int):
         """Run `work` with the Redis deadline, measured against Redis and not our own stalls.
@@ -218,19 +224,23 @@ class RateLimiter:
         except RedisError as e:
             log.warning("rate limiter: Redis not reachable at start", error=type(e).__name__)
 
-    async def _execute(self, batch: list[_Call]) -> list:
+    async def _execute(self, groups: dict[tuple[str, str], list[_Call]]) -> list:
         if not self._shas:
             await self._load_scripts()
-        results = await self._pipeline(batch)
+        results = await self._pipeline(groups)
         if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted: load and redo
             await self._load_scripts()
-            results = await self._pipeline(batch)
+            results = await self._pipeline(groups)
         return results
 
-    async def _pipeline(self, batch: list[_Call]) -> list:
+    async def _pipeline(self, groups: dict[tuple[str, str], list[_Call]]) -> list:
         async with self._redis.pipeline(transaction=False) as pipe:
-            for call in batch:
-                pipe.evalsha(self._shas[call.script], len(call.keys), *call.keys, *call.args)
+            for (script, tenant), calls in groups.items():
+                head = {"acquire": [self._window_ms, self._lease_ms], "renew": [self._lease_ms]}.get(
+                    script, []
+                )
+                args = head + [a for call in calls for a in call.args]
+                pipe.evalsha(self._shas[script], 3, *scripts.tenant_keys(tenant), *args)
             return await pipe.execute(raise_on_error=False)
 
     async def _load_scripts(self) -> None:
@@ -241,15 +251,13 @@ class RateLimiter:
         """Extend this gateway's live leases well before they expire."""
         while True:
             await asyncio.sleep(self.settings.stream_lease_s / 3)
-            leases = list(self._live.values())
-            for i in range(0, len(leases), _RENEW_CHUNK):
-                chunk = leases[i : i + _RENEW_CHUNK]
-                with contextlib.suppress(RedisDown, RedisError):
-                    await self._call(
-                        "renew",
-                        [scripts.tenant_keys(x.tenant)[2] for x in chunk],
-                        [int(self.settings.stream_lease_s * 1000), *(x.lease_id for x in chunk)],
-                    )
+            by_tenant: dict[str, list[str]] = {}
+            for lease in list(self._live.values()):
+                by_tenant.setdefault(lease.tenant, []).append(lease.lease_id)
+            for tenant, ids in by_tenant.items():
+                for i in range(0, len(ids), _RENEW_CHUNK):
+                    with contextlib.suppress(RedisDown, RedisError):
+                        await self._call("renew", tenant, ids[i : i + _RENEW_CHUNK])
 
 
 def _rejection(code: int, value_ms: int, tenant: str, limits: Limits, tokens: int) -> RateLimited:
