@@ -56,6 +56,12 @@ class RedisServer:
                 time.sleep(0.05)
         raise RuntimeError(f"redis-server on :{self.port} did not answer within {timeout}s")
 
+    def stop_process(self) -> None:
+        """Stop redis-server but keep its data folder (to restart it on the same port)."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
