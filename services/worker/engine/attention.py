@@ -39,7 +39,9 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] long
     num_decode_tokens: int = 0
     decode_block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks] long
-    decode_mask: torch.Tensor | None = None  # [num_decodes, 1, 1, max_blocks * block_size] bool
+    # [num_decodes, 1, 1, max_blocks * block_size], additive (0 / -inf) in the model dtype:
+    # SDPA would convert a bool mask to this in every layer.
+    decode_mask: torch.Tensor | None = None
     prefills: list[PrefillChunk] = field(default_factory=list)
 
 
@@ -57,9 +59,11 @@ def decode_attention(q, k_cache, v_cache, block_tables, mask, block_size: int, s
     kb = k_cache.view(-1, block_size, num_kv_heads, head_dim)
     vb = v_cache.view(-1, block_size, num_kv_heads, head_dim)
     ctx = block_tables.shape[1] * block_size
-    # [D, blocks, bs, kvh, d] -> [D, kvh, ctx, d]
-    keys = kb[block_tables].view(num_seqs, ctx, num_kv_heads, head_dim).transpose(1, 2)
-    values = vb[block_tables].view(num_seqs, ctx, num_kv_heads, head_dim).transpose(1, 2)
+    # Whole blocks, gathered with index_select (a row memcpy; advanced indexing was ~5x
+    # slower on CPU): [D * blocks, bs, kvh, d] -> [D, kvh, ctx, d] (a strided view).
+    flat = block_tables.reshape(-1)
+    keys = kb.index_select(0, flat).view(num_seqs, ctx, num_kv_heads, head_dim).transpose(1, 2)
+    values = vb.index_select(0, flat).view(num_seqs, ctx, num_kv_heads, head_dim).transpose(1, 2)
     # Query heads sharing a KV head become `group` query rows: no KV expansion needed.
     qg = q.view(num_seqs, num_kv_heads, group, head_dim)
     out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=mask, scale=scale)

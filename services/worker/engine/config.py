@@ -59,6 +59,10 @@ class EngineConfig:
     num_threads: int | None = None
     """torch intra-op threads on CPU. None: leave torch's default."""
 
+    tune_malloc: bool = True
+    """On CPU (glibc), make the allocator keep and reuse freed memory (see
+    `loader.tune_cpu_malloc`); process-wide. Off only to measure its effect."""
+
     enable_prefix_caching: bool = True
     """Reuse full KV blocks of identical prompt prefixes (hash of the tokens) across requests."""
 

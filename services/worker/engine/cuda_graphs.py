@@ -18,6 +18,7 @@ import bisect
 import torch
 
 from .attention import AttentionMetadata
+from .model_runner import additive_mask
 from .scheduler import ScheduledSeq
 
 
@@ -96,7 +97,7 @@ class DecodeGraphs:
 
     def _forward(self, bs: int, width: int) -> torch.Tensor:
         key_pos = self._key_pos[: width * self.block_size]
-        mask = (key_pos.unsqueeze(0) < self.context_lens[:bs].unsqueeze(1)).view(bs, 1, 1, -1)
+        mask = additive_mask(key_pos.unsqueeze(0) < self.context_lens[:bs].unsqueeze(1), self.model.dtype)
         meta = AttentionMetadata(
             slot_mapping=self.slot_mapping[:bs],
             num_decode_tokens=bs,

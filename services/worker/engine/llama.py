@@ -38,12 +38,14 @@ def is_supported(hf_config) -> bool:
 
 @dataclass
 class LayerWeights:
+    """One decoder layer's weights; projections fused and laid out for `LlamaFastModel._mm`."""
+
     input_norm: torch.Tensor
-    qkv: torch.Tensor  # [q + 2 * kv, hidden]
+    qkv: torch.Tensor  # q, k and v projections together
     qkv_bias: torch.Tensor | None
     o_proj: torch.Tensor
     post_norm: torch.Tensor
-    gate_up: torch.Tensor  # [2 * intermediate, hidden]
+    gate_up: torch.Tensor  # gate and up projections together
     down: torch.Tensor
 
 
@@ -61,11 +63,24 @@ class LlamaFastModel:
         self.eps = cfg.rms_norm_eps
         self.scale = self.head_dim**-0.5
         self.device, self.dtype = device, dtype
+        # Measured on a 2-core AVX-512 CPU: fp32 GEMMs with small M run ~1.5x faster on a
+        # row-major [in, out] right operand (`x @ w`); bf16 (oneDNN) prefers [out, in].
+        self.transposed = device.type == "cpu" and dtype == torch.float32
         self._load_weights(hf_model)
         self._build_rope(hf_model, max_positions)
 
     def _t(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach().to(device=self.device, dtype=self.dtype).contiguous()
+
+    def _w(self, *weights: torch.Tensor) -> torch.Tensor:
+        """Fuse [out, in] weights along `out`; store as `_mm` wants them."""
+        fused = torch.cat(weights)
+        return self._t(fused.t() if self.transposed else fused)
+
+    def _mm(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.transposed:
+            return F.linear(x, w, bias)
+        return x @ w if bias is None else torch.addmm(bias, x, w)
 
     def _load_weights(self, hf_model) -> None:
         base = hf_model.model
@@ -83,12 +98,12 @@ class LlamaFastModel:
             self.layers.append(
                 LayerWeights(
                     input_norm=self._t(layer.input_layernorm.weight),
-                    qkv=self._t(torch.cat([at.q_proj.weight, at.k_proj.weight, at.v_proj.weight])),
+                    qkv=self._w(at.q_proj.weight, at.k_proj.weight, at.v_proj.weight),
                     qkv_bias=bias,
-                    o_proj=self._t(at.o_proj.weight),
+                    o_proj=self._w(at.o_proj.weight),
                     post_norm=self._t(layer.post_attention_layernorm.weight),
-                    gate_up=self._t(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
-                    down=self._t(mlp.down_proj.weight),
+                    gate_up=self._w(mlp.gate_proj.weight, mlp.up_proj.weight),
+                    down=self._w(mlp.down_proj.weight),
                 )
             )
 
@@ -141,16 +156,16 @@ class LlamaFastModel:
         norm_shape = (self.hidden_size,)
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
             x = F.rms_norm(hidden, norm_shape, layer.input_norm, self.eps)
-            qkv = F.linear(x, layer.qkv, layer.qkv_bias).view(num_tokens, nh + 2 * nkv, hd)
+            qkv = self._mm(x, layer.qkv, layer.qkv_bias).view(num_tokens, nh + 2 * nkv, hd)
             # RoPE on q and k together (they are adjacent in the fused projection).
             qk = self._rope(qkv[:, : nh + nkv], cos, sin)
             q, k = qk[:, :nh], qk[:, nh:]
             v = qkv[:, nh + nkv :]
             attn = paged_attention(q, k, v, k_cache, v_cache, meta, block_size, self.scale)
-            hidden = hidden + F.linear(attn, layer.o_proj)
+            hidden = hidden + self._mm(attn, layer.o_proj)
             x = F.rms_norm(hidden, norm_shape, layer.post_norm, self.eps)
-            gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)
-            hidden = hidden + F.linear(F.silu(gate) * up, layer.down)
+            gate, up = self._mm(x, layer.gate_up).chunk(2, dim=-1)
+            hidden = hidden + self._mm(F.silu(gate) * up, layer.down)
         hidden = hidden.index_select(0, logits_indices)
         hidden = F.rms_norm(hidden, norm_shape, self.final_norm, self.eps)
         return F.linear(hidden, self.lm_head).float()

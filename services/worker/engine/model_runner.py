@@ -31,6 +31,12 @@ class ModelRunner(Protocol):
         """Forget any per-sequence state (its KV blocks are freed by the block manager)."""
 
 
+def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[D, L] bool (True = attend) -> [D, 1, 1, L] additive mask (0 / -inf)."""
+    mask = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, float("-inf"))
+    return mask.view(keep.shape[0], 1, 1, -1)
+
+
 def _slots(block_table: list[int], start: int, end: int, block_size: int) -> list[int]:
     return [block_table[p // block_size] * block_size + p % block_size for p in range(start, end)]
 
@@ -108,8 +114,7 @@ class PagedModelRunner:
         tables = self._tensor(rows)
         lens = self._tensor(context_lens)
         key_pos = torch.arange(width * self.block_size, device=self.device)
-        mask = (key_pos.unsqueeze(0) < lens.unsqueeze(1)).view(len(rows), 1, 1, -1)
-        return tables, mask
+        return tables, additive_mask(key_pos.unsqueeze(0) < lens.unsqueeze(1), self.model.dtype)
 
     def _prefill_chunk(self, item: ScheduledSeq, flat_start: int) -> PrefillChunk:
         seq, n = item.seq, item.num_new_tokens
