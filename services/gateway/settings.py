@@ -96,7 +96,7 @@ class GatewaySettings(ServiceSettings):
         "slots come back after it."
     )
     ratelimit_timeout_ms: float = Field(
-        20.0, gt=0, description="Longest wait for the rate limiter's Redis call before the policy decides."
+        15.0, gt=0, description="Longest wait for the rate limiter's Redis call before the policy decides."
     )
     ratelimit_on_redis_down: Literal["closed", "open"] = Field(
         "closed", description="Redis unreachable: `closed` answers UNAVAILABLE; `open` admits within a "
