@@ -100,3 +100,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return 0
     print(f"no key {args.key_id}", file=sys.stderr)
     return 1
+
+
+def register(subparsers, _add_client_args=None) -> None:
+    """Hook for `llmserve.cli.main`'s command modules."""
+    add_parser(subparsers)

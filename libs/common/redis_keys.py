@@ -9,6 +9,12 @@
 | llmserve:request:{request_id}        | hash   | all       | idempotency and whereabouts: gateway, state, worker, attempt |
 | llmserve:cancel:{request_id}         | string | gateway   | cancellation marker, seen by scheduler and worker |
 | llmserve:deadletter                  | stream | scheduler | requests that failed too many attempts |
+| llmserve:recovering:{worker_id}      | string | scheduler | lock: one scheduler recovers a dead worker |
+| llmserve:apikey:{key_id}             | hash   | CLI       | stored API key: SHA-256 of the secret, tenant, models, limits |
+| llmserve:apikeys                     | set    | CLI       | ids of stored API keys |
+| llmserve:ratelimit:{tenant}:window   | zset   | gateway   | admissions in the sliding minute (requests per minute) |
+| llmserve:ratelimit:{tenant}:tokens   | zset   | gateway   | tokens reserved in the sliding minute |
+| llmserve:ratelimit:{tenant}:streams  | zset   | gateway   | concurrent stream leases with expiry |
 """
 
 from __future__ import annotations
