@@ -49,10 +49,10 @@ def shutdown_telemetry() -> None:
             shutdown()
 
 
-def inject_context() -> dict[str, str]:
-    """The current trace context as a dict, to travel inside a Redis message."""
+def inject_context(context=None) -> dict[str, str]:
+    """A trace context (default: the current one) as a dict, to travel inside a Redis message."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     return carrier
 
 

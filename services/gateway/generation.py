@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from llmserve.common.errors import (
@@ -15,9 +16,12 @@ from llmserve.common.errors import (
     DeadlineExceeded,
     InvalidArgument,
     LLMServeError,
+    RateLimited,
     Unavailable,
+    status_code_for,
 )
 from llmserve.common.logging import get_logger
+from llmserve.common.metrics import GatewayMetrics, status_label
 from llmserve.common.workers import registry_snapshot
 
 from .auth import Authenticator, Identity
@@ -29,6 +33,10 @@ from .settings import GatewaySettings
 from .validation import GenerateParams, Job, validate
 
 log = get_logger(__name__)
+_tracer = trace.get_tracer("llmserve.gateway")
+# A request silent this long is checked for in Redis: one that came back empty (restarted
+# without persistence) has lost it, and the client should hear so rather than wait it out.
+_WATCH_S = 5.0
 
 
 class GenerationService:
@@ -44,6 +52,7 @@ class GenerationService:
         self.inflight = inflight
         self.limiter = limiter
         self.draining = False
+        self.metrics = GatewayMetrics()
 
     async def identify(self, authorization: str | None) -> Identity:
         return await self.auth.authenticate(authorization)
@@ -54,6 +63,15 @@ class GenerationService:
         Everything before the lease is checked without writing anything anywhere; the
         returned job must be passed to `stream`, which gives the lease back.
         """
+        try:
+            return await self._admit(authorization, params)
+        except LLMServeError as e:
+            self.metrics.request_finished(params.model, "", status_label(status_code_for(e)), 0.0)
+            if isinstance(e, RateLimited):
+                self.metrics.rate_limited("", "admission")
+            raise
+
+    async def _admit(self, authorization: str | None, params: GenerateParams) -> Job:
         if self.draining:
             raise Unavailable("the gateway is draining; retry on another replica", retry_after_s=1.0)
         identity = await self.auth.authenticate(authorization)
@@ -77,15 +95,30 @@ class GenerationService:
         job's rate-limit lease is released with the tokens really used.
         """
         used = _Usage(len(job.prompt_token_ids))
+        span = _tracer.start_span("gateway.generate", attributes={
+            "llmserve.request_id": job.request_id, "llmserve.model": job.model, "llmserve.tenant": job.tenant,
+            "llmserve.prompt_tokens": len(job.prompt_token_ids)})
+        clock = _Clock(self.metrics, job)
         try:
-            async for event in self._events(job, timeout_s):
+            async for event in self._events(job, timeout_s, trace.set_span_in_context(span)):
+                clock.observe(event)
                 used.count(event)
                 yield event
+        except LLMServeError as e:
+            clock.status = status_label(status_code_for(e))
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            clock.status = "cancelled"
+            raise
         finally:
+            clock.finish()
+            span.set_attribute("llmserve.status", clock.status)
+            span.set_attribute("llmserve.completion_tokens", used.completion)
+            span.end()
             if job.lease is not None:
                 await asyncio.shield(self.limiter.release(job.lease, used.total))
 
-    async def _events(self, job: Job, timeout_s: float | None) -> AsyncIterator[Event]:
+    async def _events(self, job: Job, timeout_s: float | None, trace_context) -> AsyncIterator[Event]:
         timeout = timeout_s if timeout_s is not None else self.settings.default_timeout_s
         deadline = time.monotonic() + timeout
         stream = self.inflight.open(job.request_id)
@@ -93,15 +126,19 @@ class GenerationService:
             raise AlreadyExists(f"request_id {job.request_id!r} is already streaming")
         enqueued = finished = False
         try:
-            await self.queue.enqueue(job, int((time.time() + timeout) * 1000))
+            await self.queue.enqueue(job, int((time.time() + timeout) * 1000), trace_context)
             enqueued = True
+            self.metrics.request_started(job.model, job.tenant, len(job.prompt_token_ids))
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise DeadlineExceeded(f"no result within the deadline ({timeout:.1f}s)")
                 try:
-                    event = await asyncio.wait_for(stream.events.get(), remaining)
+                    event = await asyncio.wait_for(stream.events.get(), min(remaining, _WATCH_S))
                 except TimeoutError:
+                    if not await self.queue.still_known(job.request_id):
+                        raise Unavailable("the request was lost while Redis was down; retry it",
+                                          retry_after_s=1.0) from None
                     continue
                 finished = isinstance(event, FinishEvent | LLMServeError)
                 if isinstance(event, LLMServeError):
@@ -119,6 +156,31 @@ class GenerationService:
         if worker_id:
             self.inflight.notify_worker_cancel(request_id, worker_id)
         await asyncio.shield(self.queue.cancel(request_id))
+
+
+class _Clock:
+    """TTFT, inter-token gaps and end-to-end time of one request, recorded as metrics."""
+
+    def __init__(self, metrics: GatewayMetrics, job: Job):
+        self.metrics = metrics
+        self.job = job
+        self.started = time.monotonic()
+        self.last: float | None = None
+        self.status = "ok"
+
+    def observe(self, event: Event) -> None:
+        if not isinstance(event, TokenEvent) or not event.token_ids:
+            return
+        now = time.monotonic()
+        if self.last is None:
+            self.metrics.first_token(self.job.model, self.job.tenant, now - self.started)
+        gap = None if self.last is None else now - self.last
+        self.metrics.tokens_delivered(self.job.model, self.job.tenant, len(event.token_ids), gap)
+        self.last = now
+
+    def finish(self) -> None:
+        self.metrics.request_finished(self.job.model, self.job.tenant, self.status,
+                                      time.monotonic() - self.started)
 
 
 class _Usage:

@@ -34,8 +34,8 @@ class RequestQueue:
         self._max_queue_len = max_queue_len
         self._enqueue = redis.register_script(_ENQUEUE)
 
-    async def enqueue(self, job: Job, deadline_unix_ms: int) -> None:
-        item = to_work_item(job, self.reply_to, deadline_unix_ms)
+    async def enqueue(self, job: Job, deadline_unix_ms: int, trace_context=None) -> None:
+        item = to_work_item(job, self.reply_to, deadline_unix_ms, trace_context)
         try:
             result = await self._enqueue(
                 keys=[keys.request_stream(job.model), keys.request_key(job.request_id)],
@@ -48,13 +48,20 @@ class RequestQueue:
         if result == -2:
             raise Unavailable(f"the queue for {job.model} is full ({self._max_queue_len})", retry_after_s=1.0)
 
+    async def still_known(self, request_id: str) -> bool:
+        """False only when Redis answers and no longer knows the request (it lost its data)."""
+        try:
+            return bool(await self._redis.exists(keys.request_key(request_id)))
+        except RedisError:
+            return True  # cannot tell; keep waiting until the deadline
+
     async def cancel(self, request_id: str) -> None:
         """Mark a request cancelled for the scheduler and worker; best effort."""
         with contextlib.suppress(RedisError):
             await self._redis.set(keys.cancel_key(request_id), 1, px=_RECORD_TTL_MS)
 
 
-def to_work_item(job: Job, reply_to: str, deadline_unix_ms: int) -> work_pb2.WorkItem:
+def to_work_item(job: Job, reply_to: str, deadline_unix_ms: int, trace_context=None) -> work_pb2.WorkItem:
     s = job.sampling
     return work_pb2.WorkItem(
         request_id=job.request_id,
@@ -75,6 +82,6 @@ def to_work_item(job: Job, reply_to: str, deadline_unix_ms: int) -> work_pb2.Wor
         priority=job.priority,
         reply_to=reply_to,
         attempt=1,
-        trace_context=inject_context(),
+        trace_context=inject_context(trace_context),
         enqueued_unix_ms=int(time.time() * 1000),
     )
