@@ -45,3 +45,27 @@ def request_key(request_id: str) -> str:
 
 def cancel_key(request_id: str) -> str:
     return f"{PREFIX}:cancel:{request_id}"
+
+
+MODELS_SET = f"{PREFIX}:models"
+
+
+def _model_prefix(name: str) -> str:
+    # Literal braces: a Cluster hash tag keeps one model's registry keys in one slot.
+    return f"{PREFIX}:model:{{{name}}}"
+
+
+def model_versions_key(name: str) -> str:
+    return f"{_model_prefix(name)}:versions"
+
+
+def model_seq_key(name: str) -> str:
+    return f"{_model_prefix(name)}:seq"
+
+
+def model_aliases_key(name: str) -> str:
+    return f"{_model_prefix(name)}:aliases"
+
+
+def model_history_key(name: str, alias: str) -> str:
+    return f"{_model_prefix(name)}:history:{alias}"
