@@ -159,6 +159,8 @@ class EngineSystem:
 
     def close(self) -> None:
         del self.engine
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the next engine sizes its KV cache from free memory
 
 
 class _StepClock(LogitsProcessor):

@@ -151,6 +151,8 @@ def machine(device: str) -> dict:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        # Other work on the machine skews every number; recorded so a reader can tell.
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
