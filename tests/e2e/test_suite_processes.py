@@ -78,3 +78,57 @@ def test_sigterm_stops_every_process(tmp_path):
         processes = [svc.process for svc in s.services]
         s.stop()
         assert all(p.returncode == 0 for p in processes), [p.returncode for p in processes]
+
+
+def test_monitor_sees_what_the_client_saw(suite):
+    """Request count exact, TTFT p50 within 10%, one trace across gateway, scheduler and worker."""
+    import json
+    import statistics
+    import time
+    import urllib.request
+
+    from llmserve.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+
+    def ok_count(stub) -> int:
+        reply = stub.GetSummary(monitor_pb2.GetSummaryRequest(window_seconds=600, model=DEFAULT_MODEL), timeout=5)
+        summary = next((m for m in reply.models if m.model == DEFAULT_MODEL), None)
+        return summary.requests_by_status.get("ok", 0) if summary else 0
+
+    with grpc.insecure_channel(f"127.0.0.1:{suite.ports.monitor}") as channel:
+        stub = monitor_pb2_grpc.MonitorServiceStub(channel)
+        time.sleep(6)  # one export interval: earlier tests' requests have all arrived
+        before = ok_count(stub)
+    ttfts = []
+    with Client(f"127.0.0.1:{suite.ports.gateway}", api_key=suite.api_key) as client:
+        for i in range(12):
+            started = time.perf_counter()
+            for piece in client.stream(DEFAULT_MODEL, f"Count to {i}:", temperature=0.0, max_tokens=4,
+                                       request_id=f"monitored-{i}"):
+                if piece.token_ids and len(ttfts) == i:
+                    ttfts.append(time.perf_counter() - started)
+    with grpc.insecure_channel(f"127.0.0.1:{suite.ports.monitor}") as channel:
+        stub = monitor_pb2_grpc.MonitorServiceStub(channel)
+        deadline = time.monotonic() + 30
+        summary = None
+        while time.monotonic() < deadline:
+            reply = stub.GetSummary(monitor_pb2.GetSummaryRequest(window_seconds=600, model=DEFAULT_MODEL), timeout=5)
+            summary = next((m for m in reply.models if m.model == DEFAULT_MODEL), None)
+            if summary and summary.requests_by_status.get("ok", 0) >= before + 12:
+                break
+            time.sleep(1)
+        assert summary is not None
+        time.sleep(6)  # one more export: nothing beyond the 12 shows up
+        assert ok_count(stub) - before == 12
+        client_p50 = statistics.median(ttfts)
+        assert abs(summary.ttft.p50 - client_p50) <= 0.10 * client_p50, (summary.ttft.p50, client_p50)
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{suite.ports.monitor_http}/api/traces", timeout=5) as r:
+            trace_ids = json.load(r)["trace_ids"]
+        services_by_trace = {}
+        for trace_id in trace_ids:
+            spans = stub.GetTrace(monitor_pb2.GetTraceRequest(trace_id=trace_id), timeout=5).spans
+            if any(s.attributes.get("llmserve.request_id", "").startswith("monitored-") for s in spans):
+                services_by_trace[trace_id] = {s.service for s in spans}
+        assert services_by_trace, "no trace of the monitored requests reached the monitor"
+        assert any({"llmserve-gateway", "llmserve-scheduler", "llmserve-worker"} <= names
+                   for names in services_by_trace.values()), services_by_trace
