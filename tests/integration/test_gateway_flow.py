@@ -177,3 +177,22 @@ async def test_list_models_counts_ready_workers(redis_url, catalog):
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
         reply = await stub.ListModels(pb.ListModelsRequest(), metadata=AUTH, timeout=5)
         assert [(m.name, m.context_length, m.ready_workers) for m in reply.models] == [(MODEL, 8192, 2)]
+
+
+async def test_a_request_lost_by_redis_fails_with_unavailable(redis_url, catalog):
+    """Redis comes back empty (restarted without persistence): the client hears it, fast."""
+    async with running_stack(redis_url, [], catalog) as stack, \
+            grpc.aio.insecure_channel(stack.gateway_address) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        call = stub.Generate(request(max_tokens=4), metadata=AUTH, timeout=30)
+        r = aioredis.Redis.from_url(redis_url)
+        for _ in range(100):
+            if await r.keys("llmserve:request:*"):
+                break
+            await asyncio.sleep(0.02)
+        await r.flushall()
+        await r.aclose()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "lost" in caught.value.details()
