@@ -57,7 +57,11 @@ typecheck: install ## mypy on libs and services
 bench-engine: model ## engine benchmark against transformers baselines (results in bench/results/)
 	$(BIN)/python bench/engine_bench.py $(BENCH_ARGS)
 
-bench: bench-engine ## the benchmark matrix
+bench: model ## full stack vs llama-server and transformers (bench/RESULTS.md); bench-engine, bench-stack too
+	$(BIN)/python bench/full_stack.py $(BENCH_ARGS)
+
+bench-stack: model ## serving overhead of the stack and full-queue rejection latency
+	$(BIN)/python bench/stack_bench.py
 
 clean: ## remove the environment, generated stubs and run state
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache
