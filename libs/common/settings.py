@@ -7,10 +7,24 @@ receives the settings object, never reads the environment itself.
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_list(value):
+    """A list setting from the environment: a JSON list, or comma-separated words."""
+    if isinstance(value, str):
+        if value.strip().startswith("["):
+            return json.loads(value)
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+#: A list[str] setting that reads `a,b,c` or `["a", "b"]` from the environment.
+StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 
 
 class ServiceSettings(BaseSettings):

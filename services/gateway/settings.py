@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from llmserve.common.model_store import DEFAULT_MODEL
-from llmserve.common.settings import ServiceSettings
-
-_LIST_FIELDS = ("api_keys", "models", "jwt_algorithms", "jwt_public_key_paths")
+from llmserve.common.settings import ServiceSettings, StrList
 
 
 class GatewaySettings(ServiceSettings):
@@ -34,7 +31,7 @@ class GatewaySettings(ServiceSettings):
         "(workers connect here); 0 picks a free one. Unused without TLS.",
     )
     # -- credentials ---------------------------------------------------------------------
-    api_keys: Annotated[list[str], NoDecode] = Field(
+    api_keys: StrList = Field(
         default_factory=list,
         description="Static API keys as `tenant=key` (or a bare key: tenant `default`), all models, "
         "default limits. JSON list or comma-separated. Keys made by `llmserve keys create` live in Redis.",
@@ -43,13 +40,13 @@ class GatewaySettings(ServiceSettings):
         2.0, ge=0, description="How long a key looked up in Redis is trusted locally: a revoked key "
         "stops working within this time."
     )
-    jwt_algorithms: Annotated[list[str], NoDecode] = Field(
+    jwt_algorithms: StrList = Field(
         default_factory=list,
         description="JWT algorithms accepted (HS256, RS256, ES256); empty: JWTs are not accepted. "
         "The token's header never widens this list.",
     )
     jwt_hs256_secret: str = Field("", description="Shared secret for HS256 tokens.")
-    jwt_public_key_paths: Annotated[list[str], NoDecode] = Field(
+    jwt_public_key_paths: StrList = Field(
         default_factory=list, description="PEM public keys (RSA for RS256, EC P-256 for ES256)."
     )
     jwks_path: str = Field("", description="A JWKS file (keys chosen by `kid`).")
@@ -61,7 +58,7 @@ class GatewaySettings(ServiceSettings):
         "models", description="Claim listing the allowed models (list or space-separated); absent: all."
     )
     # -- models and validation -----------------------------------------------------------
-    models: Annotated[list[str], NoDecode] = Field(
+    models: StrList = Field(
         default_factory=lambda: [DEFAULT_MODEL], description="Models served: names or directories."
     )
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when the request leaves it unset.")
@@ -115,15 +112,6 @@ class GatewaySettings(ServiceSettings):
     tls_client_ca_path: str = Field(
         "", description="PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."
     )
-
-    @field_validator(*_LIST_FIELDS, mode="before")
-    @classmethod
-    def _split_commas(cls, value):
-        if isinstance(value, str):
-            if value.strip().startswith("["):
-                return json.loads(value)
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
     @field_validator("jwt_algorithms")
     @classmethod

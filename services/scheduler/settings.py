@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-from typing import Annotated
 
-from pydantic import Field, field_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from llmserve.common.model_store import DEFAULT_MODEL
-from llmserve.common.settings import ServiceSettings
+from llmserve.common.settings import ServiceSettings, StrList
 
 
 class SchedulerSettings(ServiceSettings):
@@ -22,7 +20,7 @@ class SchedulerSettings(ServiceSettings):
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
         description="Consumer name in the `schedulers` group; unique per replica.",
     )
-    models: Annotated[list[str], NoDecode] = Field(
+    models: StrList = Field(
         default_factory=lambda: [DEFAULT_MODEL],
         description="Models whose request streams to read, besides those live workers announce.",
     )
@@ -42,11 +40,3 @@ class SchedulerSettings(ServiceSettings):
         default_factory=dict, description="Fair-share weight per tenant (default 1)."
     )
 
-    @field_validator("models", mode="before")
-    @classmethod
-    def _split_commas(cls, value):
-        if isinstance(value, str):
-            if value.strip().startswith("["):
-                return json.loads(value)
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
