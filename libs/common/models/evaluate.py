@@ -35,14 +35,14 @@ def greedy_decode(model, input_ids: torch.Tensor, max_new_tokens: int) -> Decode
     variant runs the same number of steps."""
     started = time.perf_counter()
     out = model(input_ids=input_ids, use_cache=True)
-    cache = out.past_key_values
+    cache = out.cache  # transformers 5 renamed past_key_values to cache
     token = out.logits[:, -1].argmax(-1, keepdim=True)
     tokens = [int(token)]
     prefill = time.perf_counter() - started
     started = time.perf_counter()
     for _ in range(max_new_tokens - 1):
-        out = model(input_ids=token, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(input_ids=token, cache=cache, use_cache=True)
+        cache = out.cache
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         tokens.append(int(token))
     return DecodeResult(tokens=tokens, prefill_s=prefill, decode_s=time.perf_counter() - started)
