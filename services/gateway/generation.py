@@ -72,6 +72,7 @@ class GenerationService:
             raise
 
     async def _admit(self, authorization: str | None, params: GenerateParams) -> Job:
+        received_at = time.monotonic()
         if self.draining:
             raise Unavailable("the gateway is draining; retry on another replica", retry_after_s=1.0)
         identity = await self.auth.authenticate(authorization)
@@ -82,7 +83,7 @@ class GenerationService:
         job = validate(params, model, identity.tenant, self.settings)
         reserved = len(job.prompt_token_ids) + job.sampling.max_tokens
         lease = await self.limiter.acquire(identity.tenant, identity.limits, reserved)
-        return dataclasses.replace(job, lease=lease)
+        return dataclasses.replace(job, lease=lease, received_at=received_at)
 
     async def list_models(self) -> list[ModelStatus]:
         return await list_models(self.catalog, self.redis)
@@ -164,7 +165,7 @@ class _Clock:
     def __init__(self, metrics: GatewayMetrics, job: Job):
         self.metrics = metrics
         self.job = job
-        self.started = time.monotonic()
+        self.started = job.received_at or time.monotonic()  # the client's clock starts at its call
         self.last: float | None = None
         self.status = "ok"
 

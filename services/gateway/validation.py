@@ -62,6 +62,7 @@ class Job:
     sampling: Sampling
     priority: int
     lease: Any = None  # the rate limiter's Lease, taken after validation
+    received_at: float = 0.0  # time.monotonic() when the call arrived: latencies count from here
 
 
 def validate(params: GenerateParams, model: ServedModel, tenant: str, settings: GatewaySettings) -> Job:
