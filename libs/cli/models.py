@@ -70,6 +70,10 @@ def _add_tool_commands(msub) -> None:
 
     q = _derive_parser(msub, "quantize", "write a quantized copy as a new version")
     q.add_argument("--mode", required=True, choices=["int8", "bf16", "fp16"])
+    q.add_argument(
+        "--int8-skip", default="down_proj",
+        help="comma-separated Linear name suffixes int8 keeps fp32 ('' for none; default down_proj)",
+    )  # fmt: skip
     q.set_defaults(func=lambda a: _run(_cmd_quantize, a))
 
     pr = _derive_parser(msub, "prune", "magnitude-prune Linear layers into a new version")
@@ -181,8 +185,9 @@ async def _cmd_export(registry, args) -> int:
 async def _cmd_quantize(registry, args) -> int:
     from llmserve.common.models import variants
 
+    skip = tuple(s for s in args.int8_skip.split(",") if s)
     return await _derive(registry, args, args.mode, lambda loaded, out, text: variants.quantize_variant(
-        loaded, args.mode, out, text))  # fmt: skip
+        loaded, args.mode, out, text, int8_skip=skip))  # fmt: skip
 
 
 async def _cmd_prune(registry, args) -> int:

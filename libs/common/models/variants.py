@@ -30,15 +30,24 @@ class Variant:
     metrics: dict = field(default_factory=dict)
 
 
-def quantize_variant(loaded: LoadedModel, mode: str, out_dir: Path, eval_text: str | None = None) -> Variant:
-    """int8 (dynamic, CPU), bf16 or fp16 copy of `loaded`, written to `out_dir`."""
+def quantize_variant(
+    loaded: LoadedModel,
+    mode: str,
+    out_dir: Path,
+    eval_text: str | None = None,
+    *,
+    int8_skip: tuple[str, ...] = quantize.DEFAULT_SKIP,
+) -> Variant:
+    """int8 (dynamic, CPU), bf16 or fp16 copy of `loaded`, written to `out_dir`. `int8_skip`:
+    name suffixes of Linear layers int8 leaves in fp32."""
     metrics = _baseline(loaded, eval_text)
     before = evaluate.weight_bytes(loaded.model)
-    model = quantize.apply(loaded.model, mode)
+    options = {"skip": int8_skip} if mode == "int8" else {}
+    model = quantize.apply(loaded.model, mode, **options)
     metrics.update(weight_bytes_before=before, weight_bytes=evaluate.weight_bytes(model))
     _after(model, loaded.tokenizer, eval_text, metrics)
     if mode == "int8":
-        path = quantize.save_int8(model, loaded.tokenizer, out_dir)
+        path = quantize.save_int8(model, loaded.tokenizer, out_dir, skip=int8_skip)
         return Variant(path, INT8, "qint8", "int8-dynamic", metrics)
     path = save_hf_dir(model, loaded.tokenizer, out_dir)
     dtype = {"bf16": "bfloat16", "fp16": "float16"}[mode]

@@ -11,7 +11,9 @@ def test_int8_dynamic_runs_and_stays_close(tiny, tiny_dir, tmp_path):
         q = quantize.quantize_int8_dynamic(tiny.model)
         got = q(ids).logits
     dynamic_linear = torch.ao.nn.quantized.dynamic.Linear
-    assert sum(isinstance(m, dynamic_linear) for m in q.modules()) == 2 * 7 + 1  # blocks + head
+    # every block Linear but down_proj (kept fp32 by default), plus the head
+    assert sum(isinstance(m, dynamic_linear) for m in q.modules()) == 2 * 6 + 1
+    assert isinstance(q.model.layers[0].mlp.down_proj, torch.nn.Linear)
     assert (got - want).abs().max() < 0.1 * want.abs().max()
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.8
     # the int8 artifact reloads to the very same logits
@@ -20,6 +22,17 @@ def test_int8_dynamic_runs_and_stays_close(tiny, tiny_dir, tmp_path):
     assert back.format == formats.INT8
     with torch.inference_mode():
         assert torch.equal(back.model(ids).logits, got)
+
+
+def test_int8_with_nothing_skipped_quantizes_every_linear(tiny, tmp_path):
+    q = quantize.quantize_int8_dynamic(tiny.model, per_channel=False, skip=())
+    assert sum(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in q.modules()) == 2 * 7 + 1
+    back = formats.load_model(
+        quantize.save_int8(q, tiny.tokenizer, tmp_path / "q", per_channel=False, skip=())
+    )
+    ids = torch.arange(10).unsqueeze(0)
+    with torch.inference_mode():
+        assert torch.equal(back.model(ids).logits, q(ids).logits)
 
 
 def test_bf16_cast():
