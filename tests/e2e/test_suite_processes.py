@@ -132,3 +132,22 @@ def test_monitor_sees_what_the_client_saw(suite):
         assert services_by_trace, "no trace of the monitored requests reached the monitor"
         assert any({"llmserve-gateway", "llmserve-scheduler", "llmserve-worker"} <= names
                    for names in services_by_trace.values()), services_by_trace
+
+
+def test_serving_goes_on_with_the_monitor_down(suite):
+    """Runs last in this module: the monitor is killed, a load run sees no errors."""
+    import os
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    monitor = next(s for s in suite.services if s.name == "monitor")
+    os.kill(monitor.process.pid, signal.SIGKILL)
+    monitor.process.wait()
+
+    def one(i: int) -> str:
+        with Client(f"127.0.0.1:{suite.ports.gateway}", api_key=suite.api_key) as client:
+            return client.generate(DEFAULT_MODEL, f"Say {i}.", temperature=0.0, max_tokens=8).finish_reason
+
+    with ThreadPoolExecutor(4) as pool:
+        reasons = list(pool.map(one, range(16)))
+    assert all(r in ("stop", "length") for r in reasons), reasons
