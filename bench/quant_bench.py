@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import platform
@@ -41,14 +42,20 @@ VARIANTS = ("fp32", "int8", "int8-all", "bf16")
 PROMPT = "Write a short story about a lighthouse keeper who"
 
 
-def _rss_mb() -> float:
+def _rss_mb() -> tuple[float, float]:
+    """(RSS, private RSS) in MiB. transformers mmaps safetensors, so part of RSS is the file's
+    page cache (shared, reclaimable, counted only once touched); `rss - shared` is the
+    process's own anonymous memory."""
     import psutil
 
-    return psutil.Process().memory_info().rss / 2**20
+    info = psutil.Process().memory_info()
+    return info.rss / 2**20, (info.rss - info.shared) / 2**20
 
 
 def _trim() -> None:
-    # Return freed heap pages to the kernel so RSS shows what is live, not what was freed.
+    # Collect cycles first (replaced modules can sit in reference cycles until the cyclic GC
+    # runs), then return freed heap pages to the kernel: RSS shows what is live.
+    gc.collect()
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
@@ -61,8 +68,13 @@ def measure_variant(variant: str, model_dir: str, tokens: int, repeats: int, thr
 
     torch.set_num_threads(threads)
     _trim()
-    rss_before = _rss_mb()
+    rss_before, private_before = _rss_mb()
     loaded = formats.load_model(model_dir)
+    # transformers leaves the weights mmapped from the safetensors file; copy them into private
+    # memory so the mapping closes and RSS counts each variant's weights, not the file's pages.
+    with torch.no_grad():
+        for tensor in list(loaded.model.parameters()) + list(loaded.model.buffers()):
+            tensor.data = tensor.data.clone()
     if variant == "fp32":
         model = loaded.model
     elif variant == "int8-all":
@@ -70,18 +82,25 @@ def measure_variant(variant: str, model_dir: str, tokens: int, repeats: int, thr
     else:
         model = quantize.apply(loaded.model, variant)
     _trim()
-    rss_loaded = _rss_mb()
+    rss_loaded, private_loaded = _rss_mb()
     ids = loaded.tokenizer(PROMPT, return_tensors="pt").input_ids
     evaluate.greedy_decode(model, ids, 4)  # warm-up: first calls pick kernels and allocate
     runs = [evaluate.greedy_decode(model, ids, tokens) for _ in range(repeats)]
     best = max(runs, key=lambda r: r.tokens_per_s)
     started = time.perf_counter()
     ppl = evaluate.text_perplexity(model, loaded.tokenizer, TEXT.read_text())
+    _trim()
+    rss_end, private_end = _rss_mb()  # every weight touched by now: the steady state
     return {
         "variant": variant,
         "weights_mb": round(evaluate.weight_bytes(model) / 2**20, 1),
         "rss_loaded_mb": round(rss_loaded, 1),
-        "rss_model_mb": round(rss_loaded - rss_before, 1),
+        "private_loaded_mb": round(private_loaded, 1),
+        "rss_end_mb": round(rss_end, 1),
+        "model_rss_mb": round(rss_end - rss_before, 1),
+        "private_end_mb": round(private_end, 1),
+        "rss_before_load_mb": round(rss_before, 1),
+        "private_before_load_mb": round(private_before, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "decode_tok_s": round(best.tokens_per_s, 2),
         "decode_tok_s_runs": [round(r.tokens_per_s, 2) for r in runs],
@@ -126,17 +145,22 @@ def write_markdown(report: dict, path: Path) -> None:
         "# Quantization on CPU: fp32 vs int8 dynamic vs bf16",
         "",
         f"Model `{Path(m['model']).name}`, torch {m['torch']} ({m['quantized_engine']} int8 kernels), "
-        f"{m['threads']} threads on a {m['cores']}-core machine shared with other jobs "
+        f"{m['threads']} thread(s) on a {m['cores']}-core machine shared with other jobs "
         f"(load average {m['load_average']} at the end): ratios matter more than absolute numbers.",
         f"Greedy decode of {m['decode_tokens']} tokens at batch 1 (best of several runs); perplexity on "
         "`bench/data/perplexity.txt` (~2.7k tokens, 512-token windows). Produced by `bench/quant_bench.py`.",
         "",
-        "| variant | weights MB | RSS after load MB | peak RSS MB | decode tok/s | vs fp32 | perplexity | Δ ppl | same greedy text |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "RSS is measured after the run with freed heap trimmed; weights are copied out of the "
+        "safetensors mmap first, so `model RSS` (RSS minus the process before loading: torch, "
+        "transformers) is the variant's own weights plus runtime buffers. Peak RSS includes the fp32 "
+        "model the other variants are made from.",
+        "",
+        "| variant | weights MiB | model RSS MiB | RSS MiB | peak RSS MiB | decode tok/s | vs fp32 | perplexity | Δ ppl | same greedy text |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["results"]:
         lines.append(
-            f"| {r['variant']} | {r['weights_mb']} | {r['rss_loaded_mb']} | {r['peak_rss_mb']} | "
+            f"| {r['variant']} | {r['weights_mb']} | {r['model_rss_mb']} | {r['rss_end_mb']} | {r['peak_rss_mb']} | "
             f"{r['decode_tok_s']} | {r['speedup_vs_fp32']}x | {r['perplexity']} | {r['perplexity_delta']:+} | "
             f"{'yes' if r['same_greedy_as_fp32'] else 'no'} |"
         )

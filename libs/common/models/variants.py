@@ -16,7 +16,7 @@ from .formats import HF, INT8, LoadedModel, save_hf_dir
 
 # The fixed evaluation text shipped with the repository (bench/data/), found from this file
 # in a source checkout; installed elsewhere, pass --eval-text.
-DEFAULT_EVAL_TEXT = Path(__file__).resolve().parents[2] / "bench" / "data" / "perplexity.txt"
+DEFAULT_EVAL_TEXT = Path(__file__).resolve().parents[3] / "bench" / "data" / "perplexity.txt"
 
 
 @dataclass

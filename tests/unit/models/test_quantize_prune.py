@@ -83,3 +83,10 @@ def test_perplexity_of_a_uniform_model_is_the_vocab_size():
 
     ids = torch.randint(0, 100, (300,))
     assert evaluate.perplexity(Uniform(), ids, window=64) == pytest.approx(100, rel=1e-4)
+
+
+def test_the_fixed_evaluation_text_ships_with_the_repo():
+    from llmserve.common.models import variants
+
+    text = variants.read_eval_text(None)
+    assert text and len(text.split()) > 2000
