@@ -34,15 +34,20 @@ def main() -> int:
             for round_no in range(args.kills):
                 chaos_round(suite, references, report, round_no)
                 print(f"round {round_no + 1}/{args.kills}: {report.summary()}", flush=True)
+                write(report, started, args.kills)  # after every round: an interrupted run still reports
         finally:
             suite.stop()
-    result = report.summary() | {"seconds": round(time.monotonic() - started, 1),
+    print(json.dumps(write(report, started, args.kills), indent=2))
+    return 1 if report.failures else 0
+
+
+def write(report: ChaosReport, started: float, planned: int) -> dict:
+    result = report.summary() | {"planned_kills": planned, "seconds": round(time.monotonic() - started, 1),
                                  "failure_details": report.failures[:20]}
     out = ROOT / "bench" / "results" / "chaos.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return 1 if report.failures else 0
+    return result
 
 
 if __name__ == "__main__":
