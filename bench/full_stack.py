@@ -80,6 +80,9 @@ def run_llama_server(args) -> dict[str, list[dict]]:
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
+        else:
+            print("llama-server did not become healthy in 60 s; skipped", flush=True)
+            return {}
         rows = llmserve_bench(RESULTS / "llama-server", ["--http", f"http://127.0.0.1:{port}", "--model", "smollm2",
                                                           "--no-plots", "--api-key", "none"], args)
     finally:
@@ -145,11 +148,15 @@ def main() -> None:
     parser.add_argument("--dtype", default=os.environ.get("BENCH_DTYPE", "bfloat16"),
                         help="worker dtype (the engine's fastest CPU mode by default)")
     parser.add_argument("--skip", default="", help="comma list of: llmserve,llama,hf")
+    parser.add_argument("--reuse", action="store_true", help="with --skip llmserve: reuse its last results")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     systems: dict[str, list[dict]] = {}
     if "llmserve" not in skip:
         systems |= run_llmserve(args)
+    elif args.reuse:  # the llmserve rows of an earlier run of this script
+        for name, folder in (("llmserve (gRPC)", "stack"), ("llmserve (HTTP/SSE)", "stack-http")):
+            systems[name] = json.loads((RESULTS / folder / "results.json").read_text())["results"]
     if "llama" not in skip:
         systems |= run_llama_server(args)
     if "hf" not in skip:
