@@ -86,6 +86,8 @@ def engine_ttft(n: int) -> list[float]:
 
 
 async def full_queue_rejections(n: int) -> list[float]:
+    import asyncio
+
     from llmserve.common.server import GrpcApp
     from llmserve.gateway.app import GatewayService
     from llmserve.gateway.settings import GatewaySettings
@@ -99,12 +101,12 @@ async def full_queue_rejections(n: int) -> list[float]:
             stub = generation_pb2_grpc.GenerationServiceStub(channel)
             auth = (("authorization", "Bearer k"),)
             request = pb.GenerateRequest(model=DEFAULT_MODEL, prompt="hi", max_tokens=1)
-            fillers = [stub.GenerateStream(request, metadata=auth, timeout=60) for _ in range(4)]
-            for call in fillers:
-                await call.wait_for_connection()
-            import asyncio
+            fillers = [asyncio.ensure_future(stub.Generate(request, metadata=auth, timeout=60)) for _ in range(4)]
+            import redis as sync_redis
 
-            await asyncio.sleep(0.5)  # no scheduler runs: the 4 stay queued
+            client = sync_redis.Redis.from_url(redis.url)
+            while client.xlen(f"llmserve:requests:{DEFAULT_MODEL}") < 4:  # no scheduler: they stay queued
+                await asyncio.sleep(0.05)
             times = []
             for _ in range(n):
                 started = time.perf_counter()
@@ -124,9 +126,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=30)
     args = parser.parse_args()
+    rejections = asyncio.run(full_queue_rejections(200))
     engine = engine_ttft(args.requests)
     stack = stack_ttft(args.requests)
-    rejections = asyncio.run(full_queue_rejections(200))
     result = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores", "model": DEFAULT_MODEL,
         "requests": args.requests,
