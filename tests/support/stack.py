@@ -40,8 +40,10 @@ async def running_stack(redis_url: str, engines: list, catalog=None, gateway_ove
                 GrpcApp(WorkerService(settings, engine=engine, model_name=MODEL), settings)))
         sched_settings = SchedulerSettings(**common, scheduler_id="s0", registry_refresh_ms=20)
         scheduler = await stack.enter_async_context(GrpcApp(SchedulerService(sched_settings), sched_settings))
-        gw_settings = GatewaySettings(**common, api_keys=[f"t1={API_KEY}", "t2=other-key"],
-                                      **(gateway_overrides or {}))
+        # The limiter's 15 ms Redis deadline is for production; here every service shares a
+        # loaded test process, and these tests are not about limiter latency.
+        overrides = {"ratelimit_timeout_ms": 1000.0} | (gateway_overrides or {})
+        gw_settings = GatewaySettings(**common, api_keys=[f"t1={API_KEY}", "t2=other-key"], **overrides)
         gateway = await stack.enter_async_context(
             GrpcApp(GatewayService(gw_settings, catalog=catalog), gw_settings))
         yield Stack(gateway, scheduler, workers)
