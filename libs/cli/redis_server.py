@@ -24,7 +24,8 @@ class RedisServer:
     def __init__(self, port: int | None = None, *, data_dir: Path | None = None, appendonly: bool = False):
         self.port = port or free_port()
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="llmserve-redis-")
-        self.data_dir = data_dir or Path(self._tmp.name)
+        # Absolute: redis-server changes into --dir before it opens --logfile.
+        self.data_dir = (data_dir or Path(self._tmp.name)).resolve()
         self.appendonly = appendonly
         self.process: subprocess.Popen | None = None
 
