@@ -1,4 +1,4 @@
-"""`llmserve models`: the model registry (register, list, activate, rollback) and model tools
+"""`llmserve models`: the model registry (register, list, activate, rollback, split) and model tools
 (export, quantize, prune). Registered by main.py through `register(sub, add_client_args)`.
 
 A SOURCE is a model path (HF directory, .gguf, .pt/.pth, int8 directory) or a registry
@@ -56,6 +56,13 @@ def _add_registry_commands(msub) -> None:
     rb.add_argument("name")
     rb.add_argument("--alias", default="active")
     rb.set_defaults(func=lambda a: _run(_cmd_rollback, a))
+
+    sp = _common(msub.add_parser("split", help="send a share of an alias's traffic to other versions"))
+    sp.add_argument("name")
+    sp.add_argument("shares", nargs="*", metavar="VERSION=PCT", help="e.g. v3=10 (percent of requests)")
+    sp.add_argument("--alias", default="active")
+    sp.add_argument("--clear", action="store_true", help="send all traffic back to the alias's version")
+    sp.set_defaults(func=lambda a: _run(_cmd_split, a))
 
 
 def _add_tool_commands(msub) -> None:
@@ -164,6 +171,31 @@ async def _cmd_rollback(registry, args) -> int:
     alias = await registry.rollback(args.name, alias=args.alias)
     _emit(args, alias.__dict__, f"{args.name}@{alias.name} rolled back to {alias.version}")
     return 0
+
+
+async def _cmd_split(registry, args) -> int:
+    if args.clear == bool(args.shares):
+        raise ValueError("give VERSION=PCT shares or --clear (not both)")
+    if args.clear:
+        alias = await registry.clear_split(args.name, alias=args.alias, by="cli")
+        alias = alias or (await registry.aliases(args.name))[args.alias]
+    else:
+        alias = await registry.set_split(args.name, dict(_share(s) for s in args.shares), alias=args.alias)
+    shares = ", ".join(f"{v} {p:g}%" for v, p in alias.split.items())
+    _emit(
+        args,
+        alias.__dict__,
+        f"{args.name}@{alias.name} -> {alias.version}" + (f" (split: {shares})" if shares else ""),
+    )
+    return 0
+
+
+def _share(text: str) -> tuple[str, float]:
+    version, _, percent = text.partition("=")
+    try:
+        return version, float(percent.rstrip("%"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not VERSION=PCT (e.g. v3=10)") from None
 
 
 async def _cmd_export(registry, args) -> int:

@@ -15,6 +15,7 @@
 | llmserve:ratelimit:{tenant}:window   | zset   | gateway   | admissions in the sliding minute (requests per minute) |
 | llmserve:ratelimit:{tenant}:tokens   | zset   | gateway   | tokens reserved in the sliding minute |
 | llmserve:ratelimit:{tenant}:streams  | zset   | gateway   | concurrent stream leases with expiry |
+| llmserve:model:{name}:events         | list   | CLI, monitor | traffic-split changes (automatic rollbacks), newest first |
 """
 
 from __future__ import annotations
@@ -69,3 +70,7 @@ def model_aliases_key(name: str) -> str:
 
 def model_history_key(name: str, alias: str) -> str:
     return f"{_model_prefix(name)}:history:{alias}"
+
+
+def model_events_key(name: str) -> str:
+    return f"{_model_prefix(name)}:events"

@@ -4,7 +4,10 @@ A model name owns versions `v1`, `v2`, ... (path, format, dtype, quantization, s
 weights, created_at, the version it was derived from and any measured metrics). Aliases point
 at one version; `active` is the one a worker serves when asked for the bare name. Moving an
 alias pushes its old version onto a history list, and `rollback` pops it, so a bad version is
-taken back in one atomic step. Keys are documented in `llmserve.common.redis_keys`.
+taken back in one atomic step. An alias may also carry a traffic split ({version: percent}
+sent elsewhere, for A/B tests and canaries); `set_split`/`clear_split` change it atomically,
+and every clear is appended to the model's event list (who cleared it and why).
+Keys are documented in `llmserve.common.redis_keys`.
 
 Paths are stored as given (resolved to absolute): the registry records where weights live, it
 does not copy them, so every worker must see the same path (shared disk or a synced cache).
@@ -55,6 +58,45 @@ redis.call('HSET', KEYS[2], ARGV[1], rec)
 return rec
 """
 
+# ARGV: alias, split JSON, now. Every split version must exist and differ from the target.
+_SET_SPLIT = """
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+if not cur then return redis.error_reply('NOALIAS') end
+local rec = cjson.decode(cur)
+local split = cjson.decode(ARGV[2])
+for v, _ in pairs(split) do
+  if v == rec['version'] then return redis.error_reply('SAMEVERSION ' .. v) end
+  if redis.call('HEXISTS', KEYS[1], v) == 0 then return redis.error_reply('NOVERSION ' .. v) end
+end
+rec['split'] = split
+rec['updated_at'] = tonumber(ARGV[3])
+local out = cjson.encode(rec)
+redis.call('HSET', KEYS[2], ARGV[1], out)
+return out
+"""
+
+# ARGV: alias, version ('' = all), now, event JSON, event limit. Returns false when the split
+# held no such version, so two monitors judging the same split act (and log) once.
+_CLEAR_SPLIT = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return redis.error_reply('NOALIAS') end
+local rec = cjson.decode(cur)
+local split = rec['split']
+if type(split) ~= 'table' or next(split) == nil then return false end
+if ARGV[2] == '' then split = {} else
+  if split[ARGV[2]] == nil then return false end
+  split[ARGV[2]] = nil
+end
+rec['split'] = split
+rec['updated_at'] = tonumber(ARGV[3])
+local out = cjson.encode(rec)
+redis.call('HSET', KEYS[1], ARGV[1], out)
+redis.call('LPUSH', KEYS[2], ARGV[4])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
+return out
+"""
+EVENTS_LIMIT = 100
+
 
 @dataclass
 class ModelVersion:
@@ -92,9 +134,9 @@ class Alias:
     name: str
     version: str
     updated_at: float
-    split: dict[str, int] = field(default_factory=dict)
+    split: dict[str, float] = field(default_factory=dict)
     """{version: percent} routed away from `version` (A/B, canary); empty means all traffic to
-    `version`. Reserved for the traffic-split step; activate and rollback reset it."""
+    `version`. `set_split` sets it; activate and rollback reset it."""
 
     @classmethod
     def from_json(cls, alias: str, raw: str | bytes) -> Alias:
@@ -110,6 +152,35 @@ def parse_ref(ref: str) -> tuple[str, str]:
     return name, target or ACTIVE
 
 
+def check_split(split: dict[str, float]) -> dict[str, float]:
+    """Versions look like `v3`, each percent is in [0, 100] and together they are at most 100."""
+    out = {}
+    for version, percent in split.items():
+        if not _VERSION_RE.match(str(version)):
+            raise InvalidArgument(f"split version {version!r} must look like v3")
+        try:
+            value = float(percent)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"split percent of {version} must be a number; got {percent!r}") from None
+        if not 0 <= value <= 100:
+            raise InvalidArgument(f"split percent of {version} must be in [0, 100]; got {percent}")
+        out[str(version)] = int(value) if value.is_integer() else value
+    if sum(out.values()) > 100:
+        raise InvalidArgument(f"split percents add up to {sum(out.values()):g}; at most 100 is allowed")
+    return out
+
+
+def _raise_split_error(name: str, alias: str, message: str) -> None:
+    if "NOALIAS" in message:
+        raise ModelNotFound(f"model {name!r} has no alias {alias!r} (activate a version first)") from None
+    if "NOVERSION" in message:
+        raise ModelNotFound(f"model {name!r} has no version {message.split()[-1]!r}") from None
+    if "SAMEVERSION" in message:
+        raise InvalidArgument(
+            f"{name}@{alias} already points at {message.split()[-1]}; a split names the other versions"
+        ) from None
+
+
 def check_name(name: str) -> None:
     if not _NAME_RE.match(name):
         raise InvalidArgument(f"model name {name!r} must match {_NAME_RE.pattern} (no '@', braces or '/')")
@@ -122,6 +193,8 @@ class ModelRegistry:
         self.redis = redis
         self._activate = redis.register_script(_ACTIVATE)
         self._rollback = redis.register_script(_ROLLBACK)
+        self._set_split = redis.register_script(_SET_SPLIT)
+        self._clear_split = redis.register_script(_CLEAR_SPLIT)
 
     async def register(
         self,
@@ -203,6 +276,47 @@ class ModelRegistry:
                 raise InvalidArgument(f"{name}@{alias} has no earlier version to roll back to") from None
             raise
         return Alias.from_json(alias, raw)
+
+    async def set_split(self, name: str, split: dict[str, float], alias: str = ACTIVE) -> Alias:
+        """Send `percent` of `alias`'s traffic to each version in `split`; the rest stays on the
+        alias's own version. Replaces any earlier split; `{}` clears it (no event recorded)."""
+        split = check_split(split)
+        try:
+            raw = await self._set_split(
+                keys=self._alias_keys(name, alias)[:2], args=[alias, json.dumps(split), time.time()]
+            )
+        except redis_errors.ResponseError as e:
+            _raise_split_error(name, alias, str(e))
+            raise
+        return Alias.from_json(alias, raw)
+
+    async def clear_split(
+        self,
+        name: str,
+        alias: str = ACTIVE,
+        version: str | None = None,
+        *,
+        by: str = "operator",
+        reason: str = "",
+    ) -> Alias | None:
+        """Take `version` (default: every version) out of `alias`'s split, so its share goes back
+        to the alias's own version, and record who did it and why. None when there was nothing
+        to take out (another caller was first, or no split is set)."""
+        event = {"at": time.time(), "action": "clear_split", "alias": alias, "version": version or "*",
+                 "by": by, "reason": reason}  # fmt: skip
+        try:
+            raw = await self._clear_split(
+                keys=[keys.model_aliases_key(name), keys.model_events_key(name)],
+                args=[alias, version or "", event["at"], json.dumps(event), EVENTS_LIMIT],
+            )
+        except redis_errors.ResponseError as e:
+            _raise_split_error(name, alias, str(e))
+            raise
+        return None if raw is None else Alias.from_json(alias, raw)
+
+    async def events(self, name: str) -> list[dict]:
+        """Split changes recorded by `clear_split` (automatic rollbacks included), newest first."""
+        return [json.loads(r) for r in await self.redis.lrange(keys.model_events_key(name), 0, -1)]
 
     async def resolve(self, ref: str) -> ModelVersion:
         """The version a reference names: `name` (active), `name@v3` or `name@<alias>`."""
