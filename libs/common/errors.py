@@ -58,6 +58,10 @@ class GenerationFailed(LLMServeError):
     """The engine failed on this request (e.g. it kept killing workers)."""
 
 
+class ResourceExhausted(LLMServeError):
+    """A server-side budget is used up (e.g. a worker's model memory); free some first."""
+
+
 STATUS_OF: dict[type[LLMServeError], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
@@ -69,6 +73,7 @@ STATUS_OF: dict[type[LLMServeError], grpc.StatusCode] = {
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     Cancelled: grpc.StatusCode.CANCELLED,
     GenerationFailed: grpc.StatusCode.ABORTED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 # HTTP equivalents for the OpenAI-compatible API.
@@ -83,6 +88,7 @@ HTTP_STATUS_OF: dict[type[LLMServeError], int] = {
     DeadlineExceeded: 504,
     Cancelled: 499,
     GenerationFailed: 500,
+    ResourceExhausted: 507,
 }
 
 # OpenAI-style error `type` and `code` for the HTTP API's `{"error": {...}}` bodies.
@@ -97,6 +103,7 @@ OPENAI_ERROR_OF: dict[type[LLMServeError], tuple[str, str]] = {
     DeadlineExceeded: ("timeout_error", "deadline_exceeded"),
     Cancelled: ("cancelled", "cancelled"),
     GenerationFailed: ("server_error", "generation_failed"),
+    ResourceExhausted: ("server_error", "resource_exhausted"),
 }
 
 RETRY_AFTER_KEY = "retry-after-ms"

@@ -12,8 +12,26 @@ from . import redis_keys as keys
 
 
 @dataclass
+class ModelLoad:
+    """One served model's engine on a worker: each model has its own KV pool."""
+
+    total_kv_blocks: int = 0
+    free_kv_blocks: int = 0
+    block_size: int = 16
+    running: int = 0
+    waiting: int = 0
+    memory_bytes: int = 0  # weights plus KV cache, as measured after loading
+
+
+@dataclass
 class WorkerLoad:
-    """What a worker reports in each heartbeat."""
+    """What a worker reports in each heartbeat.
+
+    The top-level KV and queue numbers are sums over the worker's models; `model_loads` has
+    them per served model id (placement must compare a model's own free KV, since a request
+    can only use the pool of the engine that serves its model). Heartbeats from workers
+    without `model_loads` (one model) are read with the totals standing for that model.
+    """
 
     worker_id: str
     address: str  # gRPC address of its WorkerService
@@ -25,6 +43,20 @@ class WorkerLoad:
     waiting: int = 0  # in the engine and in its stream, not yet running
     draining: bool = False
     sent_unix_ms: int = 0
+    model_loads: dict[str, ModelLoad] = field(default_factory=dict)
+
+    def model_load(self, model: str) -> ModelLoad:
+        """The load of one served model (the worker totals for a one-model heartbeat)."""
+        load = self.model_loads.get(model)
+        if load is not None:
+            return load
+        return ModelLoad(self.total_kv_blocks, self.free_kv_blocks, self.block_size, self.running, self.waiting)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> WorkerLoad:
+        data = json.loads(raw)
+        loads = {m: ModelLoad(**v) for m, v in (data.pop("model_loads", None) or {}).items()}
+        return cls(**data, model_loads=loads)
 
 
 async def publish_heartbeat(r: aioredis.Redis, load: WorkerLoad, ttl_ms: int) -> None:
@@ -54,5 +86,5 @@ async def registry_snapshot(r: aioredis.Redis) -> tuple[list[WorkerLoad], list[s
         if beat is None:
             dead.append(worker_id)
         else:
-            live.append(WorkerLoad(**json.loads(beat)))
+            live.append(WorkerLoad.from_json(beat))
     return live, dead

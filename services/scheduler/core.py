@@ -142,7 +142,7 @@ class SchedulerCore:
                 self.waiting.pop(p)
                 result = await self.dispatcher.dispatch(p, worker.worker_id)
                 if result == DISPATCHED:
-                    self.placement.reserve(worker, p.need_tokens)
+                    self.placement.reserve(worker, p.need_tokens, p.model)
                     self.dispatched += 1
                     waited = max(0.0, time.time() - p.enqueued_unix_ms / 1000) if p.enqueued_unix_ms else 0.0
                     self.metrics.dispatched(p.model, p.priority, waited)

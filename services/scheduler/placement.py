@@ -1,5 +1,9 @@
 """Which worker gets a request: the one serving the model with the most free KV.
 
+A worker may serve several models, each from its own engine and KV pool: free KV is the
+model's own (`WorkerLoad.model_load`), and reservations are kept per worker and model. The
+backlog bound stays per worker: it has one stream and one intake for all its models.
+
 Heartbeats lag, so every dispatch reserves the KV blocks it may need on that worker until a
 heartbeat sent after the dispatch shows the worker's own accounting.
 """
@@ -17,6 +21,7 @@ from llmserve.common.workers import WorkerLoad
 class _Reservation:
     at_unix_ms: int
     blocks: int
+    model: str
 
 
 class Placement:
@@ -37,8 +42,10 @@ class Placement:
     def models(self) -> set[str]:
         return {m for w in self.workers.values() for m in w.models}
 
-    def free_blocks(self, w: WorkerLoad) -> int:
-        return w.free_kv_blocks - sum(r.blocks for r in self._reserved.get(w.worker_id, ()))
+    def free_blocks(self, w: WorkerLoad, model: str) -> int:
+        """Free KV blocks of `model`'s engine on `w`, less what dispatches since reserved."""
+        reserved = sum(r.blocks for r in self._reserved.get(w.worker_id, ()) if r.model == model)
+        return w.model_load(model).free_kv_blocks - reserved
 
     def backlog(self, w: WorkerLoad) -> int:
         return w.waiting + len(self._reserved.get(w.worker_id, ()))
@@ -49,8 +56,9 @@ class Placement:
                       if model in w.models and not w.draining and self.backlog(w) < self.max_backlog]
         if not candidates:
             return None
-        return max(candidates, key=lambda w: (self.free_blocks(w), -self.backlog(w)))
+        return max(candidates, key=lambda w: (self.free_blocks(w, model), -self.backlog(w)))
 
-    def reserve(self, worker: WorkerLoad, need_tokens: int) -> None:
-        blocks = math.ceil(need_tokens / max(worker.block_size, 1))
-        self._reserved.setdefault(worker.worker_id, []).append(_Reservation(int(time.time() * 1000), blocks))
+    def reserve(self, worker: WorkerLoad, need_tokens: int, model: str) -> None:
+        blocks = math.ceil(need_tokens / max(worker.model_load(model).block_size, 1))
+        self._reserved.setdefault(worker.worker_id, []).append(
+            _Reservation(int(time.time() * 1000), blocks, model))

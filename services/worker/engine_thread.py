@@ -20,14 +20,15 @@ class EngineThread:
 
     def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop,
                  on_outputs: Callable[[list[TokenOutput]], None],
-                 on_step: Callable[[float, list[TokenOutput]], None] = lambda _s, _o: None):
+                 on_step: Callable[[float, list[TokenOutput]], None] = lambda _s, _o: None,
+                 name: str = "engine"):
         self.engine = engine
         self._on_step = on_step
         self._loop = loop
         self._on_outputs = on_outputs
         self._wake = threading.Event()
         self._stop = False
-        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.steps = 0
 
     def start(self) -> None:

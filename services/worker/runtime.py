@@ -1,13 +1,13 @@
 """The worker's Redis and token-sink side: take requests from its stream as fast as the
-engine can hold them, publish every step's tokens, acknowledge finished requests."""
+engines can hold them, route each to the engine of its model, publish every step's tokens,
+acknowledge finished requests. The models themselves live in `served_models.ModelSet`."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 from opentelemetry import trace
@@ -19,76 +19,42 @@ from llmserve.common.metrics import WorkerMetrics
 from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending
 from llmserve.common.telemetry import extract_context
 from llmserve.common.v1 import work_pb2
-from llmserve.common.workers import WorkerLoad, publish_heartbeat
+from llmserve.common.workers import WorkerLoad, publish_heartbeat, withdraw
 from llmserve.gateway.sink_client import OutChunk, SinkClient
 
-from .engine.interface import Engine
-from .engine.types import EngineRequest, FinishReason, SamplingParams, TokenOutput
+from .active import Active, engine_request, outcome_of
+from .engine.types import TokenOutput
 from .engine_thread import EngineThread
+from .handback import HandBack
 from .resume import owed_text
+from .served_models import ModelSet, ServedModel
 from .settings import WorkerSettings
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer("llmserve.worker")
 
 
-@dataclass
-class Active:
-    """A request this worker holds: where its tokens go and which entry to acknowledge."""
-
-    entry_id: str
-    reply_to: str
-    attempt: int
-    deadline_unix_ms: int
-    owed_text: str = ""  # decoded by a previous attempt, never delivered: goes out first
-    span: Any = None  # the request's "worker.generate" span, in the gateway's trace
-
-
-def engine_request(item: work_pb2.WorkItem) -> EngineRequest:
-    s = item.sampling
-    return EngineRequest(
-        request_id=item.request_id,
-        prompt_token_ids=list(item.prompt_token_ids),
-        sampling=SamplingParams(
-            max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-            repetition_penalty=s.repetition_penalty, stop=tuple(s.stop),
-            seed=s.seed if s.has_seed else None,
-        ),
-        resume_token_ids=list(item.resume_token_ids),
-        deadline=item.deadline_unix_ms / 1000 if item.deadline_unix_ms else None,
-    )
-
-
-def _outcome(out: TokenOutput, active: Active) -> str:
-    if not out.finished:
-        return ""
-    reason = out.finish_reason
-    if reason == FinishReason.CANCELLED and 0 < active.deadline_unix_ms <= time.time() * 1000:
-        return "deadline"
-    return {FinishReason.STOP: "stop", FinishReason.LENGTH: "length",
-            FinishReason.CANCELLED: "cancelled", FinishReason.ERROR: "error"}[reason]
-
-
 class WorkerRuntime:
-    def __init__(self, settings: WorkerSettings, redis: aioredis.Redis, engine: Engine, model_name: str):
+    def __init__(self, settings: WorkerSettings, redis: aioredis.Redis, models: ModelSet):
         self.settings = settings
         self.redis = redis
-        self.engine = engine
-        self.model_name = model_name
+        self.models = models
         self.stream = keys.worker_stream(settings.worker_id)
         self.active: dict[str, Active] = {}
         self.sink = SinkClient(settings.worker_id, on_cancel=self.cancel)
+        self.hand_back = HandBack(redis, self.stream)
         self.address = ""
         self.draining = False
-        self._thread: EngineThread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
         self._to_ack: list[str] = []
         self.metrics = WorkerMetrics(settings.worker_id)
 
     async def start(self, address: str) -> None:
         self.address = address
-        self._thread = EngineThread(self.engine, asyncio.get_running_loop(), self._publish, self._record_step)
-        self._thread.start()
+        self._loop = asyncio.get_running_loop()
+        for model in self.models.all():
+            self.start_model(model)
         await ensure_group(self.redis, self.stream, keys.WORKER_GROUP)
         # Requests read before a restart and never finished are ours to run again.
         await self._admit(await read_own_pending(self.redis, keys.WORKER_GROUP, self.settings.worker_id,
@@ -96,26 +62,57 @@ class WorkerRuntime:
         await self._heartbeat()
         self._tasks = [asyncio.create_task(self._intake_loop()), asyncio.create_task(self._heartbeat_loop())]
 
-    def cancel(self, request_id: str) -> bool:
-        if request_id not in self.active:
+    def start_model(self, model: ServedModel) -> None:
+        """Give a model its own step thread (at start, or once a LoadModel finished)."""
+        if self._loop is None:
+            return  # not started yet: start() gives every model its thread
+        model.thread = EngineThread(model.engine, self._loop, self._publish,
+                                    functools.partial(self._record_step, model), name=f"engine-{model.served_id}")
+        model.thread.start()
+
+    def cancel(self, request_id: str, error: str = "") -> bool:
+        """Abort a request held here; with `error`, its client hears that error, not CANCELLED."""
+        active = self.active.get(request_id)
+        model = self.models.find(active.model) if active else None
+        if active is None or model is None:
             return False
-        self.engine.abort_request(request_id)
-        self._thread and self._thread.wake()
+        active.error = active.error or error
+        model.engine.abort_request(request_id)
+        model.thread and model.thread.wake()
         return True
 
+    def requests_of(self, served_id: str) -> list[str]:
+        return [rid for rid, a in self.active.items() if a.model == served_id]
+
     def load(self) -> WorkerLoad:
-        stats = self.engine.stats()
+        """Heartbeat: serving models with their own load; totals over every engine held."""
+        loads = {m.served_id: m.load() for m in self.models.all()}
+        serving = self.models.serving_ids()
         return WorkerLoad(
-            worker_id=self.settings.worker_id, address=self.address, models=[self.model_name],
-            total_kv_blocks=stats.total_kv_blocks, free_kv_blocks=stats.free_kv_blocks,
-            block_size=stats.block_size, running=stats.running, waiting=stats.waiting,
-            draining=self.draining,
+            worker_id=self.settings.worker_id, address=self.address, models=serving,
+            total_kv_blocks=sum(x.total_kv_blocks for x in loads.values()),
+            free_kv_blocks=sum(x.free_kv_blocks for x in loads.values()),
+            block_size=next((x.block_size for x in loads.values()), 16),
+            running=sum(x.running for x in loads.values()), waiting=sum(x.waiting for x in loads.values()),
+            draining=self.draining, model_loads={m: loads[m] for m in serving},
         )
+
+    async def publish_load(self) -> None:
+        """Heartbeat now (a model came or went); the loop's next beat retries on failure."""
+        if self._loop is None:
+            return
+        try:
+            await self._heartbeat()
+        except RedisError as e:
+            log.warning("heartbeat failed", error=type(e).__name__)
+
+    def _waiting(self) -> int:
+        return sum(m.engine.stats().waiting for m in self.models.all())
 
     async def _intake_loop(self) -> None:
         while not self.draining:
             try:
-                room = self.settings.max_backlog - self.engine.stats().waiting
+                room = self.settings.max_backlog - self._waiting()
                 if room <= 0:
                     await asyncio.sleep(0.005)
                     continue
@@ -136,24 +133,37 @@ class WorkerRuntime:
         items = [work_pb2.WorkItem.FromString(e.payload) for e in entries]
         cancelled = await self.redis.mget([keys.cancel_key(i.request_id) for i in items])
         now_ms = time.time() * 1000
+        woken: dict[str, ServedModel] = {}
         for entry, item, flag in zip(entries, items, cancelled, strict=True):
-            active = Active(entry.entry_id, item.reply_to, item.attempt, item.deadline_unix_ms,
-                            owed_text(getattr(self.engine, "tokenizer", None), list(item.prompt_token_ids),
-                                      list(item.resume_token_ids), item.resume_text))
             if flag is not None or 0 < item.deadline_unix_ms <= now_ms:
                 outcome = "cancelled" if flag is not None else "deadline"
                 self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt,
                                                         len(item.resume_token_ids), [], "", outcome=outcome)])
                 self._to_ack.append(entry.entry_id)
                 continue
-            active.span = _tracer.start_span(
-                "worker.generate", context=extract_context(dict(item.trace_context)),
-                attributes={"llmserve.request_id": item.request_id, "llmserve.worker": self.settings.worker_id,
-                            "llmserve.attempt": item.attempt, "llmserve.prompt_tokens": len(item.prompt_token_ids)})
-            self.active[item.request_id] = active
-            self.engine.add_request(engine_request(item))
-        if self._thread:
-            self._thread.wake()
+            model = self.models.serving(item.model)
+            if model is None:  # placed from a stale heartbeat: never taken, never dropped
+                if await self.hand_back(entry.entry_id, item.model, item.request_id, entry.payload):
+                    log.info("handed back work for a model not served here", request_id=item.request_id,
+                             model=item.model)
+                continue
+            self._start(entry, item, model)
+            woken[model.served_id] = model
+        for model in woken.values():
+            model.thread and model.thread.wake()
+
+    def _start(self, entry: StreamEntry, item: work_pb2.WorkItem, model: ServedModel) -> None:
+        tokenizer = getattr(model.engine, "tokenizer", None)
+        active = Active(entry.entry_id, item.reply_to, item.attempt, item.deadline_unix_ms, model.served_id,
+                        owed_text(tokenizer, list(item.prompt_token_ids), list(item.resume_token_ids),
+                                  item.resume_text))
+        active.span = _tracer.start_span(
+            "worker.generate", context=extract_context(dict(item.trace_context)),
+            attributes={"llmserve.request_id": item.request_id, "llmserve.worker": self.settings.worker_id,
+                        "llmserve.model": model.served_id, "llmserve.attempt": item.attempt,
+                        "llmserve.prompt_tokens": len(item.prompt_token_ids)})
+        self.active[item.request_id] = active
+        model.engine.add_request(engine_request(item))
 
     def _publish(self, outputs: list[TokenOutput]) -> None:
         """Called on the event loop after each engine step."""
@@ -163,26 +173,27 @@ class WorkerRuntime:
             if active is None:
                 continue
             text, active.owed_text = active.owed_text + out.text, ""
+            outcome = outcome_of(out, active)
             by_gateway[active.reply_to].append(OutChunk(
                 out.request_id, active.attempt, out.index, out.token_ids, text,
-                outcome=_outcome(out, active), prompt_tokens=out.prompt_tokens,
-                completion_tokens=out.completion_tokens, error=out.error or "",
+                outcome=outcome, prompt_tokens=out.prompt_tokens,
+                completion_tokens=out.completion_tokens, error=active.error or out.error or "",
             ))
             if out.finished:
                 del self.active[out.request_id]
                 active.span.set_attribute("llmserve.completion_tokens", out.completion_tokens)
-                active.span.set_attribute("llmserve.finish_reason", _outcome(out, active))
+                active.span.set_attribute("llmserve.finish_reason", outcome)
                 active.span.end()
                 self._to_ack.append(active.entry_id)
         for reply_to, chunks in by_gateway.items():
             self.sink.send(reply_to, chunks)
 
-    def _record_step(self, seconds: float, outputs: list[TokenOutput]) -> None:
+    def _record_step(self, model: ServedModel, seconds: float, outputs: list[TokenOutput]) -> None:
         tokens = sum(len(o.token_ids) for o in outputs)
-        self.metrics.step(self.model_name, len(outputs), 0, tokens, seconds)
-        timings = getattr(self.engine, "last_step_timings", None)
+        self.metrics.step(model.served_id, len(outputs), 0, tokens, seconds)
+        timings = getattr(model.engine, "last_step_timings", None)
         if timings:
-            self.metrics.step_phases(self.model_name, timings)
+            self.metrics.step_phases(model.served_id, timings)
 
     async def _flush_acks(self) -> None:
         if not self._to_ack:
@@ -199,8 +210,8 @@ class WorkerRuntime:
 
     async def _heartbeat(self) -> None:
         load = self.load()
-        self.metrics.set_kv_blocks(self.model_name, load.total_kv_blocks - load.free_kv_blocks,
-                                   load.free_kv_blocks)
+        for served_id, m in load.model_loads.items():
+            self.metrics.set_kv_blocks(served_id, m.total_kv_blocks - m.free_kv_blocks, m.free_kv_blocks)
         await publish_heartbeat(self.redis, load, self.settings.heartbeat_ttl_ms)
 
     async def _heartbeat_loop(self) -> None:
@@ -223,14 +234,12 @@ class WorkerRuntime:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        if self._thread:
-            self._thread.stop()
+        for model in self.models.all():
+            model.thread and model.thread.stop()
         await self.sink.close()
         try:
             await self._flush_acks()
             if not self.active:  # leftovers stay registered so the scheduler recovers them
-                from llmserve.common.workers import withdraw
-
                 await withdraw(self.redis, self.settings.worker_id)
         except RedisError:
             pass

@@ -10,7 +10,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from llmserve.common.model_store import DEFAULT_MODEL
-from llmserve.common.settings import ServiceSettings
+from llmserve.common.settings import ServiceSettings, StrList
 
 
 class WorkerSettings(ServiceSettings):
@@ -23,6 +23,17 @@ class WorkerSettings(ServiceSettings):
     )
     advertise_host: str = Field("", description="Host others reach this worker at; empty: the bind host.")
     model: str = Field(DEFAULT_MODEL, description="Model name (built-in) or Hugging Face directory.")
+    models: StrList = Field(
+        default_factory=list,
+        description="Models to load at start (each a built-in name, a directory, or a registry ref "
+        "`name`, `name@vN`, `name@alias`); empty: just `model`. More load and unload at run time "
+        "through the LoadModel/UnloadModel admin RPCs.",
+    )
+    model_memory_bytes: int | None = Field(
+        None, ge=1,
+        description="Budget for all loaded models (weights plus KV cache); a load that would exceed it "
+        "is refused. Unset: 85% of the GPU's memory on CUDA, 80% of RAM on CPU.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
     dtype: str | None = Field(None, description="float32, bfloat16 or float16; unset: fp32 on CPU, bf16 on GPU.")
     kv_cache_bytes: int | None = Field(None, ge=1, description="CPU KV cache budget; unset: engine default.")

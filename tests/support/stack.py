@@ -47,3 +47,11 @@ async def running_stack(redis_url: str, engines: list, catalog=None, gateway_ove
         gateway = await stack.enter_async_context(
             GrpcApp(GatewayService(gw_settings, catalog=catalog), gw_settings))
         yield Stack(gateway, scheduler, workers)
+
+
+def model_worker(redis_url: str, worker_id: str, engines: dict | None = None, **overrides) -> GrpcApp:
+    """One worker holding several models: `engines` (served id -> engine), or, without them,
+    the models its settings name (`models=[...]`) loaded from disk as in production."""
+    settings = WorkerSettings(redis_url=redis_url, port=0, drain_seconds=2, worker_id=worker_id,
+                              heartbeat_interval_ms=100, **overrides)  # fmt: skip
+    return GrpcApp(WorkerService(settings, engines=engines), settings)

@@ -1,0 +1,53 @@
+"""A request a worker holds, and the conversions between work items, the engine and the sink."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from llmserve.common.v1 import work_pb2
+
+from .engine.types import EngineRequest, FinishReason, SamplingParams, TokenOutput
+
+
+@dataclass
+class Active:
+    """A request this worker holds: where its tokens go and which entry to acknowledge."""
+
+    entry_id: str
+    reply_to: str
+    attempt: int
+    deadline_unix_ms: int
+    model: str = ""  # served id of the engine running it
+    owed_text: str = ""  # decoded by a previous attempt, never delivered: goes out first
+    span: Any = None  # the request's "worker.generate" span, in the gateway's trace
+    error: str = ""  # set when the worker itself aborts it (forced unload): finishes as an error
+
+
+def engine_request(item: work_pb2.WorkItem) -> EngineRequest:
+    s = item.sampling
+    return EngineRequest(
+        request_id=item.request_id,
+        prompt_token_ids=list(item.prompt_token_ids),
+        sampling=SamplingParams(
+            max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+            repetition_penalty=s.repetition_penalty, stop=tuple(s.stop),
+            seed=s.seed if s.has_seed else None,
+        ),
+        resume_token_ids=list(item.resume_token_ids),
+        deadline=item.deadline_unix_ms / 1000 if item.deadline_unix_ms else None,
+    )
+
+
+def outcome_of(out: TokenOutput, active: Active) -> str:
+    """The sink outcome of an output: "" until it finishes."""
+    if not out.finished:
+        return ""
+    reason = out.finish_reason
+    if reason == FinishReason.CANCELLED and active.error:
+        return "error"
+    if reason == FinishReason.CANCELLED and 0 < active.deadline_unix_ms <= time.time() * 1000:
+        return "deadline"
+    return {FinishReason.STOP: "stop", FinishReason.LENGTH: "length",
+            FinishReason.CANCELLED: "cancelled", FinishReason.ERROR: "error"}[reason]
