@@ -1,0 +1,145 @@
+"""One worker, two models (tiny random Llamas on real engines, loaded from disk by the worker
+as in production): both stream at once, and unloading one through the admin RPC leaves the
+other's streams exactly as they are alone, stops placing the unloaded model there and frees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from llmserve.common import redis_keys as keys
+from llmserve.common.workers import registry_snapshot
+from llmserve.gateway.catalog import ModelCatalog
+from llmserve.gateway.v1 import generation_pb2 as pb
+from llmserve.gateway.v1 import generation_pb2_grpc
+from llmserve.worker.v1 import worker_pb2, worker_pb2_grpc
+from tests.support.scripted_engine import ScriptedEngine
+from tests.support.stack import API_KEY, model_worker, running_stack
+from tests.support.tiny_models import save_tiny_llama
+
+AUTH = (("authorization", f"Bearer {API_KEY}"),)
+A, B = "tiny-a", "tiny-b"
+PROMPTS_A = ["The river bends twice before", "Seven ships sailed", "A quiet morning in"]
+PROMPTS_B = ["Once upon a time", "The capital of France is", "def fibonacci(n):"]
+FINISHED = (pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_STOP)
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory, model_path):
+    root = tmp_path_factory.mktemp("models")
+    return save_tiny_llama(root / A, 1, model_path), save_tiny_llama(root / B, 2, model_path)
+
+
+@pytest.fixture(scope="module")
+def catalog(tiny_dirs):
+    return ModelCatalog.load([str(d) for d in tiny_dirs])
+
+
+class Streams:
+    """Streams through the gateway, noting when each has its first token."""
+
+    def __init__(self, stub):
+        self.stub = stub
+        self.started: list[asyncio.Event] = []
+
+    def start(self, model: str, prompt: str, max_tokens: int, request_id: str = "") -> asyncio.Task:
+        first = asyncio.Event()
+        self.started.append(first)
+        return asyncio.create_task(self._run(model, prompt, max_tokens, request_id, first))
+
+    async def _run(self, model, prompt, max_tokens, request_id, first) -> tuple[str, int]:
+        req = pb.GenerateRequest(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0,
+                                 request_id=request_id)  # fmt: skip
+        parts, finish = [], pb.FINISH_REASON_UNSPECIFIED
+        async for m in self.stub.GenerateStream(req, metadata=AUTH, timeout=120):
+            parts.append(m.text)
+            finish = m.finish_reason or finish
+            if m.token_ids:
+                first.set()
+        return "".join(parts), finish
+
+    async def all_started(self) -> None:
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self.started)), 60)
+
+
+async def _two_model_stack(redis_url, tiny_dirs, catalog):
+    """(stack context, worker context) holding A and B on worker w0."""
+    worker = model_worker(redis_url, "w0", models=[str(d) for d in tiny_dirs], device="cpu",
+                          kv_cache_bytes=1 << 20, max_num_seqs=8)  # fmt: skip
+    return running_stack(redis_url, [], catalog), worker
+
+
+async def _b_alone(streams: Streams) -> list[tuple[str, int]]:
+    return await asyncio.gather(*(streams.start(B, p, 48) for p in PROMPTS_B))
+
+
+async def test_unloading_one_model_leaves_the_other_streams_untouched(redis_url, tiny_dirs, catalog):
+    stack_cm, worker_cm = await _two_model_stack(redis_url, tiny_dirs, catalog)
+    r = aioredis.Redis.from_url(redis_url)
+    async with stack_cm as stack, worker_cm as w0, \
+            grpc.aio.insecure_channel(stack.gateway_address) as gw, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{w0.port}") as wc:
+        streams, admin = Streams(generation_pb2_grpc.GenerationServiceStub(gw)), worker_pb2_grpc.WorkerServiceStub(wc)
+        alone = await _b_alone(streams)
+        assert all(f in FINISHED for _, f in alone) and all(t for t, _ in alone)
+
+        a_tasks = [streams.start(A, p, 160) for p in PROMPTS_A]
+        b_tasks = [streams.start(B, p, 48) for p in PROMPTS_B]
+        await streams.all_started()  # both models are streaming from w0 at once
+        before = await admin.ListModels(worker_pb2.ListModelsRequest(), timeout=5)
+        a_engine = weakref.ref(w0.service.runtime.models.find(A).engine)
+        assert not any(t.done() for t in b_tasks), "B's streams must still run while A unloads"
+        unloaded = await admin.UnloadModel(worker_pb2.UnloadModelRequest(served_id=A), timeout=60)
+
+        assert await asyncio.gather(*b_tasks) == alone  # B: exactly the text it makes alone
+        assert all(f in FINISHED for _, f in await asyncio.gather(*a_tasks))  # A's in-flight finished
+        assert unloaded.cancelled == 0
+
+        # A is released: no longer advertised, its memory accounted back, its engine gone.
+        after = await admin.ListModels(worker_pb2.ListModelsRequest(), timeout=5)
+        a_before = next(m for m in before.models if m.served_id == A)
+        assert [m.served_id for m in after.models] == [B]
+        assert unloaded.freed_bytes == a_before.memory_bytes > 0
+        assert after.memory_used_bytes == before.memory_used_bytes - a_before.memory_bytes
+        gc.collect()
+        assert a_engine() is None, "the unloaded engine (weights and KV cache) must be freed"
+        live, _ = await registry_snapshot(r)
+        assert live[0].models == [B] and list(live[0].model_loads) == [B]
+
+        # A's new requests are not placed on w0: they wait, then run on a worker that has A.
+        late = streams.start(A, PROMPTS_A[0], 4, request_id="late-a")
+        await asyncio.sleep(0.5)
+        assert not late.done()
+        async with model_worker(redis_url, "w1", {A: ScriptedEngine()}):
+            text, finish = await asyncio.wait_for(late, 30)
+        last = catalog.get(A).encode_prompt(PROMPTS_A[0])[-1]
+        assert text == "".join(f"{(last + 1 + i) % 1000} " for i in range(4))  # ScriptedEngine's text
+        assert (await r.hget(keys.request_key("late-a"), "worker")) == b"w1"
+    await r.aclose()
+
+
+async def test_forced_unload_ends_its_streams_with_an_error_and_spares_the_other(redis_url, tiny_dirs, catalog):
+    stack_cm, worker_cm = await _two_model_stack(redis_url, tiny_dirs, catalog)
+    async with stack_cm as stack, worker_cm as w0, \
+            grpc.aio.insecure_channel(stack.gateway_address) as gw, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{w0.port}") as wc:
+        streams, admin = Streams(generation_pb2_grpc.GenerationServiceStub(gw)), worker_pb2_grpc.WorkerServiceStub(wc)
+        alone = await _b_alone(streams)
+        a_tasks = [streams.start(A, p, 400) for p in PROMPTS_A]
+        b_tasks = [streams.start(B, p, 48) for p in PROMPTS_B]
+        await streams.all_started()
+        unloaded = await admin.UnloadModel(worker_pb2.UnloadModelRequest(served_id=A, force=True), timeout=60)
+        assert unloaded.cancelled == len(PROMPTS_A)
+        for result in await asyncio.gather(*a_tasks, return_exceptions=True):
+            assert isinstance(result, grpc.aio.AioRpcError), result
+            assert result.code() == grpc.StatusCode.ABORTED and "unloaded" in result.details()
+        assert await asyncio.gather(*b_tasks) == alone
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # gone: a second unload finds nothing
+            await admin.UnloadModel(worker_pb2.UnloadModelRequest(served_id=A), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
