@@ -208,10 +208,11 @@ class ModelStatus:
     name: str
     context_length: int
     ready_workers: int
+    worker_ids: list[str] = dataclasses.field(default_factory=list)  # live workers that have it loaded
 
 
 async def list_models(catalog: ModelCatalog, redis) -> list[ModelStatus]:
-    """Served models with the number of live workers for each (0 when Redis is unreachable)."""
+    """Served models with the live workers that have each loaded (none when Redis is unreachable)."""
     try:
         live, _ = await registry_snapshot(redis)
     except RedisError:
@@ -219,6 +220,7 @@ async def list_models(catalog: ModelCatalog, redis) -> list[ModelStatus]:
     out = []
     for name in catalog.names():
         model = catalog.get(name)
-        ready = sum(1 for w in live if name in w.models and not w.draining)
-        out.append(ModelStatus(name, model.context_length, ready))
+        holders = [w for w in live if name in w.models]
+        ready = sum(1 for w in holders if not w.draining)
+        out.append(ModelStatus(name, model.context_length, ready, sorted(w.worker_id for w in holders)))
     return out

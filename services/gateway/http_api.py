@@ -108,6 +108,7 @@ class _Api:
                 "owned_by": "llmserve",
                 "context_length": m.context_length,
                 "ready_workers": m.ready_workers,
+                "workers": m.worker_ids,
             }
             for m in models
             if identity.models is None or m.name in identity.models

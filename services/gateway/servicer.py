@@ -93,7 +93,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
     async def ListModels(self, request, context):
         models = await self.service.list_models()
         return pb.ListModelsResponse(models=[
-            pb.ModelInfo(name=m.name, context_length=m.context_length, ready_workers=m.ready_workers)
+            pb.ModelInfo(name=m.name, context_length=m.context_length, ready_workers=m.ready_workers,
+                         worker_ids=m.worker_ids)
             for m in models
         ])
 

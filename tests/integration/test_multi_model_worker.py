@@ -75,6 +75,12 @@ async def _two_model_stack(redis_url, tiny_dirs, catalog):
     return running_stack(redis_url, [], catalog), worker
 
 
+async def _holders(stub) -> dict[str, list[str]]:
+    """The gateway's ListModels: model -> workers that have it loaded."""
+    reply = await stub.ListModels(pb.ListModelsRequest(), metadata=AUTH, timeout=5)
+    return {m.name: list(m.worker_ids) for m in reply.models}
+
+
 async def _b_alone(streams: Streams) -> list[tuple[str, int]]:
     return await asyncio.gather(*(streams.start(B, p, 48) for p in PROMPTS_B))
 
@@ -86,6 +92,7 @@ async def test_unloading_one_model_leaves_the_other_streams_untouched(redis_url,
             grpc.aio.insecure_channel(stack.gateway_address) as gw, \
             grpc.aio.insecure_channel(f"127.0.0.1:{w0.port}") as wc:
         streams, admin = Streams(generation_pb2_grpc.GenerationServiceStub(gw)), worker_pb2_grpc.WorkerServiceStub(wc)
+        assert await _holders(streams.stub) == {A: ["w0"], B: ["w0"]}
         alone = await _b_alone(streams)
         assert all(f in FINISHED for _, f in alone) and all(t for t, _ in alone)
 
@@ -111,6 +118,7 @@ async def test_unloading_one_model_leaves_the_other_streams_untouched(redis_url,
         assert a_engine() is None, "the unloaded engine (weights and KV cache) must be freed"
         live, _ = await registry_snapshot(r)
         assert live[0].models == [B] and list(live[0].model_loads) == [B]
+        assert await _holders(streams.stub) == {A: [], B: ["w0"]}
 
         # A's new requests are not placed on w0: they wait, then run on a worker that has A.
         late = streams.start(A, PROMPTS_A[0], 4, request_id="late-a")
@@ -118,6 +126,7 @@ async def test_unloading_one_model_leaves_the_other_streams_untouched(redis_url,
         assert not late.done()
         async with model_worker(redis_url, "w1", {A: ScriptedEngine()}):
             text, finish = await asyncio.wait_for(late, 30)
+            assert await _holders(streams.stub) == {A: ["w1"], B: ["w0"]}
         last = catalog.get(A).encode_prompt(PROMPTS_A[0])[-1]
         assert text == "".join(f"{(last + 1 + i) % 1000} " for i in range(4))  # ScriptedEngine's text
         assert (await r.hget(keys.request_key("late-a"), "worker")) == b"w1"
