@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from .catalog import ModelCatalog
 from .inflight import Event, FinishEvent, InflightRegistry, TokenEvent
 from .ratelimit import RateLimiter
 from .request_queue import RequestQueue
+from .routing import ModelRouter
 from .settings import GatewaySettings
 from .validation import GenerateParams, Job, validate
 
@@ -53,6 +55,7 @@ class GenerationService:
         self.limiter = limiter
         self.draining = False
         self.metrics = GatewayMetrics()
+        self.router = ModelRouter(catalog, redis, settings)
 
     async def identify(self, authorization: str | None) -> Identity:
         return await self.auth.authenticate(authorization)
@@ -78,9 +81,10 @@ class GenerationService:
         identity = await self.auth.authenticate(authorization)
         if not params.model:
             raise InvalidArgument("model is required")
-        model = self.catalog.get(params.model)
-        identity.check_model(model.name)
-        job = validate(params, model, identity.tenant, self.settings)
+        params = dataclasses.replace(params, request_id=params.request_id or uuid.uuid4().hex)
+        route = await self.router.route(params.model, identity.tenant, params.request_id)
+        identity.check_model(route.requested)
+        job = validate(params, route.model, identity.tenant, self.settings)
         reserved = len(job.prompt_token_ids) + job.sampling.max_tokens
         lease = await self.limiter.acquire(identity.tenant, identity.limits, reserved)
         return dataclasses.replace(job, lease=lease, received_at=received_at)

@@ -59,7 +59,21 @@ class GatewaySettings(ServiceSettings):
     )
     # -- models and validation -----------------------------------------------------------
     models: StrList = Field(
-        default_factory=lambda: [DEFAULT_MODEL], description="Models served: names or directories."
+        default_factory=lambda: [DEFAULT_MODEL],
+        description="Models served from a static catalog: names or directories. Any other model name is "
+        "looked up in the model registry in Redis (`llmserve models`).",
+    )
+    split_sticky_by: Literal["tenant", "request"] = Field(
+        "tenant", description="What a registry alias's traffic split hashes to pick a version: `tenant` "
+        "keeps each tenant on one version; `request` spreads every request independently.",
+    )
+    registry_cache_s: float = Field(
+        1.0, ge=0, description="How long a registry alias (and the live-worker list) is trusted locally: "
+        "an activate or split change reaches requests within this time.",
+    )
+    registry_fallback: bool = Field(
+        True, description="A registry model whose routed version has no live worker yet goes to the alias's "
+        "own, then its previous version while one has a worker (hot update); off: it queues until its deadline.",
     )
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when the request leaves it unset.")
     max_prompt_bytes: int = Field(256 * 1024, ge=1, description="Largest prompt (or all messages) in bytes.")
