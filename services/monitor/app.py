@@ -1,7 +1,8 @@
 """Wires the monitor: settings -> store, alerts, channels -> gRPC (API + OTLP) and HTTP.
 
 Serving never depends on the monitor: services export to it in the background and drop data
-when it is away; the monitor in turn only reads Redis (the worker registry), never writes.
+when it is away. The monitor reads Redis (the worker registry, the model registry's splits) and
+writes to it only to take a regressed version out of a traffic split (rollout.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
 from llmserve.common.logging import get_logger
+from llmserve.common.models.registry import ModelRegistry
 from llmserve.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 
 from .alerts import AlertEngine, Notification, Silence
@@ -25,6 +27,7 @@ from .otlp import SERVICE_NAMES as OTLP_SERVICE_NAMES
 from .otlp import MetricsIngest, OtlpMetricsServicer, OtlpTraceServicer
 from .prometheus import StoreCollector, make_registry
 from .registry import RegistryProbe
+from .rollout import RolloutGuard
 from .rules import RuleSet, load_rules
 from .servicer import MonitorServicer
 from .settings import MonitorSettings
@@ -56,6 +59,7 @@ class MonitorCore:
             settings.resolved_retention_s,
         )
         self.latest: Summary | None = None
+        self.rollouts: RolloutGuard | None = None  # needs Redis: made in start()
         self.registry = make_registry(
             StoreCollector(self.store, self.alerts, lambda: self.latest, settings.stale_after_s)
         )
@@ -87,6 +91,11 @@ class MonitorCore:
 
     async def evaluate_forever(self) -> None:
         while True:
+            if self.rollouts is not None:  # first, so a rollback's alert fires in the same round
+                try:
+                    await self.rollouts.evaluate(self.clock())
+                except Exception:  # Redis away, or a bug: alerting goes on
+                    log.exception("traffic split evaluation failed")
             try:
                 self.tick()
             except Exception:  # keep evaluating: a bug in one round must not end alerting
@@ -130,6 +139,10 @@ class MonitorService:
             )
             probe = RegistryProbe(self.redis, self.core.store, tuple(self.settings.models))
             self._tasks.append(asyncio.create_task(self._poll_registry(probe)))
+            if self.core.rules.rollouts:
+                self.core.rollouts = RolloutGuard(
+                    self.core.rules.rollouts, self.core.store, ModelRegistry(self.redis)
+                )
 
     async def _poll_registry(self, probe: RegistryProbe) -> None:
         while True:

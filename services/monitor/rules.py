@@ -19,6 +19,9 @@ File layout (see rules/default.yaml):
         labels: {team: serving}
         summary: "TTFT p99 of {model} is {value:.2f}s"
         channels: [log, hooks]
+      - name: SplitRegression           # another kind: see rollout.py
+        kind: split_rollback
+        window: 5m
 
 `${VAR}` and `${VAR:-default}` are replaced from the environment, so secrets and URLs stay out
 of the file. A channel whose URL or host comes out empty is disabled (and logged), not an error.
@@ -37,6 +40,8 @@ from typing import Any
 import yaml
 
 from .query import parse, parse_duration
+from .rollout import KIND as ROLLOUT_KIND
+from .rollout import RolloutRule, parse_rollout_rule
 
 COMPARISONS = {
     ">": operator.gt,
@@ -132,6 +137,7 @@ class ChannelConfig:
 class RuleSet:
     rules: tuple[Rule, ...]
     channels: dict[str, ChannelConfig]
+    rollouts: tuple[RolloutRule, ...] = ()  # `kind: split_rollback` entries
 
 
 def expand_env(text: str, env: dict[str, str] | None = None) -> str:
@@ -192,11 +198,23 @@ def parse_rules(text: str, env: dict[str, str] | None = None) -> RuleSet:
     channels = {"log": ChannelConfig("log", "log", {})}
     for name, raw in (doc.get("channels") or {}).items():
         channels[name] = _channel(name, raw or {})
-    rules = tuple(_rule(raw, defaults, channels) for raw in doc.get("rules") or ())
-    names = [r.name for r in rules]
+    entries = doc.get("rules") or ()
+    rules = tuple(_rule(raw, defaults, channels) for raw in entries if raw.get("kind", "alert") == "alert")
+    rollouts = tuple(_rollout(raw) for raw in entries if raw.get("kind", "alert") != "alert")
+    names = [r.name for r in rules] + [r.name for r in rollouts]
     if len(set(names)) != len(names):
         raise RuleError("rule names must be unique")
-    return RuleSet(rules, channels)
+    return RuleSet(rules, channels, rollouts)
+
+
+def _rollout(raw: dict[str, Any]) -> RolloutRule:
+    name = raw.get("name") or "?"
+    if raw.get("kind") != ROLLOUT_KIND:
+        raise RuleError(f"rule {name}: unknown kind {raw.get('kind')!r} (alert or {ROLLOUT_KIND})")
+    try:
+        return parse_rollout_rule(raw)
+    except (KeyError, ValueError, TypeError) as e:
+        raise RuleError(f"rule {name}: {e}") from e
 
 
 def load_rules(path: str | Path, env: dict[str, str] | None = None) -> RuleSet:

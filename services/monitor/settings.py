@@ -33,7 +33,10 @@ class MonitorSettings(ServiceSettings):
     )
     history_points: int = Field(360, ge=10, description="Summary points kept for the dashboard charts.")
     registry_poll_s: float = Field(
-        2.0, ge=0, description="How often the worker registry in Redis is read; 0: never."
+        2.0,
+        ge=0,
+        description="How often the worker registry in Redis is read; 0: never, and traffic "
+        "splits are not watched either (no automatic rollback).",
     )
     models: list[str] = Field(
         default_factory=list, description="Models expected to be served (worker-down alerts cover them)."
