@@ -1,5 +1,6 @@
-"""`llmserve models`: the model registry (register, list, activate, rollback, split) and model tools
-(export, quantize, prune). Registered by main.py through `register(sub, add_client_args)`.
+"""`llmserve models`: the model registry (register, list, activate, rollback, split), model tools
+(export, quantize, prune) and the models a running worker holds (load, unload, loaded).
+Registered by main.py through `register(sub, add_client_args)`.
 
 A SOURCE is a model path (HF directory, .gguf, .pt/.pth, int8 directory) or a registry
 reference: `name` (its active version), `name@v3`, `name@<alias>`.
@@ -24,6 +25,9 @@ def register(sub, add_client_args: Callable[[argparse.ArgumentParser], None]) ->
     msub = models.add_subparsers(dest="models_command", required=True)
     _add_registry_commands(msub)
     _add_tool_commands(msub)
+    from .worker_models import add_commands
+
+    add_commands(msub)  # load|unload|loaded on a running worker
 
 
 def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -167,15 +167,16 @@ def _model_rows(report: StatusReport) -> list[tuple]:
     models = sorted({m for w in report.workers for m in w.models} | set(queued))
     rows = []
     for model in models:
-        serving = [w for w in report.workers if model in w.models]
-        total = sum(w.total_kv_blocks for w in serving)
-        used = sum(w.total_kv_blocks - w.free_kv_blocks for w in serving)
+        # A worker may hold several models, each with its own KV pool: count this model's own.
+        loads = [w.model_load(model) for w in report.workers if model in w.models]
+        total = sum(x.total_kv_blocks for x in loads)
+        used = sum(x.total_kv_blocks - x.free_kv_blocks for x in loads)
         rows.append(
             (
                 model,
-                len(serving),
+                len(loads),
                 queued.get(model, "?") if report.queues is not None else "?",
-                sum(w.running for w in serving),
+                sum(x.running for x in loads),
                 percent(used, total),
             )
         )
