@@ -72,6 +72,7 @@ def estimate_bytes(spec: ModelSpec, settings: WorkerSettings) -> int:
     stored = _stored_dtype(spec)
     if spec.format in (formats.HF, formats.STATE_DICT) and stored in _SIZES:
         weights = weights * _SIZES[_load_dtype(settings)] // _SIZES[stored]
+    # Unset on CUDA, the KV cache takes what is left of the GPU: only the measurement knows.
     kv = settings.kv_cache_bytes or (_DEFAULT_CPU_KV_BYTES if _device(settings) == "cpu" else 0)
     return weights + kv
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import grpc
 
 from llmserve.common.errors import InvalidArgument, LLMServeError, abort_with
-from llmserve.common.model_store import ModelUnavailableError
 from llmserve.worker.v1 import worker_pb2, worker_pb2_grpc
 
 from .model_admin import ModelAdmin
@@ -51,7 +50,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             model = await self.admin.load(request.ref)
         except LLMServeError as e:
             await abort_with(context, e)
-        except (ModelUnavailableError, OSError, ValueError) as e:  # missing or unreadable weights
+        # Missing or unreadable weights, no room left for a KV cache, CUDA out of memory.
+        except (OSError, ValueError, RuntimeError) as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot load {request.ref!r}: {e}")
         return worker_pb2.LoadModelResponse(served_id=model.served_id, memory_bytes=model.memory_bytes,
                                             already_loaded=model.served_id in before)

@@ -36,7 +36,11 @@ class WorkerSettings(ServiceSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
     dtype: str | None = Field(None, description="float32, bfloat16 or float16; unset: fp32 on CPU, bf16 on GPU.")
-    kv_cache_bytes: int | None = Field(None, ge=1, description="CPU KV cache budget; unset: engine default.")
+    kv_cache_bytes: int | None = Field(
+        None, ge=1,
+        description="KV cache budget per model; unset: 512 MiB on CPU, on CUDA what gpu_memory_fraction "
+        "leaves (set it when a GPU worker holds several models).",
+    )
     num_kv_blocks: int | None = Field(None, ge=1, description="Exact KV block count (overrides the budget).")
     gpu_memory_fraction: float = Field(0.85, gt=0, le=1)
     max_num_seqs: int = Field(64, ge=1, description="Most sequences in the running batch.")

@@ -39,7 +39,9 @@ class EngineConfig:
     `gpu_memory_fraction` (CUDA)."""
 
     kv_cache_bytes: int | None = None
-    """KV cache budget in bytes when `num_kv_blocks` is None. None: 512 MiB on CPU."""
+    """KV cache budget in bytes when `num_kv_blocks` is None. None: 512 MiB on CPU. On CUDA it
+    caps what `gpu_memory_fraction` leaves (a worker holding several models sets it so each
+    gets a share rather than the first taking it all)."""
 
     gpu_memory_fraction: float = 0.85
     """On CUDA, the fraction of total device memory the engine may use (weights, activations

@@ -101,6 +101,8 @@ def _num_blocks(config: EngineConfig, bytes_per_token: int, device: torch.device
         budget = int(total * config.gpu_memory_fraction) - used
         # Leave room for activations and CUDA graph pools.
         budget -= 1 << 30
+        if config.kv_cache_bytes:  # several models on one GPU: each gets its own share
+            budget = min(budget, config.kv_cache_bytes)
     else:
         budget = config.kv_cache_bytes or _DEFAULT_CPU_KV_BYTES
     if budget < per_block:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 import redis.asyncio as aioredis
+import torch
 
 from llmserve.common.errors import ResourceExhausted
 from llmserve.common.models import quantize
@@ -100,3 +101,16 @@ async def test_load_model_resolves_registry_refs_to_the_concrete_version(redis_u
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     await client.aclose()
 
+
+
+def test_kv_cache_bytes_caps_the_cuda_kv_budget(monkeypatch):
+    from llmserve.worker.engine import loader
+    from llmserve.worker.engine.config import EngineConfig
+
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _d: (100 * gib, 100 * gib))
+    cuda = torch.device("cuda")
+    whole = loader._num_blocks(EngineConfig(model="m", device="cuda", gpu_memory_fraction=0.5), 1024, cuda)
+    capped = loader._num_blocks(EngineConfig(model="m", device="cuda", kv_cache_bytes=gib), 1024, cuda)
+    assert whole == (50 * gib - gib) // (1024 * 16)  # the fraction, less the activation headroom
+    assert capped == gib // (1024 * 16)  # one model's share when several share the GPU
