@@ -118,6 +118,7 @@ class ModelRouter:
 
     def __init__(self, catalog: ModelCatalog, redis, settings: GatewaySettings):
         self.catalog = catalog
+        self._static = frozenset(catalog.names())
         self.redis = redis
         self.registry = ModelRegistry(redis)
         self.sticky_by = settings.split_sticky_by
@@ -128,7 +129,7 @@ class ModelRouter:
         self._loaded: dict[str, asyncio.Future] = {}  # weights path -> ServedModel
 
     async def route(self, requested: str, tenant: str, request_id: str) -> Route:
-        if requested in self.catalog.names():
+        if requested in self._static:
             return Route(self.catalog.get(requested), requested)
         try:
             name, target = parse_ref(requested)
