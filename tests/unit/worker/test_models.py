@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 import redis.asyncio as aioredis
@@ -114,3 +116,27 @@ def test_kv_cache_bytes_caps_the_cuda_kv_budget(monkeypatch):
     capped = loader._num_blocks(EngineConfig(model="m", device="cuda", kv_cache_bytes=gib), 1024, cuda)
     assert whole == (50 * gib - gib) // (1024 * 16)  # the fraction, less the activation headroom
     assert capped == gib // (1024 * 16)  # one model's share when several share the GPU
+
+
+async def test_work_for_a_model_not_held_is_handed_back_to_its_queue(redis_url):
+    from llmserve.common import redis_keys as keys
+    from llmserve.common.streams import ensure_group
+    from llmserve.common.v1 import work_pb2
+
+    client = aioredis.Redis.from_url(redis_url)
+    item = work_pb2.WorkItem(request_id="r-ghost", model="ghost@v1", prompt_token_ids=[5, 6], attempt=2,
+                             reply_to="127.0.0.1:1", sampling=work_pb2.SamplingParams(max_tokens=3))  # fmt: skip
+    stream = keys.worker_stream("w0")
+    await ensure_group(client, stream, keys.WORKER_GROUP)
+    await client.xadd(stream, {keys.PAYLOAD_FIELD: item.SerializeToString()})  # placed from a stale beat
+    engine = ScriptedEngine()
+    async with model_worker(redis_url, "w0", {"other": engine}):
+        for _ in range(100):
+            if await client.xlen(keys.request_stream("ghost@v1")):
+                break
+            await asyncio.sleep(0.05)
+    (_, fields), = await client.xrange(keys.request_stream("ghost@v1"))
+    assert work_pb2.WorkItem.FromString(fields[keys.PAYLOAD_FIELD.encode()]) == item  # same attempt
+    assert await client.xlen(stream) == 0 and engine.seen == []  # never taken, never dropped
+    assert await client.hget(keys.request_key("r-ghost"), "state") == b"requeued"
+    await client.aclose()
