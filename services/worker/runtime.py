@@ -130,16 +130,13 @@ class WorkerRuntime:
     async def _admit(self, entries: list[StreamEntry]) -> None:
         if not entries:
             return
-        items = [work_pb2.WorkItem.FromString(e.payload) for e in entries]
-        cancelled = await self.redis.mget([keys.cancel_key(i.request_id) for i in items])
         now_ms = time.time() * 1000
         woken: dict[str, ServedModel] = {}
-        for entry, item, flag in zip(entries, items, cancelled, strict=True):
-            if flag is not None or 0 < item.deadline_unix_ms <= now_ms:
-                outcome = "cancelled" if flag is not None else "deadline"
-                self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt,
-                                                        len(item.resume_token_ids), [], "", outcome=outcome)])
-                self._to_ack.append(entry.entry_id)
+        started: list[str] = []
+        for entry in entries:
+            item = work_pb2.WorkItem.FromString(entry.payload)
+            if 0 < item.deadline_unix_ms <= now_ms:
+                self._refuse(entry, item, "deadline")
                 continue
             model = self.models.serving(item.model)
             if model is None:  # placed from a stale heartbeat: never taken, never dropped
@@ -149,8 +146,22 @@ class WorkerRuntime:
                 continue
             self._start(entry, item, model)
             woken[model.served_id] = model
+            started.append(item.request_id)
         for model in woken.values():
             model.thread and model.thread.wake()
+        # A client may have cancelled between dispatch and now. Checked after the engines are
+        # woken, so this round trip overlaps the first step instead of delaying it; a flagged
+        # request ends CANCELLED at the next step boundary.
+        if started:
+            flags = await self.redis.mget([keys.cancel_key(r) for r in started])
+            for request_id, flag in zip(started, flags, strict=True):
+                if flag is not None:
+                    self.cancel(request_id)
+
+    def _refuse(self, entry: StreamEntry, item: work_pb2.WorkItem, outcome: str) -> None:
+        self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt, len(item.resume_token_ids), [], "",
+                                                outcome=outcome)])
+        self._to_ack.append(entry.entry_id)
 
     def _start(self, entry: StreamEntry, item: work_pb2.WorkItem, model: ServedModel) -> None:
         tokenizer = getattr(model.engine, "tokenizer", None)
