@@ -15,6 +15,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,30 +37,41 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def stack_ttft(n: int) -> list[float]:
-    with RedisServer() as redis:
-        suite = LocalSuite(ports=Ports.free(), redis_url=redis.url, log_dir=Path("/tmp/llmserve-bench-logs"),
-                           with_monitor=False, env={"LLMSERVE_WORKER_NUM_THREADS": "2"})
-        suite.start(timeout=240)
-        try:
-            out = []
-            with Client(f"127.0.0.1:{suite.ports.gateway}", api_key=suite.api_key) as client:
-                for i in range(n + 3):
-                    messages = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
-                    started, first = time.perf_counter(), None
-                    # Read the whole (short) stream: breaking off early would cancel the request
-                    # and leave its tail running into the next one's prefill.
-                    for piece in client.stream(DEFAULT_MODEL, messages=messages, temperature=0.0, max_tokens=4):
-                        if piece.token_ids and first is None:
-                            first = time.perf_counter() - started
-                    if i >= 3:  # warm-up
-                        out.append(first)
-            return out
-        finally:
-            suite.stop()
+WARMUP = 3
 
 
-def engine_ttft(n: int) -> list[float]:
+def stream_ttft(client: Client, i: int) -> float:
+    messages = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
+    started, first = time.perf_counter(), None
+    # Read the whole (short) stream: breaking off early would cancel the request and leave its
+    # tail running into the next one's prefill.
+    for piece in client.stream(DEFAULT_MODEL, messages=messages, temperature=0.0, max_tokens=4):
+        if piece.token_ids and first is None:
+            first = time.perf_counter() - started
+    return first
+
+
+class EngineChild:
+    """The engine alone in its own process (OpenMP reads OMP_WAIT_POLICY once, at load),
+    answering one request per line on stdin with its TTFT on stdout."""
+
+    def __init__(self, wait_policy: str):
+        env = {**os.environ, "OMP_WAIT_POLICY": wait_policy}
+        self.proc = subprocess.Popen([sys.executable, __file__, "--engine-child"], env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def ttft(self, i: int) -> float:
+        self.proc.stdin.write(f"{i}\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def engine_child_main() -> None:
     import torch
     from transformers import AutoTokenizer
 
@@ -70,21 +83,49 @@ def engine_ttft(n: int) -> list[float]:
     path = resolve_model(DEFAULT_MODEL)
     tokenizer = AutoTokenizer.from_pretrained(path)
     engine = LLMEngine.from_config(EngineConfig(model=path, num_threads=2))
-    out = []
-    for i in range(n + 3):
+    print("ready", flush=True)
+    for line in sys.stdin:
+        i = int(line)
         ids = tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
                                             add_generation_prompt=True, tokenize=True)
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-        started = time.perf_counter()
+        started, first = time.perf_counter(), None
         engine.add_request(EngineRequest(f"r{i}", ids, SamplingParams(max_tokens=4, temperature=0.0)))
-        first = None
         while engine.has_unfinished():
             for o in engine.step():
                 if first is None and o.token_ids:
                     first = time.perf_counter() - started
-        if i >= 3:
-            out.append(first)
-    return out
+        print(first, flush=True)
+
+
+def interleaved_ttft(n: int) -> tuple[list[float], list[float]]:
+    """TTFT of the engine alone (configured as the worker runs it) and through the stack, one
+    request of each in turn, so both see the same machine state."""
+    engine, stack = [], []
+    with RedisServer() as redis:
+        suite = LocalSuite(ports=Ports.free(), redis_url=redis.url, log_dir=Path("/tmp/llmserve-bench-logs"),
+                           with_monitor=False, env={"LLMSERVE_WORKER_NUM_THREADS": "2"})
+        suite.start(timeout=240)
+        child = EngineChild("PASSIVE")
+        try:
+            with Client(f"127.0.0.1:{suite.ports.gateway}", api_key=suite.api_key) as client:
+                for i in range(n + WARMUP):
+                    e, s_ = child.ttft(i), stream_ttft(client, i)
+                    if i >= WARMUP:
+                        engine.append(e)
+                        stack.append(s_)
+        finally:
+            child.close()
+            suite.stop()
+    return engine, stack
+
+
+def engine_alone_ttft(n: int, wait_policy: str) -> list[float]:
+    child = EngineChild(wait_policy)
+    try:
+        return [child.ttft(i) for i in range(n + WARMUP)][WARMUP:]
+    finally:
+        child.close()
 
 
 async def full_queue_rejections(n: int) -> list[float]:
@@ -122,20 +163,34 @@ async def full_queue_rejections(n: int) -> list[float]:
             return times
 
 
+def summary(values: list[float]) -> dict:
+    return {"p50": pct(values, .5) * 1e3, "p99": pct(values, .99) * 1e3, "mean": statistics.fmean(values) * 1e3}
+
+
 def main() -> None:
     import asyncio
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--engine-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.engine_child:
+        engine_child_main()
+        return
     rejections = asyncio.run(full_queue_rejections(200))
-    engine = engine_ttft(args.requests)
-    stack = stack_ttft(args.requests)
+    # The worker process runs its engine with OMP_WAIT_POLICY=PASSIVE (services/worker/__main__.py):
+    # on cores it shares with the gateway, scheduler and Redis, spinning OpenMP threads starve
+    # them. The overhead compares like with like (the engine as the worker runs it); the engine
+    # with spinning threads, as on a dedicated box, is reported beside it.
+    # Spinning threads would steal the stack's cores: that engine runs after, on its own.
+    engine, stack = interleaved_ttft(args.requests)
+    dedicated = engine_alone_ttft(args.requests, "ACTIVE")
     result = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores", "model": DEFAULT_MODEL,
-        "requests": args.requests,
-        "engine_ttft_ms": {"p50": pct(engine, .5) * 1e3, "p99": pct(engine, .99) * 1e3},
-        "stack_ttft_ms": {"p50": pct(stack, .5) * 1e3, "p99": pct(stack, .99) * 1e3},
+        "requests": args.requests, "load_average": os.getloadavg(),
+        "engine_ttft_ms": summary(engine),
+        "engine_ttft_spinning_threads_ms": summary(dedicated),
+        "stack_ttft_ms": summary(stack),
         "overhead_ms": {"p50": (pct(stack, .5) - pct(engine, .5)) * 1e3,
                         "p99": (pct(stack, .99) - pct(engine, .99)) * 1e3,
                         "mean": (statistics.fmean(stack) - statistics.fmean(engine)) * 1e3},
@@ -144,12 +199,21 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "stack-overhead.json").write_text(json.dumps(result, indent=2))
-    md = ["| measure | p50 (ms) | p99 (ms) |", "|---|---|---|"]
-    for key in ("engine_ttft_ms", "stack_ttft_ms", "overhead_ms", "full_queue_unavailable_ms"):
-        md.append(f"| {key.removesuffix('_ms')} | {result[key]['p50']:.2f} | {result[key]['p99']:.2f} |")
-    (RESULTS / "stack-overhead.md").write_text(
-        f"# Stack overhead ({result['machine']}, {DEFAULT_MODEL}, concurrency 1)\n\n" + "\n".join(md) + "\n")
+    (RESULTS / "stack-overhead.md").write_text(to_markdown(result))
     print(json.dumps(result, indent=2))
+
+
+def to_markdown(result: dict) -> str:
+    rows = [("engine_ttft_ms", "engine alone, as the worker runs it (OMP_WAIT_POLICY=PASSIVE)"),
+            ("stack_ttft_ms", "gateway + scheduler + worker (processes, gRPC stream)"),
+            ("overhead_ms", "**overhead: stack minus engine alone**"),
+            ("engine_ttft_spinning_threads_ms", "engine alone, spinning OpenMP threads (dedicated cores)"),
+            ("full_queue_unavailable_ms", "full queue answers UNAVAILABLE")]
+    md = ["| measure | p50 (ms) | p99 (ms) |", "|---|---|---|"]
+    md += [f"| {label} | {result[key]['p50']:.2f} | {result[key]['p99']:.2f} |" for key, label in rows]
+    load = ", ".join(f"{x:.2f}" for x in result["load_average"])
+    return (f"# Stack overhead ({result['machine']}, {DEFAULT_MODEL}, concurrency 1, "
+            f"{result['requests']} requests each)\n\nLoad average at the end: {load}.\n\n" + "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":
