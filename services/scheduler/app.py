@@ -20,7 +20,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
 
     async def GetQueueStats(self, request, context):
         queues = []
-        for stream in sorted(self.core._streams):
+        for stream in self.core.streams:
             model = stream.removeprefix(keys.request_stream(""))
             depth = await self.core.redis.xlen(stream)
             workers = sum(1 for w in self.core.placement.workers.values() if model in w.models)

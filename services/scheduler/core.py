@@ -87,6 +87,11 @@ class SchedulerCore:
     def stop(self) -> None:
         self._stopping = True
 
+    @property
+    def streams(self) -> list[str]:
+        """The request streams this scheduler reads, sorted (a copy: safe to iterate across awaits)."""
+        return sorted(self._streams)
+
     async def _refresh(self) -> None:
         live, dead = await registry_snapshot(self.redis)
         self.placement.update(live)
