@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .redis_server import RedisServer, free_port
+from .redis_server import RedisServer, free_port, port_free
 
 
 @dataclass
@@ -104,23 +104,12 @@ class LocalSuite:
         """Worker `index` listens on the worker port + 10*index (50053, 50063, ...); a restarted
         worker (generation > 0) takes a new id, as a replacement pod would."""
         port = self.ports.worker + 10 * index if index else self.ports.worker
-        if index and not self._port_free(port):
+        if index and not port_free(port):
             port = free_port()
         worker_id = f"worker-{port}" + (f"-{generation}" if generation else "")
         name = "worker" if index == 0 else f"worker{index}"
         return self.spawn(name, "llmserve.worker", port,
                           {"LLMSERVE_WORKER_PORT": str(port), "LLMSERVE_WORKER_WORKER_ID": worker_id})
-
-    @staticmethod
-    def _port_free(port: int) -> bool:
-        import socket
-
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-        return True
 
     def start(self, timeout: float = 180.0) -> None:
         self.start_redis()

@@ -1,6 +1,7 @@
 import os
+import socket
 
-from llmserve.cli.redis_server import RedisServer
+from llmserve.cli.redis_server import RedisServer, free_port, port_free
 
 
 def test_a_relative_data_dir_works(tmp_path):
@@ -13,3 +14,12 @@ def test_a_relative_data_dir_works(tmp_path):
             assert (tmp_path / "rel" / "redis.log").exists()
     finally:
         os.chdir(cwd)
+
+
+def test_port_free_is_false_while_the_port_is_bound():
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert not port_free(port)
+    assert port_free(free_port())

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email
-import socket
 
 from aiohttp import web
 from aiosmtpd.controller import Controller
+
+from llmserve.cli.redis_server import free_port
 
 
 class WebhookReceiver:
@@ -61,17 +62,11 @@ class _Inbox:
         return "250 OK"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def smtp_server():
     """aiosmtpd on a free local port (its own thread); yields (port, inbox)."""
     inbox = _Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=_free_port())
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
         yield controller.port, inbox
