@@ -27,6 +27,27 @@ class ServedModel:
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
+def load_served_model(name: str, path: Path, format: str = "") -> ServedModel:
+    """Tokenizer and context length of the model at `path`, served as `name` (the weights
+    stay with the workers). The one loader for catalog names and registry versions alike.
+
+    `path` is a Hugging Face directory, a `.gguf` file (`format` "gguf"), or a state dict
+    whose config and tokenizer live in its folder.
+    """
+    folder, extra = Path(path), {}
+    if format == "gguf":
+        folder, extra = folder.parent, {"gguf_file": folder.name}
+    elif not folder.is_dir():
+        folder = folder.parent
+    config = AutoConfig.from_pretrained(str(folder), **extra)
+    return ServedModel(
+        name=name,
+        path=Path(path),
+        tokenizer=AutoTokenizer.from_pretrained(str(folder), **extra),
+        context_length=int(getattr(config, "max_position_embeddings", 2048)),
+    )
+
+
 class ModelCatalog:
     """Name -> ServedModel, loaded once at start."""
 
@@ -37,15 +58,8 @@ class ModelCatalog:
     def load(cls, names: list[str]) -> ModelCatalog:
         models = {}
         for name in names:
-            path = resolve_model(name)
-            config = AutoConfig.from_pretrained(path)
             display = Path(name).name if Path(name).is_dir() else name
-            models[display] = ServedModel(
-                name=display,
-                path=path,
-                tokenizer=AutoTokenizer.from_pretrained(path),
-                context_length=int(getattr(config, "max_position_embeddings", 2048)),
-            )
+            models[display] = load_served_model(display, resolve_model(name))
         return cls(models)
 
     def get(self, name: str) -> ServedModel:

@@ -30,14 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from redis.exceptions import RedisError
-from transformers import AutoConfig, AutoTokenizer
 
 from llmserve.common import redis_keys as keys
 from llmserve.common.errors import InvalidArgument, ModelNotFound, Unavailable
 from llmserve.common.models.registry import Alias, ModelRegistry, ModelVersion, parse_ref
 from llmserve.common.workers import registry_snapshot
 
-from .catalog import ModelCatalog, ServedModel
+from .catalog import ModelCatalog, ServedModel, load_served_model
 from .settings import GatewaySettings
 
 _BUCKETS = 10_000  # split resolution: 0.01 %
@@ -182,26 +181,10 @@ class ModelRouter:
     async def _load(self, version: ModelVersion) -> ServedModel:
         task = self._loaded.get(version.path)
         if task is None or (task.done() and task.exception() is not None):
-            task = asyncio.ensure_future(asyncio.to_thread(load_version, version))
+            load = asyncio.to_thread(load_served_model, version.ref, Path(version.path), version.format)
+            task = asyncio.ensure_future(load)
             self._loaded[version.path] = task
         try:
             return await asyncio.shield(task)
         except (OSError, ValueError) as e:
             raise Unavailable(f"cannot load the tokenizer of {version.ref} from {version.path}: {e}") from e
-
-
-def load_version(version: ModelVersion) -> ServedModel:
-    """Tokenizer and context length of a registered version (the weights stay with workers)."""
-    path = Path(version.path)
-    extra = {}
-    if version.format == "gguf":
-        path, extra = path.parent, {"gguf_file": path.name}
-    elif not path.is_dir():  # a .pt state dict: config and tokenizer live beside it
-        path = path.parent
-    config = AutoConfig.from_pretrained(str(path), **extra)
-    return ServedModel(
-        name=version.ref,
-        path=Path(version.path),
-        tokenizer=AutoTokenizer.from_pretrained(str(path), **extra),
-        context_length=int(getattr(config, "max_position_embeddings", 2048)),
-    )
