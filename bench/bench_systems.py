@@ -11,6 +11,7 @@ import psutil
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from llmserve.common.stats import quantile
 from llmserve.worker.engine.attention import AttentionMetadata, PrefillChunk
 from llmserve.worker.engine.config import EngineConfig
 from llmserve.worker.engine.llama import LlamaFastModel
@@ -28,19 +29,15 @@ PPL_TEXT = (
 )
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
-
-
 def latency_fields(ttfts: list[float], itls: list[float]) -> dict:
+    def ms(values: list[float], q: float) -> float:
+        return quantile(values, q, method="nearest", default=float("nan")) * 1e3
+
     return {
-        "ttft_p50_ms": pct(ttfts, 0.5) * 1e3,
-        "ttft_p99_ms": pct(ttfts, 0.99) * 1e3,
-        "itl_p50_ms": pct(itls, 0.5) * 1e3,
-        "itl_p99_ms": pct(itls, 0.99) * 1e3,
+        "ttft_p50_ms": ms(ttfts, 0.5),
+        "ttft_p99_ms": ms(ttfts, 0.99),
+        "itl_p50_ms": ms(itls, 0.5),
+        "itl_p99_ms": ms(itls, 0.99),
     }
 
 

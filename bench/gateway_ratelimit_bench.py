@@ -20,6 +20,7 @@ from pathlib import Path
 
 from llmserve.cli.redis_server import RedisServer
 from llmserve.common.errors import LLMServeError
+from llmserve.common.stats import quantile
 from llmserve.gateway.auth import Limits
 from llmserve.gateway.ratelimit import RateLimiter
 from llmserve.gateway.settings import GatewaySettings
@@ -29,11 +30,10 @@ OUT = Path(__file__).parent / "results" / "ratelimit.json"
 
 def summary(samples_s: list[float]) -> dict:
     ms = sorted(s * 1000 for s in samples_s)
-    pick = lambda q: round(ms[min(len(ms) - 1, int(q * len(ms)))], 3)  # noqa: E731
     return {
         "n": len(ms),
-        "p50_ms": pick(0.5),
-        "p99_ms": pick(0.99),
+        "p50_ms": round(quantile(ms, 0.5, method="floor"), 3),
+        "p99_ms": round(quantile(ms, 0.99, method="floor"), 3),
         "max_ms": round(ms[-1], 3),
         "mean_ms": round(statistics.fmean(ms), 3),
     }

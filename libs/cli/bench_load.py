@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from llmserve.common.stats import quantile
+
 
 class Target(Protocol):
     """Something to load: streams one prompt, yielding token counts as they arrive."""
@@ -115,17 +117,6 @@ async def open_loop(
     return RunResult("open", rate, time.perf_counter() - started, samples)
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Linear-interpolated percentile (q in [0, 100]); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 def summarize(run: RunResult) -> dict:
     """Throughput and latency percentiles of one run (latencies in milliseconds)."""
     ok = [s for s in run.samples if s.error is None]
@@ -146,6 +137,6 @@ def summarize(run: RunResult) -> dict:
     }
     for name, values in series.items():
         for q in (50, 90, 99):
-            v = percentile(values, q)
+            v = quantile(values, q / 100)
             out[f"{name}_p{q}_ms"] = None if v is None else round(v * 1000, 2)
     return out

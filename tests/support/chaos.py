@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2
 from llmserve.cli.suite import LocalSuite, health_status
 from llmserve.client import Client
 from llmserve.common.model_store import DEFAULT_MODEL
+from llmserve.common.stats import quantile
 from llmserve.worker.v1 import worker_pb2, worker_pb2_grpc
 
 PROMPTS = [
@@ -48,11 +49,10 @@ class ChaosReport:
     recovery_s: list[float] = field(default_factory=list)
 
     def summary(self) -> dict:
-        rec = sorted(self.recovery_s)
-        def pct(q):
-            return (rec[min(len(rec) - 1, int(q * len(rec)))] if rec else None)
+        rec = self.recovery_s
         return {"kills": self.kills, "streams": self.streams, "failures": len(self.failures),
-                "recovery_p50_s": pct(0.5), "recovery_p99_s": pct(0.99),
+                "recovery_p50_s": quantile(rec, 0.5, method="floor"),
+                "recovery_p99_s": quantile(rec, 0.99, method="floor"),
                 "recovery_mean_s": statistics.fmean(rec) if rec else None}
 
 

@@ -9,18 +9,12 @@ import json
 import pytest
 
 from llmserve.cli.bench import DEFAULT_PROMPTS, add_bench_args, run_bench_command
-from llmserve.cli.bench_load import closed_loop, open_loop, percentile, summarize
+from llmserve.cli.bench_load import closed_loop, open_loop, summarize
 from llmserve.cli.bench_optimize import LatencyTarget, find_max_concurrency
 from llmserve.cli.bench_report import render_table
 from llmserve.cli.bench_targets import GrpcTarget
 from tests.support.scripted_engine import ScriptedEngine
 from tests.support.stack import API_KEY, MODEL, running_stack
-
-
-def test_percentile_interpolates():
-    assert percentile([], 50) is None
-    assert percentile([1, 2, 3, 4], 50) == 2.5
-    assert percentile([5], 99) == 5
 
 
 async def test_closed_and_open_loops_measure_every_request(redis_url, catalog):
