@@ -23,7 +23,8 @@ def add_commands(msub) -> None:
 
     unload = _worker_args(msub.add_parser("unload", help="unload a model from a running worker"))
     unload.add_argument("served_id", help="as `models loaded` shows it (e.g. smol@v2)")
-    unload.add_argument("--force", action="store_true", help="cancel its requests instead of letting them finish")
+    unload.add_argument("--force", action="store_true",
+                        help="hand its requests to other workers now (they resume there) instead of waiting")
     unload.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for its requests")
     unload.set_defaults(func=lambda a: _call(_unload, a))
 
@@ -70,9 +71,11 @@ def _unload(stub, args) -> int:
 
     r = stub.UnloadModel(worker_pb2.UnloadModelRequest(served_id=args.served_id, force=args.force),
                          timeout=args.timeout)  # fmt: skip
-    data = {"served_id": r.served_id, "freed_bytes": r.freed_bytes, "cancelled": r.cancelled}
-    cancelled = f", {r.cancelled} requests cancelled" if r.cancelled else ""
-    _emit(args, data, f"unloaded {r.served_id} from {args.worker} (freed {_mib(r.freed_bytes)}{cancelled})")
+    data = {"served_id": r.served_id, "freed_bytes": r.freed_bytes, "handed_off": r.handed_off,
+            "cancelled": r.cancelled}  # fmt: skip
+    moved = f", {r.handed_off} requests handed to other workers" if r.handed_off else ""
+    moved += f", {r.cancelled} requests ended" if r.cancelled else ""
+    _emit(args, data, f"unloaded {r.served_id} from {args.worker} (freed {_mib(r.freed_bytes)}{moved})")
     return 0
 
 

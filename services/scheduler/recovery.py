@@ -5,8 +5,8 @@ lock) takes each dead worker's stream: for every unfinished request it fences a 
 at the owning gateway (so a worker that was only stalled can no longer deliver), learns what
 the client already received, and re-enqueues the request to resume right after it. A request
 that has killed `max_attempts` workers goes to the dead-letter stream and its client gets an
-error. Moves are atomic (XDEL from the dead stream and XADD elsewhere in one script), so a
-request is never run twice nor lost.
+error. Fencing and the atomic move are `llmserve.gateway.handoff`, shared with a worker's
+forced unload, so a request is never run twice nor lost.
 """
 
 from __future__ import annotations
@@ -17,21 +17,10 @@ from llmserve.common import redis_keys as keys
 from llmserve.common.logging import get_logger
 from llmserve.common.redis_keys import PAYLOAD_FIELD
 from llmserve.common.v1 import work_pb2
-from llmserve.gateway.sink_client import OutChunk, SinkClient, fence
+from llmserve.gateway.handoff import REQUEUED, Handoff
+from llmserve.gateway.sink_client import SinkClient
 
 log = get_logger(__name__)
-
-_MOVE = """
-if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
-redis.call('HSET', KEYS[3], 'state', ARGV[3], 'attempt', ARGV[4])
-return 1
-"""
-_FORGET = """
-if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], 'state', ARGV[2])
-return 1
-"""
 
 
 class WorkerRecovery:
@@ -42,8 +31,7 @@ class WorkerRecovery:
         self.owner = owner
         self.max_attempts = max_attempts
         self.lock_ms = lock_ms
-        self._move = redis.register_script(_MOVE)
-        self._forget = redis.register_script(_FORGET)
+        self.handoff = Handoff(redis, sink)
         self.recovered = 0
 
     async def recover(self, dead_worker_ids: list[str]) -> None:
@@ -71,26 +59,5 @@ class WorkerRecovery:
             await pipe.execute()
 
     async def _recover_entry(self, stream: str, entry_id, item: work_pb2.WorkItem) -> None:
-        attempt = item.attempt + 1
-        progress = await fence(item.reply_to, item.request_id, attempt)
-        if progress is None:
-            await self._forget(keys=[stream, keys.request_key(item.request_id)], args=[entry_id, "abandoned"])
-            return
-        if attempt > self.max_attempts:
-            item.attempt = attempt
-            if await self._move(keys=[stream, keys.DEADLETTER_STREAM, keys.request_key(item.request_id)],
-                                args=[entry_id, item.SerializeToString(), "dead-letter", attempt]):
-                log.error("request failed on too many workers; dead-lettered", request_id=item.request_id)
-                self.sink.send(item.reply_to, [OutChunk(
-                    item.request_id, attempt, len(progress.token_ids), [], "", outcome="error",
-                    error=f"the request failed on {self.max_attempts} workers and was dead-lettered")])
-            return
-        item.attempt = attempt
-        del item.resume_token_ids[:]
-        item.resume_token_ids.extend(progress.token_ids)
-        item.resume_text = progress.text
-        if await self._move(keys=[stream, keys.request_stream(item.model), keys.request_key(item.request_id)],
-                            args=[entry_id, item.SerializeToString(), "requeued", attempt]):
+        if await self.handoff.resume_elsewhere(stream, entry_id, item, self.max_attempts) == REQUEUED:
             self.recovered += 1
-            log.info("request requeued", request_id=item.request_id, attempt=attempt,
-                     resume_tokens=len(progress.token_ids))

@@ -22,7 +22,7 @@ class Active:
     model: str = ""  # served id of the engine running it
     owed_text: str = ""  # decoded by a previous attempt, never delivered: goes out first
     span: Any = None  # the request's "worker.generate" span, in the gateway's trace
-    error: str = ""  # set when the worker itself aborts it (forced unload): finishes as an error
+    item: work_pb2.WorkItem | None = None  # as read: a forced unload requeues it to resume elsewhere
 
 
 def engine_request(item: work_pb2.WorkItem) -> EngineRequest:
@@ -45,8 +45,6 @@ def outcome_of(out: TokenOutput, active: Active) -> str:
     if not out.finished:
         return ""
     reason = out.finish_reason
-    if reason == FinishReason.CANCELLED and active.error:
-        return "error"
     if reason == FinishReason.CANCELLED and 0 < active.deadline_unix_ms <= time.time() * 1000:
         return "deadline"
     return {FinishReason.STOP: "stop", FinishReason.LENGTH: "length",

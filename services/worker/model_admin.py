@@ -3,7 +3,8 @@
 A load runs its blocking part (reading weights, building the engine) on a thread of its
 own, so the other models' engine threads keep stepping and the event loop keeps streaming.
 An unload stops advertising the model first (an immediate heartbeat), then lets its
-requests finish (or, forced, ends them with an error), then frees it.
+requests finish (or, forced, hands them to other workers, each resuming right after what its
+client already received, as dead-worker recovery does), then frees it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from llmserve.common.errors import ResourceExhausted
 from llmserve.common.logging import get_logger
+from llmserve.gateway.handoff import ABANDONED, REQUEUED
 
 from .model_loading import build_engine, engine_memory_bytes, estimate_bytes, resolve_spec
 from .runtime import WorkerRuntime
@@ -29,7 +31,8 @@ log = get_logger(__name__)
 class Unloaded:
     served_id: str
     freed_bytes: int
-    cancelled: int  # requests a forced unload ended
+    cancelled: int  # requests a forced unload ended here: no client waited, or the hand-off failed
+    handed_off: int = 0  # requests a forced unload requeued to resume on another worker
 
 
 class ModelAdmin:
@@ -63,13 +66,12 @@ class ModelAdmin:
         return model
 
     async def unload(self, served_id: str, force: bool = False) -> Unloaded:
-        """Stop advertising `served_id`, drain (or with `force` cancel) its requests, free it."""
+        """Stop advertising `served_id`, drain (or with `force` hand off) its requests, free it."""
         model = self.models.begin_unload(served_id)
         await self.runtime.publish_load()
-        cancelled = 0
-        if force:
-            reason = f"model {served_id} was unloaded from worker {self.settings.worker_id}; retry the request"
-            cancelled = sum(self.runtime.cancel(rid, error=reason) for rid in self.runtime.requests_of(served_id))
+        outcomes = await self.runtime.hand_off(served_id) if force else []
+        handed_off = outcomes.count(REQUEUED)
+        cancelled = sum(1 for o in outcomes if o in (ABANDONED, "failed"))
         while self.runtime.requests_of(served_id) or model.engine.has_unfinished():
             await asyncio.sleep(0.02)
         freed = model.memory_bytes
@@ -78,8 +80,9 @@ class ModelAdmin:
             del model  # the last reference: the engine's memory goes with the collection below
             await asyncio.to_thread(_collect)
             await self.runtime.publish_load()
-            log.info("model unloaded", model=served_id, freed_bytes=freed, cancelled=cancelled)
-        return Unloaded(served_id, freed, cancelled)
+            log.info("model unloaded", model=served_id, freed_bytes=freed, handed_off=handed_off,
+                     cancelled=cancelled)
+        return Unloaded(served_id, freed, cancelled, handed_off)
 
 def _collect() -> None:
     # Engines hold reference cycles (runner <-> timer); collect now so the memory goes now.

@@ -20,6 +20,7 @@ from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_
 from llmserve.common.telemetry import extract_context
 from llmserve.common.v1 import work_pb2
 from llmserve.common.workers import WorkerLoad, publish_heartbeat, withdraw
+from llmserve.gateway.handoff import Handoff
 from llmserve.gateway.sink_client import OutChunk, SinkClient
 
 from .active import Active, engine_request, outcome_of
@@ -43,6 +44,7 @@ class WorkerRuntime:
         self.active: dict[str, Active] = {}
         self.sink = SinkClient(settings.worker_id, on_cancel=self.cancel)
         self.hand_back = HandBack(redis, self.stream)
+        self.handoff = Handoff(redis, self.sink)
         self.address = ""
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -70,16 +72,43 @@ class WorkerRuntime:
                                     functools.partial(self._record_step, model), name=f"engine-{model.served_id}")
         model.thread.start()
 
-    def cancel(self, request_id: str, error: str = "") -> bool:
-        """Abort a request held here; with `error`, its client hears that error, not CANCELLED."""
+    def cancel(self, request_id: str) -> bool:
+        """Abort a request held here (its client hears CANCELLED)."""
         active = self.active.get(request_id)
         model = self.models.find(active.model) if active else None
         if active is None or model is None:
             return False
-        active.error = active.error or error
         model.engine.abort_request(request_id)
         model.thread and model.thread.wake()
         return True
+
+    async def hand_off(self, served_id: str) -> list[str]:
+        """Stop every request of `served_id` here and resume each on another worker from what
+        its client already has (a forced unload); the handoff outcome of each."""
+        released = [self._release(rid) for rid in self.requests_of(served_id)]
+        return list(await asyncio.gather(*(self._resume_elsewhere(a) for a in released)))
+
+    def _release(self, request_id: str) -> Active:
+        """Forget a request without a word to its client: its engine outputs are dropped from now on."""
+        active = self.active.pop(request_id)
+        model = self.models.find(active.model)
+        if model is not None:
+            model.engine.abort_request(request_id)
+            model.thread and model.thread.wake()
+        active.span.set_attribute("llmserve.finish_reason", "handed_off")
+        active.span.end()
+        return active
+
+    async def _resume_elsewhere(self, active: Active) -> str:
+        item = active.item
+        try:
+            return await self.handoff.resume_elsewhere(self.stream, active.entry_id, item)
+        except RedisError as e:  # it cannot move: tell the client to retry rather than leave it waiting
+            log.warning("hand-off failed", request_id=item.request_id, error=type(e).__name__)
+            self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt + 1, 0, [], "", outcome="error",
+                                                    error=f"{item.model} was unloaded and the request could not "
+                                                          f"be moved to another worker; retry it")])  # fmt: skip
+            return "failed"
 
     def requests_of(self, served_id: str) -> list[str]:
         return [rid for rid, a in self.active.items() if a.model == served_id]
@@ -167,7 +196,7 @@ class WorkerRuntime:
         tokenizer = getattr(model.engine, "tokenizer", None)
         active = Active(entry.entry_id, item.reply_to, item.attempt, item.deadline_unix_ms, model.served_id,
                         owed_text(tokenizer, list(item.prompt_token_ids), list(item.resume_token_ids),
-                                  item.resume_text))
+                                  item.resume_text), item=item)
         active.span = _tracer.start_span(
             "worker.generate", context=extract_context(dict(item.trace_context)),
             attributes={"llmserve.request_id": item.request_id, "llmserve.worker": self.settings.worker_id,
@@ -188,7 +217,7 @@ class WorkerRuntime:
             by_gateway[active.reply_to].append(OutChunk(
                 out.request_id, active.attempt, out.index, out.token_ids, text,
                 outcome=outcome, prompt_tokens=out.prompt_tokens,
-                completion_tokens=out.completion_tokens, error=active.error or out.error or "",
+                completion_tokens=out.completion_tokens, error=out.error or "",
             ))
             if out.finished:
                 del self.active[out.request_id]

@@ -64,7 +64,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         except LLMServeError as e:
             await abort_with(context, e)
         return worker_pb2.UnloadModelResponse(served_id=done.served_id, freed_bytes=done.freed_bytes,
-                                              cancelled=done.cancelled)
+                                              cancelled=done.cancelled, handed_off=done.handed_off)
 
     async def ListModels(self, request, context):
         models = self.runtime.models

@@ -28,6 +28,7 @@ A, B = "tiny-a", "tiny-b"
 PROMPTS_A = ["The river bends twice before", "Seven ships sailed", "A quiet morning in"]
 PROMPTS_B = ["Once upon a time", "The capital of France is", "def fibonacci(n):"]
 FINISHED = (pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_STOP)
+N_FORCED = 480  # long enough that a forced unload lands mid-stream (the context is 512)
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +43,21 @@ def catalog(tiny_dirs):
 
 
 class Streams:
-    """Streams through the gateway, noting when each has its first token."""
+    """Streams through the gateway, noting when each has its first token and checking that
+    every completion index arrives exactly once, in order."""
 
     def __init__(self, stub):
         self.stub = stub
         self.started: list[asyncio.Event] = []
+        self.received: list[list[int]] = []  # the token ids each stream has got so far
 
     def start(self, model: str, prompt: str, max_tokens: int, request_id: str = "") -> asyncio.Task:
-        first = asyncio.Event()
+        first, got = asyncio.Event(), []
         self.started.append(first)
-        return asyncio.create_task(self._run(model, prompt, max_tokens, request_id, first))
+        self.received.append(got)
+        return asyncio.create_task(self._run(model, prompt, max_tokens, request_id, first, got))
 
-    async def _run(self, model, prompt, max_tokens, request_id, first) -> tuple[str, int]:
+    async def _run(self, model, prompt, max_tokens, request_id, first, got) -> tuple[str, int]:
         req = pb.GenerateRequest(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0,
                                  request_id=request_id)  # fmt: skip
         parts, finish = [], pb.FINISH_REASON_UNSPECIFIED
@@ -61,7 +65,11 @@ class Streams:
             parts.append(m.text)
             finish = m.finish_reason or finish
             if m.token_ids:
+                assert m.index == len(got), f"index {m.index} after {len(got)} tokens: missing or repeated"
+                got.extend(m.token_ids)
                 first.set()
+            if m.finish_reason:
+                assert m.usage.completion_tokens == len(got)
         return "".join(parts), finish
 
     async def all_started(self) -> None:
@@ -133,22 +141,83 @@ async def test_unloading_one_model_leaves_the_other_streams_untouched(redis_url,
     await r.aclose()
 
 
-async def test_forced_unload_ends_its_streams_with_an_error_and_spares_the_other(redis_url, tiny_dirs, catalog):
+def _worker_with(redis_url, worker_id: str, tiny_dirs, *served) -> object:
+    """A worker loading `served` (of A, B) from disk."""
+    dirs = {A: str(tiny_dirs[0]), B: str(tiny_dirs[1])}
+    return model_worker(redis_url, worker_id, models=[dirs[m] for m in served], device="cpu",
+                        kv_cache_bytes=1 << 20, max_num_seqs=8)  # fmt: skip
+
+
+async def _forced_unload_mid_stream(streams: Streams, admin, before=None):
+    """Start A's streams (w0 is the only worker with A), force-unload A on w0 once each has
+    tokens (after awaiting `before`, if given). Returns (tasks, reply, the token lists of the
+    streams, how many tokens each had when the unload began)."""
+    first = len(streams.received)
+    a_tasks = [streams.start(A, p, N_FORCED, request_id=f"forced-{i}") for i, p in enumerate(PROMPTS_A)]
+    await streams.all_started()
+    if before is not None:
+        await before
+    got = streams.received[first:]
+    had = [len(g) for g in got]
+    unloaded = await admin.UnloadModel(worker_pb2.UnloadModelRequest(served_id=A, force=True), timeout=60)
+    return a_tasks, unloaded, got, had
+
+
+async def _a_alone(streams: Streams) -> list[tuple[str, int]]:
+    return await asyncio.gather(*(streams.start(A, p, N_FORCED) for p in PROMPTS_A))
+
+
+async def test_forced_unload_resumes_its_streams_on_another_worker_exactly(redis_url, tiny_dirs, catalog):
+    """w1 serves A too: A's forced-unloaded streams continue there, each client's text exactly
+    the uninterrupted text, no index missing or repeated; B's streams are untouched."""
     stack_cm, worker_cm = await _two_model_stack(redis_url, tiny_dirs, catalog)
+    r = aioredis.Redis.from_url(redis_url)
+    async with stack_cm as stack, worker_cm as w0, _worker_with(redis_url, "w1", tiny_dirs, B) as w1, \
+            grpc.aio.insecure_channel(stack.gateway_address) as gw, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{w0.port}") as c0, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{w1.port}") as c1:
+        streams = Streams(generation_pb2_grpc.GenerationServiceStub(gw))
+        admin0, admin1 = worker_pb2_grpc.WorkerServiceStub(c0), worker_pb2_grpc.WorkerServiceStub(c1)
+        alone_a, alone_b = await _a_alone(streams), await _b_alone(streams)  # only w0 has A
+
+        b_tasks = [streams.start(B, p, 48) for p in PROMPTS_B]
+        load_a_on_w1 = admin1.LoadModel(worker_pb2.LoadModelRequest(ref=str(tiny_dirs[0])), timeout=60)
+        a_tasks, unloaded, got, had = await _forced_unload_mid_stream(streams, admin0, load_a_on_w1)
+
+        assert (unloaded.handed_off, unloaded.cancelled) == (len(PROMPTS_A), 0)
+        assert await asyncio.gather(*a_tasks) == alone_a  # resumed on w1: the uninterrupted text
+        assert await asyncio.gather(*b_tasks) == alone_b
+        for i, tokens in enumerate(had):
+            assert 0 < tokens < len(got[i]), (tokens, len(got[i]))  # the hand-off really was mid-stream
+            request = await r.hgetall(keys.request_key(f"forced-{i}"))
+            assert (request[b"worker"], request[b"attempt"]) == (b"w1", b"2")
+        assert await _holders(streams.stub) == {A: ["w1"], B: ["w0", "w1"]}
+        assert await r.xlen(keys.worker_stream("w0")) == 0  # nothing left behind on w0
+    await r.aclose()
+
+
+async def test_forced_unload_with_no_other_worker_waits_in_the_queue(redis_url, tiny_dirs, catalog):
+    """Nobody else serves A: its forced-unloaded requests wait in A's queue (their clients
+    still connected), then resume exactly once a worker with A comes up."""
+    stack_cm, worker_cm = await _two_model_stack(redis_url, tiny_dirs, catalog)
+    r = aioredis.Redis.from_url(redis_url)
     async with stack_cm as stack, worker_cm as w0, \
             grpc.aio.insecure_channel(stack.gateway_address) as gw, \
             grpc.aio.insecure_channel(f"127.0.0.1:{w0.port}") as wc:
         streams, admin = Streams(generation_pb2_grpc.GenerationServiceStub(gw)), worker_pb2_grpc.WorkerServiceStub(wc)
-        alone = await _b_alone(streams)
-        a_tasks = [streams.start(A, p, 400) for p in PROMPTS_A]
-        b_tasks = [streams.start(B, p, 48) for p in PROMPTS_B]
-        await streams.all_started()
-        unloaded = await admin.UnloadModel(worker_pb2.UnloadModelRequest(served_id=A, force=True), timeout=60)
-        assert unloaded.cancelled == len(PROMPTS_A)
-        for result in await asyncio.gather(*a_tasks, return_exceptions=True):
-            assert isinstance(result, grpc.aio.AioRpcError), result
-            assert result.code() == grpc.StatusCode.ABORTED and "unloaded" in result.details()
-        assert await asyncio.gather(*b_tasks) == alone
+        alone = await _a_alone(streams)
+        a_tasks, unloaded, got, had = await _forced_unload_mid_stream(streams, admin)
+        assert (unloaded.handed_off, unloaded.cancelled) == (len(PROMPTS_A), 0)
+        waited = [len(g) for g in got]
+        await asyncio.sleep(1.0)
+        assert not any(t.done() for t in a_tasks)  # waiting, their clients still connected
+        assert [len(g) for g in got] == waited and all(0 < h <= w for h, w in zip(had, waited, strict=True))
         with pytest.raises(grpc.aio.AioRpcError) as err:  # gone: a second unload finds nothing
             await admin.UnloadModel(worker_pb2.UnloadModelRequest(served_id=A), timeout=5)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        async with _worker_with(redis_url, "w1", tiny_dirs, A):
+            assert await asyncio.wait_for(asyncio.gather(*a_tasks), 60) == alone  # exact, resumed
+        for i, tokens in enumerate(waited):
+            assert tokens < len(got[i])
+            assert await r.hget(keys.request_key(f"forced-{i}"), "worker") == b"w1"
+    await r.aclose()

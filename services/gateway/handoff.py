@@ -1,0 +1,103 @@
+"""Handing a request's unfinished attempt to another worker, resuming where its client is.
+
+Shared by the scheduler's dead-worker recovery and a worker's forced unload (like
+`sink_client`, this is the client side of the gateway's token-sink protocol). First the next
+attempt is fenced at the gateway that owns the request: from then on it discards chunks of
+older attempts, so the old worker can no longer deliver, and it answers with what the client
+already received. Then the work item moves, in one atomic script, from the worker's stream
+back to its model's request stream with attempt+1 and that progress (`resume_token_ids`,
+`resume_text`); the next worker primes its engine with those tokens and continues at the
+next index, so the client sees every index exactly once. A request whose client is gone is
+dropped instead. Moves are guarded by XDEL, so of two paths racing for one entry (recovery
+of a worker that was only slow, and that worker's own unload) exactly one moves it.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from llmserve.common import redis_keys as keys
+from llmserve.common.logging import get_logger
+from llmserve.common.v1 import work_pb2
+
+from .sink_client import OutChunk, SinkClient, fence
+
+log = get_logger(__name__)
+
+# XACK too: a live worker's entry is in its group's pending list (a dead worker's is harmless).
+_MOVE = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XACK', KEYS[1], ARGV[5], ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
+redis.call('HSET', KEYS[3], 'state', ARGV[3], 'attempt', ARGV[4])
+return 1
+"""
+_FORGET = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XACK', KEYS[1], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[2], 'state', ARGV[2])
+return 1
+"""
+
+REQUEUED, ABANDONED, DEAD_LETTER, GONE = "requeued", "abandoned", "dead-letter", ""
+
+
+class Handoff:
+    """Moves work items out of a worker's stream to resume elsewhere (see the module docstring)."""
+
+    def __init__(self, redis: aioredis.Redis, sink: SinkClient):
+        self.sink = sink
+        self._move = redis.register_script(_MOVE)
+        self._forget = redis.register_script(_FORGET)
+
+    async def resume_elsewhere(
+        self, stream: str, entry_id, item: work_pb2.WorkItem, max_attempts: int | None = None
+    ) -> str:
+        """Fence attempt+1 and requeue `item` (entry `entry_id` of `stream`) to continue from what
+        its client has. Past `max_attempts` (None: no limit) it is dead-lettered and its client
+        gets an error. Returns REQUEUED, ABANDONED (no client waits), DEAD_LETTER, or GONE
+        (another path moved the entry first). `item` is updated in place."""
+        request = keys.request_key(item.request_id)
+        attempt = item.attempt + 1
+        progress = await fence(item.reply_to, item.request_id, attempt)
+        if progress is None:
+            moved = await self._forget(keys=[stream, request], args=[entry_id, ABANDONED, keys.WORKER_GROUP])
+            return ABANDONED if moved else GONE
+        item.attempt = attempt
+        if max_attempts is not None and attempt > max_attempts:
+            if not await self._move(
+                keys=[stream, keys.DEADLETTER_STREAM, request],
+                args=[entry_id, item.SerializeToString(), DEAD_LETTER, attempt, keys.WORKER_GROUP],
+            ):
+                return GONE
+            log.error("request failed on too many workers; dead-lettered", request_id=item.request_id)
+            self.sink.send(
+                item.reply_to,
+                [
+                    OutChunk(
+                        item.request_id,
+                        attempt,
+                        len(progress.token_ids),
+                        [],
+                        "",
+                        outcome="error",
+                        error=f"the request failed on {max_attempts} workers and was dead-lettered",
+                    )
+                ],
+            )
+            return DEAD_LETTER
+        del item.resume_token_ids[:]
+        item.resume_token_ids.extend(progress.token_ids)
+        item.resume_text = progress.text
+        if not await self._move(
+            keys=[stream, keys.request_stream(item.model), request],
+            args=[entry_id, item.SerializeToString(), REQUEUED, attempt, keys.WORKER_GROUP],
+        ):
+            return GONE
+        log.info(
+            "request requeued",
+            request_id=item.request_id,
+            attempt=attempt,
+            resume_tokens=len(progress.token_ids),
+        )
+        return REQUEUED
