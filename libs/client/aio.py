@@ -17,14 +17,14 @@ import grpc
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
 
-from .auth import Auth, resolve_auth
-from .balancer import Balancer, Balancing, parse_addresses
-from .client import DEFAULT_OPTIONS, _pick
+from .auth import Auth
+from .balancer import Balancing
+from .base import DEFAULT_OPTIONS, ClientBase
 from .retry import CallPlan, RetryPolicy
-from .types import Completion, StreamPiece, build_request, to_completion, to_piece
+from .types import Completion, StreamPiece, to_completion, to_piece
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """Async client with the retries, deadlines and load balancing of `Client`."""
 
     def __init__(
@@ -40,46 +40,25 @@ class AsyncClient:
         eject_cooldown_s: float = 2.0,
         options: Sequence[tuple[str, object]] = DEFAULT_OPTIONS,
     ):
-        parsed = parse_addresses(address, weights)
-        weighted = weights is not None or any(w != 1.0 for _, w in parsed)
-        self.balancer = Balancer(
-            parsed,
-            lambda a: _channel(a, options),
-            balancing or ("weighted" if weighted else "round_robin"),
-            eject_cooldown_s,
+        super().__init__(
+            address, api_key, timeout, auth=auth, retry=retry, balancing=balancing, weights=weights,
+            eject_cooldown_s=eject_cooldown_s, make_channel=lambda a: _channel(a, options),
         )
-        self.auth = resolve_auth(api_key, auth)
-        self.retry = retry or RetryPolicy()
-        self.timeout = timeout
 
     async def generate(
         self, model: str, prompt: str | None = None, *, messages=None, timeout: float | None = None, **params
     ) -> Completion:
-        request = build_request(model, prompt, messages, **params)
-        plan = CallPlan(self.retry, self.balancer, request.request_id, _pick(timeout, self.timeout))
-        while True:
-            endpoint, remaining = plan.next_attempt()
-            request.request_id = plan.request_id
-            try:
-                response = await endpoint.stub.Generate(
-                    request, metadata=self.auth.metadata(), timeout=remaining
-                )
-            except grpc.RpcError as e:
-                await asyncio.sleep(plan.after_error(e, endpoint))
-                continue
-            plan.succeeded(endpoint)
-            return to_completion(response)
+        request, plan = self._generation(model, prompt, messages, timeout, params)
+        return to_completion(await self._unary(plan, "Generate", request))
 
     async def stream(
         self, model: str, prompt: str | None = None, *, messages=None, timeout: float | None = None, **params
     ) -> AsyncIterator[StreamPiece]:
         """Pieces as the tokens are made. Retried only until the first piece arrives."""
-        request = build_request(model, prompt, messages, **params)
-        plan = CallPlan(self.retry, self.balancer, request.request_id, _pick(timeout, self.timeout))
+        request, plan = self._generation(model, prompt, messages, timeout, params)
         while True:
-            endpoint, remaining = plan.next_attempt()
-            request.request_id = plan.request_id
-            call = endpoint.stub.GenerateStream(request, metadata=self.auth.metadata(), timeout=remaining)
+            endpoint, call_args = self._attempt(plan, request)
+            call = endpoint.stub.GenerateStream(request, **call_args)
             delivered = 0
             try:
                 async for message in call:
@@ -94,18 +73,20 @@ class AsyncClient:
             await asyncio.sleep(delay)
 
     async def list_models(self, timeout: float | None = None) -> list[pb.ModelInfo]:
-        plan = CallPlan(self.retry, self.balancer, "-", _pick(timeout, self.timeout))
+        response = await self._unary(self._plan("-", timeout), "ListModels", pb.ListModelsRequest())
+        return list(response.models)
+
+    async def _unary(self, plan: CallPlan, method: str, request):
+        """`await stub.<method>(request)`, retried as `plan` says."""
         while True:
-            endpoint, remaining = plan.next_attempt()
+            endpoint, call_args = self._attempt(plan, request)
             try:
-                response = await endpoint.stub.ListModels(
-                    pb.ListModelsRequest(), metadata=self.auth.metadata(), timeout=remaining
-                )
+                response = await getattr(endpoint.stub, method)(request, **call_args)
             except grpc.RpcError as e:
                 await asyncio.sleep(plan.after_error(e, endpoint))
                 continue
             plan.succeeded(endpoint)
-            return list(response.models)
+            return response
 
     async def close(self) -> None:
         for channel in self.balancer.channels():

@@ -17,21 +17,14 @@ import grpc
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
 
-from .auth import Auth, resolve_auth
-from .balancer import Balancer, Balancing, parse_addresses
+from .auth import Auth
+from .balancer import Balancing
+from .base import DEFAULT_OPTIONS, ClientBase
 from .retry import CallPlan, RetryPolicy
-from .types import Completion, StreamPiece, build_request, to_completion, to_piece
-
-DEFAULT_OPTIONS = (
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    # Fail fast on a dead address (then fail over) instead of backing off for up to 2 minutes.
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.keepalive_time_ms", 30_000),
-)
+from .types import Completion, StreamPiece, to_completion, to_piece
 
 
-class Client:
+class Client(ClientBase):
     """Sync client: `Client(address(es), api_key=...)`; a context manager closes the channels.
 
     `address` is "host:port", a comma-separated list, or a list (`"host:port=3"` weighs an
@@ -51,17 +44,10 @@ class Client:
         eject_cooldown_s: float = 2.0,
         options: Sequence[tuple[str, object]] = DEFAULT_OPTIONS,
     ):
-        parsed = parse_addresses(address, weights)
-        weighted = weights is not None or any(w != 1.0 for _, w in parsed)
-        self.balancer = Balancer(
-            parsed,
-            lambda a: _channel(a, options),
-            balancing or ("weighted" if weighted else "round_robin"),
-            eject_cooldown_s,
+        super().__init__(
+            address, api_key, timeout, auth=auth, retry=retry, balancing=balancing, weights=weights,
+            eject_cooldown_s=eject_cooldown_s, make_channel=lambda a: _channel(a, options),
         )
-        self.auth = resolve_auth(api_key, auth)
-        self.retry = retry or RetryPolicy()
-        self.timeout = timeout
 
     @property
     def stub(self) -> generation_pb2_grpc.GenerationServiceStub:
@@ -71,29 +57,17 @@ class Client:
     def generate(
         self, model: str, prompt: str | None = None, *, messages=None, timeout: float | None = None, **params
     ) -> Completion:
-        request = build_request(model, prompt, messages, **params)
-        plan = CallPlan(self.retry, self.balancer, request.request_id, _pick(timeout, self.timeout))
-        while True:
-            endpoint, remaining = plan.next_attempt()
-            request.request_id = plan.request_id
-            try:
-                response = endpoint.stub.Generate(request, metadata=self.auth.metadata(), timeout=remaining)
-            except grpc.RpcError as e:
-                time.sleep(plan.after_error(e, endpoint))
-                continue
-            plan.succeeded(endpoint)
-            return to_completion(response)
+        request, plan = self._generation(model, prompt, messages, timeout, params)
+        return to_completion(self._unary(plan, "Generate", request))
 
     def stream(
         self, model: str, prompt: str | None = None, *, messages=None, timeout: float | None = None, **params
     ) -> Iterator[StreamPiece]:
         """Pieces as the tokens are made. Retried only until the first piece arrives."""
-        request = build_request(model, prompt, messages, **params)
-        plan = CallPlan(self.retry, self.balancer, request.request_id, _pick(timeout, self.timeout))
+        request, plan = self._generation(model, prompt, messages, timeout, params)
         while True:
-            endpoint, remaining = plan.next_attempt()
-            request.request_id = plan.request_id
-            call = endpoint.stub.GenerateStream(request, metadata=self.auth.metadata(), timeout=remaining)
+            endpoint, call_args = self._attempt(plan, request)
+            call = endpoint.stub.GenerateStream(request, **call_args)
             delivered = 0
             try:
                 for message in call:
@@ -108,18 +82,19 @@ class Client:
             time.sleep(delay)
 
     def list_models(self, timeout: float | None = None) -> list[pb.ModelInfo]:
-        plan = CallPlan(self.retry, self.balancer, "-", _pick(timeout, self.timeout))
+        return list(self._unary(self._plan("-", timeout), "ListModels", pb.ListModelsRequest()).models)
+
+    def _unary(self, plan: CallPlan, method: str, request):
+        """`stub.<method>(request)`, retried as `plan` says."""
         while True:
-            endpoint, remaining = plan.next_attempt()
+            endpoint, call_args = self._attempt(plan, request)
             try:
-                response = endpoint.stub.ListModels(
-                    pb.ListModelsRequest(), metadata=self.auth.metadata(), timeout=remaining
-                )
+                response = getattr(endpoint.stub, method)(request, **call_args)
             except grpc.RpcError as e:
                 time.sleep(plan.after_error(e, endpoint))
                 continue
             plan.succeeded(endpoint)
-            return list(response.models)
+            return response
 
     def close(self) -> None:
         for channel in self.balancer.channels():
@@ -135,7 +110,3 @@ class Client:
 def _channel(address: str, options) -> tuple[grpc.Channel, generation_pb2_grpc.GenerationServiceStub]:
     channel = grpc.insecure_channel(address, options=list(options))
     return channel, generation_pb2_grpc.GenerationServiceStub(channel)
-
-
-def _pick(timeout: float | None, default: float | None) -> float | None:
-    return timeout if timeout is not None else default

@@ -8,6 +8,7 @@ import time
 import grpc
 import pytest
 
+from llmserve.cli.redis_server import free_port
 from llmserve.client import (
     AsyncClient,
     BearerToken,
@@ -115,3 +116,17 @@ async def test_sync_client_fails_over_and_refreshes_bearer_tokens():
 
         assert "".join(await asyncio.to_thread(run)) == "ab"
     assert [a for _, a in down.calls + up.calls] == ["Bearer t1", "Bearer t2"]
+
+
+async def test_both_clients_list_models_past_a_dead_address():
+    async with FakeGateway(["ok"]) as up:
+        addresses = [f"127.0.0.1:{free_port()}", up.address]  # nothing listens on the first
+
+        def run():
+            with Client(addresses, retry=FAST) as client:
+                return client.list_models()
+
+        synced = await asyncio.to_thread(run)
+        async with AsyncClient(addresses, retry=FAST) as client:
+            awaited = await client.list_models()
+    assert [m.name for m in synced] == [m.name for m in awaited] == ["m"]
