@@ -84,6 +84,7 @@ def build_engine(spec: ModelSpec, settings: WorkerSettings) -> LLMEngine:
         kv_cache_bytes=settings.kv_cache_bytes, num_kv_blocks=settings.num_kv_blocks,
         gpu_memory_fraction=settings.gpu_memory_fraction, max_num_seqs=settings.max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens, num_threads=settings.num_threads,
+        quantization=settings.quantization,
     )  # fmt: skip
     if spec.format == formats.HF:
         return LLMEngine.from_config(config)
@@ -103,7 +104,7 @@ def engine_memory_bytes(engine) -> int:
     if runner is None:
         return int(getattr(engine, "memory_bytes", 0))
     seen: set[int] = set()
-    total = _tensor_bytes(runner, seen, depth=4)
+    total = _tensor_bytes(runner, seen, depth=5)  # runner.model.layers[i].qkv.qweight (int8)
     if isinstance(runner, HFModelRunner):
         cfg = runner.model.config
         elem = next(iter(runner.model.parameters()), torch.empty(0)).element_size()

@@ -36,6 +36,9 @@ class WorkerSettings(ServiceSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
     dtype: str | None = Field(None, description="float32, bfloat16 or float16; unset: fp32 on CPU, bf16 on GPU.")
+    quantization: Literal["w8a8"] | None = Field(
+        None, description="w8a8: int8 weights x per-token int8 activations (SmoothQuant), CPU fast path only; "
+        "the fastest CPU mode (docs/engine.md). Unset: weights in dtype.")
     kv_cache_bytes: int | None = Field(
         None, ge=1,
         description="KV cache budget per model; unset: 512 MiB on CPU, on CUDA what gpu_memory_fraction "

@@ -79,6 +79,10 @@ class EngineConfig:
     """Longest context a captured decode graph covers; longer decode steps run eagerly.
     Graphs are captured per context bucket (powers of two in blocks) up to this."""
 
+    quantization: str | None = None
+    """`"w8a8"`: int8 weights and per-token int8 activations with SmoothQuant (`w8a8.py`), CPU
+    only, Llama-family fast path, float32 activations. None: weights in `dtype`."""
+
     force_fallback: bool = False
     """Use the generic transformers path even for Llama-family models (tests, debugging)."""
 
@@ -109,3 +113,7 @@ class EngineConfig:
         if not 0.0 < self.gpu_memory_fraction <= 1.0:
             raise ValueError("gpu_memory_fraction must be in (0, 1]")
         self.torch_dtype()
+        if self.quantization not in (None, "w8a8"):
+            raise ValueError(f"quantization must be None or 'w8a8', not {self.quantization!r}")
+        if self.quantization and (self.torch_device().type != "cpu" or self.torch_dtype() != torch.float32):
+            raise ValueError("quantization='w8a8' runs on the CPU with float32 activations (device cpu, dtype float32)")

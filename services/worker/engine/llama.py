@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import AttentionMetadata, paged_attention
+from .w8a8 import Int8Weight, int8_linear
 
 SUPPORTED_MODEL_TYPES = {"llama", "mistral", "qwen2"}
 
@@ -52,7 +53,8 @@ class LayerWeights:
 class LlamaFastModel:
     """The fast-path model: weights plus a `forward` over a ragged, paged batch."""
 
-    def __init__(self, hf_model, device: torch.device, dtype: torch.dtype, max_positions: int):
+    def __init__(self, hf_model, device: torch.device, dtype: torch.dtype, max_positions: int,
+                 quantization: str | None = None):
         cfg = hf_model.config
         self.config = cfg
         self.num_layers = cfg.num_hidden_layers
@@ -66,18 +68,24 @@ class LlamaFastModel:
         # Measured on a 2-core AVX-512 CPU: fp32 GEMMs with small M run ~1.5x faster on a
         # row-major [in, out] right operand (`x @ w`); bf16 (oneDNN) prefers [out, in].
         self.transposed = device.type == "cpu" and dtype == torch.float32
+        # W8A8 (w8a8.py): projections and lm_head as int8; the caller smoothed hf_model first.
+        self.int8 = quantization == "w8a8"
         self._load_weights(hf_model)
         self._build_rope(hf_model, max_positions)
 
     def _t(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach().to(device=self.device, dtype=self.dtype).contiguous()
 
-    def _w(self, *weights: torch.Tensor) -> torch.Tensor:
+    def _w(self, *weights: torch.Tensor) -> torch.Tensor | Int8Weight:
         """Fuse [out, in] weights along `out`; store as `_mm` wants them."""
         fused = torch.cat(weights)
+        if self.int8:
+            return Int8Weight.quantize(fused)
         return self._t(fused.t() if self.transposed else fused)
 
-    def _mm(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def _mm(self, x: torch.Tensor, w, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(w, Int8Weight):
+            return int8_linear(x, w, bias)
         if not self.transposed:
             return F.linear(x, w, bias)
         return x @ w if bias is None else torch.addmm(bias, x, w)
@@ -89,6 +97,8 @@ class LlamaFastModel:
         self.lm_head = self._t(hf_model.lm_head.weight)
         if hf_model.lm_head.weight.data_ptr() == base.embed_tokens.weight.data_ptr():
             self.lm_head = self.embed  # tied embeddings: keep one copy
+        if self.int8:
+            self.lm_head = Int8Weight.quantize(hf_model.lm_head.weight)
         self.layers = []
         for layer in base.layers:
             at, mlp = layer.self_attn, layer.mlp
@@ -168,4 +178,6 @@ class LlamaFastModel:
             hidden = hidden + self._mm(F.silu(gate) * up, layer.down)
         hidden = hidden.index_select(0, logits_indices)
         hidden = F.rms_norm(hidden, norm_shape, self.final_norm, self.eps)
+        if self.int8:
+            return int8_linear(hidden, self.lm_head)
         return F.linear(hidden, self.lm_head).float()

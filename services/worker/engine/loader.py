@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import logging
 import sys
@@ -9,7 +10,7 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from . import llama
+from . import llama, w8a8
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .fallback import HFModelRunner
@@ -53,10 +54,15 @@ def load_engine_parts(config: EngineConfig, hf_model=None, tokenizer=None) -> di
         tokenizer = AutoTokenizer.from_pretrained(str(config.model))
     if hf_model is None:
         hf_model = AutoModelForCausalLM.from_pretrained(str(config.model), dtype=dtype)
+    elif config.quantization:
+        hf_model = copy.deepcopy(hf_model)  # quantizing rewrites weights: not the caller's model
     hf_model.eval()
     context_len = _context_length(hf_model.config)
+    if config.quantization and (config.force_fallback or not llama.is_supported(hf_model.config)):
+        raise ValueError(f"quantization={config.quantization!r} needs the Llama-family fast path; "
+                         f"{hf_model.config.model_type!r} runs on the transformers fallback")
     if not config.force_fallback and llama.is_supported(hf_model.config):
-        runner = _build_paged_runner(config, hf_model, device, dtype, context_len)
+        runner = _build_paged_runner(config, hf_model, device, dtype, context_len, tokenizer)
         del hf_model  # the fast path copied what it needs
         prefix = config.enable_prefix_caching
     else:
@@ -110,9 +116,11 @@ def _num_blocks(config: EngineConfig, bytes_per_token: int, device: torch.device
     return budget // per_block
 
 
-def _build_paged_runner(config, hf_model, device, dtype, context_len) -> PagedModelRunner:
+def _build_paged_runner(config, hf_model, device, dtype, context_len, tokenizer) -> PagedModelRunner:
     max_len = config.max_model_len or context_len
-    model = llama.LlamaFastModel(hf_model, device, dtype, max_positions=max_len)
+    if config.quantization == "w8a8":
+        w8a8.smooth_(hf_model, w8a8.calibrate(hf_model, tokenizer))
+    model = llama.LlamaFastModel(hf_model, device, dtype, max_positions=max_len, quantization=config.quantization)
     num_blocks = _num_blocks(config, model.kv_bytes_per_token(), device)
     max_len = min(max_len, num_blocks * config.block_size)
     runner = PagedModelRunner(model, num_blocks, config.block_size, max_len)
