@@ -6,7 +6,6 @@ Clients are the real ones: the official `openai` package, httpx reading raw SSE,
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
@@ -16,6 +15,7 @@ import redis.asyncio as aioredis
 import websockets
 
 from llmserve.gateway.catalog import ModelCatalog
+from tests.support.polling import wait_for
 from tests.support.scripted_engine import ScriptedEngine
 from tests.support.stack import API_KEY, MODEL, running_stack
 
@@ -114,14 +114,6 @@ async def test_websocket_streams_tokens_and_reports_errors(redis_url, catalog):
             assert json.loads(await ws.recv())["status"] == 401
 
 
-async def wait_until(predicate, timeout=5.0):
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()
-
-
 async def streams_held(redis_url) -> int:
     r = aioredis.Redis.from_url(redis_url)
     try:
@@ -142,7 +134,7 @@ async def test_http_disconnect_and_websocket_close_cancel_the_request(redis_url,
             while not (await anext(lines)).startswith("data: "):
                 pass
         # the client closed the connection mid-stream
-        assert await wait_until(lambda: "sse-bye" in engine._aborted and not engine.has_unfinished())
+        await wait_for(lambda: "sse-bye" in engine._aborted and not engine.has_unfinished(), timeout=5)
 
         url = f"ws://127.0.0.1:{stack.gateway.service.http_port}/v1/ws"
         async with websockets.connect(url, additional_headers=HEADERS) as ws:
@@ -150,6 +142,6 @@ async def test_http_disconnect_and_websocket_close_cancel_the_request(redis_url,
                 json.dumps({"model": MODEL, "prompt": "go", "max_tokens": 1000, "request_id": "ws-bye"})
             )
             assert json.loads(await ws.recv())["type"] == "token"
-        assert await wait_until(lambda: "ws-bye" in engine._aborted and not engine.has_unfinished())
-        assert await wait_until(lambda: stack.gateway.service.limiter.live_leases == 0)
+        await wait_for(lambda: "ws-bye" in engine._aborted and not engine.has_unfinished(), timeout=5)
+        await wait_for(lambda: stack.gateway.service.limiter.live_leases == 0, timeout=5)
         assert await streams_held(redis_url) == 0

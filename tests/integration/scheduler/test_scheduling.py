@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 
 import redis.asyncio as aioredis
@@ -18,6 +19,7 @@ from llmserve.scheduler.app import SchedulerService
 from llmserve.scheduler.settings import SchedulerSettings
 from llmserve.worker.app import WorkerService
 from llmserve.worker.settings import WorkerSettings
+from tests.support import polling
 from tests.support.scripted_engine import ScriptedEngine
 from tests.support.workload import MODEL, enqueue, work_item
 
@@ -43,11 +45,8 @@ async def schedulers(redis_url: str, n: int = 1, **overrides):
         yield apps
 
 
-async def wait_for(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
+# A thousand requests through real Redis on shared CPUs: more patience than the default.
+wait_for = functools.partial(polling.wait_for, timeout=30.0, interval=0.02)
 
 
 async def test_two_schedulers_dispatch_each_of_1000_requests_exactly_once(redis_url):

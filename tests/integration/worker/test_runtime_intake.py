@@ -3,7 +3,6 @@ dispatch but before the worker read it still ends CANCELLED, and expired work ne
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import grpc
@@ -11,6 +10,7 @@ import redis.asyncio as aioredis
 
 from llmserve.common import redis_keys as keys
 from llmserve.gateway.internal.v1 import token_sink_pb2, token_sink_pb2_grpc
+from tests.support.polling import wait_for
 from tests.support.scripted_engine import ScriptedEngine
 from tests.support.stack import running_worker
 from tests.support.workload import work_item
@@ -33,13 +33,6 @@ class RecordingSink(token_sink_pb2_grpc.TokenSinkServiceServicer):
         return ends[-1] if ends else None
 
 
-async def _until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 async def test_cancelled_before_read_ends_cancelled_and_expired_work_never_runs(redis_url):
     sink = RecordingSink()
     server = grpc.aio.server()
@@ -58,14 +51,14 @@ async def test_cancelled_before_read_ends_cancelled_and_expired_work_never_runs(
                      work_item("kept", max_tokens=5, reply_to=reply_to)]
             for item in items:
                 await r.xadd(stream, {keys.PAYLOAD_FIELD: item.SerializeToString()})
-            await _until(lambda: all(sink.outcome(i) for i in ("gone", "late", "kept")))
+            await wait_for(lambda: all(sink.outcome(i) for i in ("gone", "late", "kept")))
             assert sink.outcome("gone") == token_sink_pb2.OUTCOME_CANCELLED
             assert sink.outcome("late") == token_sink_pb2.OUTCOME_DEADLINE_EXCEEDED
             assert sink.outcome("kept") == token_sink_pb2.OUTCOME_LENGTH
             assert "late" not in engine.seen  # expired work never reaches the engine
             gone_tokens = sum(len(c.token_ids) for c in sink.chunks if c.request_id == "gone")
             assert gone_tokens < 500  # stopped, not run to its end
-            await _until(lambda: not engine.has_unfinished())
+            await wait_for(lambda: not engine.has_unfinished())
     finally:
         await r.aclose()
         await server.stop(None)
