@@ -11,13 +11,14 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from llmserve.common.models import formats
 
 
-def tiny_llama(seed: int) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-        initializer_range=0.2,  # decisive logits: greedy text does not depend on batch makeup
-    )  # fmt: skip
+def tiny_llama(seed: int, **overrides) -> LlamaForCausalLM:
+    """The tiny Llama with weights drawn from `seed`; `overrides` change its LlamaConfig."""
+    config = LlamaConfig(**{
+        "vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+        "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2,
+        "initializer_range": 0.2,  # decisive logits: greedy text does not depend on batch makeup
+    } | overrides)  # fmt: skip
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).eval()
 

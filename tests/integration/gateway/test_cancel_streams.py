@@ -12,8 +12,6 @@ import time
 import grpc
 import pytest
 import redis.asyncio as aioredis
-import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
 
 from llmserve.gateway.catalog import ModelCatalog
 from llmserve.gateway.ratelimit_scripts import tenant_keys
@@ -23,6 +21,7 @@ from llmserve.worker.engine.config import EngineConfig
 from llmserve.worker.engine.llm_engine import LLMEngine
 from llmserve.worker.engine.types import FinishReason
 from tests.support.stack import API_KEY, MODEL, running_stack
+from tests.support.tiny_models import tiny_llama
 
 STREAMS, CANCELLED, FULL_LENGTH = 100, 10, 48
 AUTH = (("authorization", f"Bearer {API_KEY}"),)
@@ -85,20 +84,7 @@ def catalog():
 
 def tiny_engine(catalog) -> LLMEngine:
     served = catalog.get(MODEL)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        vocab_size=len(served.tokenizer),
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = tiny_llama(0)
     engine = LLMEngine.from_model(
         EngineConfig(
             model=served.path, device="cpu", num_kv_blocks=1024, max_num_seqs=128, max_num_batched_tokens=1024

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from llmserve.common.models import formats
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+from tests.support.tiny_models import tiny_llama
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +17,9 @@ def tokenizer(model_path):
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory, tokenizer):
     """The tiny model as a safetensors Hugging Face directory."""
-    return formats.save_hf_dir(tiny_llama(), tokenizer, tmp_path_factory.mktemp("tiny") / "hf")
+    # Shorter context and the default initializer: the tolerances of these tests were set on it.
+    model = tiny_llama(0, max_position_embeddings=256, initializer_range=0.02)
+    return formats.save_hf_dir(model, tokenizer, tmp_path_factory.mktemp("tiny") / "hf")
 
 
 @pytest.fixture
