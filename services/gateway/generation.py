@@ -7,10 +7,8 @@ import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from opentelemetry import trace
-from redis.exceptions import RedisError
 
 from llmserve.common.errors import (
     AlreadyExists,
@@ -23,11 +21,11 @@ from llmserve.common.errors import (
 )
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import GatewayMetrics, status_label
-from llmserve.common.workers import registry_snapshot
 
 from .auth import Authenticator, Identity
 from .catalog import ModelCatalog
 from .inflight import Event, FinishEvent, InflightRegistry, TokenEvent
+from .model_list import ModelLister, ModelStatus
 from .ratelimit import RateLimiter
 from .request_queue import RequestQueue
 from .routing import ModelRouter
@@ -56,6 +54,7 @@ class GenerationService:
         self.draining = False
         self.metrics = GatewayMetrics()
         self.router = ModelRouter(catalog, redis, settings)
+        self.lister = ModelLister(catalog, self.router, redis)
 
     async def identify(self, authorization: str | None) -> Identity:
         return await self.auth.authenticate(authorization)
@@ -90,7 +89,7 @@ class GenerationService:
         return dataclasses.replace(job, lease=lease, received_at=received_at)
 
     async def list_models(self) -> list[ModelStatus]:
-        return await list_models(self.catalog, self.redis)
+        return await self.lister.list()
 
     async def stream(self, job: Job, timeout_s: float | None) -> AsyncIterator[Event]:
         """Enqueue the job and yield its events until it finishes.
@@ -206,25 +205,3 @@ class _Usage:
     def total(self) -> int:
         return self.final if self.final is not None else self.prompt + self.completion
 
-
-@dataclass
-class ModelStatus:
-    name: str
-    context_length: int
-    ready_workers: int
-    worker_ids: list[str] = dataclasses.field(default_factory=list)  # live workers that have it loaded
-
-
-async def list_models(catalog: ModelCatalog, redis) -> list[ModelStatus]:
-    """Served models with the live workers that have each loaded (none when Redis is unreachable)."""
-    try:
-        live, _ = await registry_snapshot(redis)
-    except RedisError:
-        live = []
-    out = []
-    for name in catalog.names():
-        model = catalog.get(name)
-        holders = [w for w in live if name in w.models]
-        ready = sum(1 for w in holders if not w.draining)
-        out.append(ModelStatus(name, model.context_length, ready, sorted(w.worker_id for w in holders)))
-    return out

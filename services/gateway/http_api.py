@@ -23,6 +23,7 @@ from llmserve.common.logging import get_logger
 
 from .generation import GenerationService
 from .inflight import TokenEvent
+from .model_list import ModelStatus
 from .openai_format import OpenAIRequest, ResponseBuilder, error_body, parse_body
 from .ws_api import websocket_endpoint
 
@@ -109,6 +110,7 @@ class _Api:
                 "context_length": m.context_length,
                 "ready_workers": m.ready_workers,
                 "workers": m.worker_ids,
+                **(_registry_fields(m) if m.registry else {}),
             }
             for m in models
             if identity.models is None or m.name in identity.models
@@ -139,6 +141,17 @@ class _Api:
                 raise PayloadTooLarge(f"the body is over max_request_bytes ({self.max_bytes})")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _registry_fields(m: ModelStatus) -> dict:
+    """A registry model's aliases and served versions in `/v1/models` (extra fields, which the
+    OpenAI SDKs ignore; any served id `name@vN` is a valid `model` too)."""
+    return {
+        "registry": True,
+        "aliases": {a.alias: {"version": a.version, "split": a.split} for a in m.aliases},
+        "versions": [{"id": v.served_id, "ready_workers": v.ready_workers, "workers": v.worker_ids}
+                     for v in m.versions],
+    }  # fmt: skip
 
 
 def _timeout(value: str | None) -> float | None:

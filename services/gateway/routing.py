@@ -141,11 +141,15 @@ class ModelRouter:
                 version = target  # an explicit version: no split, no fallback
             else:
                 version = await self._pick(name, target, tenant if self.sticky_by == "tenant" else request_id)
-            found = await self._version(name, version)
+            model = await self.served_model(name, version)
         except RedisError as e:
             raise Unavailable(f"model registry unreachable: {type(e).__name__}", retry_after_s=1.0) from e
-        base = await self._load(found)
-        return Route(dataclasses.replace(base, name=found.ref), name)
+        return Route(model, name)
+
+    async def served_model(self, name: str, version: str) -> ServedModel:
+        """`name@version` with its tokenizer and context length (loaded once per weights path)."""
+        found = await self._version(name, version)
+        return dataclasses.replace(await self._load(found), name=found.ref)
 
     async def _pick(self, name: str, alias_name: str, key: str) -> str:
         view = await self._aliases.get((name, alias_name), lambda: self._fetch_alias(name, alias_name))

@@ -14,6 +14,7 @@ from llmserve.gateway.v1 import generation_pb2_grpc
 
 from .generation import GenerationService
 from .inflight import Chunk, FinishEvent, InflightRegistry, TokenEvent
+from .model_list import ModelStatus
 from .validation import GenerateParams
 
 log = get_logger(__name__)
@@ -51,6 +52,16 @@ def params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
 def _usage(event: FinishEvent) -> pb.Usage:
     return pb.Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
                     total_tokens=event.prompt_tokens + event.completion_tokens)
+
+
+def _model_info(m: ModelStatus) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        name=m.name, context_length=m.context_length, ready_workers=m.ready_workers, worker_ids=m.worker_ids,
+        registry=m.registry,
+        aliases=[pb.ModelAlias(alias=a.alias, version=a.version, split=a.split) for a in m.aliases],
+        versions=[pb.ModelVersionInfo(served_id=v.served_id, ready_workers=v.ready_workers, worker_ids=v.worker_ids)
+                  for v in m.versions],
+    )  # fmt: skip
 
 
 def _authorization(context: grpc.aio.ServicerContext) -> str | None:
@@ -92,11 +103,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
     async def ListModels(self, request, context):
         models = await self.service.list_models()
-        return pb.ListModelsResponse(models=[
-            pb.ModelInfo(name=m.name, context_length=m.context_length, ready_workers=m.ready_workers,
-                         worker_ids=m.worker_ids)
-            for m in models
-        ])
+        return pb.ListModelsResponse(models=[_model_info(m) for m in models])
 
     async def _admit(self, request, context):
         return await self.service.admit(_authorization(context), params_from_pb(request))
