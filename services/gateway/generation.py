@@ -89,7 +89,7 @@ class GenerationService:
         return dataclasses.replace(job, lease=lease, received_at=received_at)
 
     async def list_models(self) -> list[ModelStatus]:
-        return await self.lister.list()
+        return await self.lister.listing()
 
     async def stream(self, job: Job, timeout_s: float | None) -> AsyncIterator[Event]:
         """Enqueue the job and yield its events until it finishes.

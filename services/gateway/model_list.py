@@ -71,7 +71,7 @@ class ModelLister:
         self.redis = redis
         self._last_registry: list[ModelStatus] = []
 
-    async def list(self) -> list[ModelStatus]:
+    async def listing(self) -> list[ModelStatus]:
         try:
             live: list[WorkerLoad] | None = (await registry_snapshot(self.redis))[0]
         except RedisError:
