@@ -162,7 +162,7 @@ class W8A8Linear(torch.nn.Module):
 def quantize_model_(hf_model, tokenizer) -> None:
     """Calibrate, smooth and swap every Linear for `W8A8Linear`, in place (evaluation)."""
     smooth_(hf_model, calibrate(hf_model, tokenizer))
-    for name, module in list(hf_model.named_modules()):
+    for _name, module in list(hf_model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear):
                 setattr(module, child_name, W8A8Linear(child))
