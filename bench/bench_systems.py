@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import statistics
 import threading
 import time
@@ -12,6 +13,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from llmserve.common.stats import quantile
+from llmserve.worker.engine import w8a8
 from llmserve.worker.engine.attention import AttentionMetadata, PrefillChunk
 from llmserve.worker.engine.config import EngineConfig
 from llmserve.worker.engine.llama import LlamaFastModel
@@ -91,7 +93,7 @@ class EngineSystem:
         cfg = EngineConfig(
             model="bench",
             device=device,
-            dtype=dtype,
+            **engine_mode(dtype),
             num_threads=None if gpu else threads,
             max_num_seqs=max_seqs,
             max_num_batched_tokens=8192 if gpu else 512,
@@ -257,8 +259,19 @@ def greedy_agreement(base: dict, other: dict) -> dict:
     }
 
 
-def _fast_model_nll(hf_model, ids: list[int], dtype: torch.dtype, device: str) -> float:
-    model = LlamaFastModel(hf_model, torch.device(device), dtype, max_positions=len(ids) + 1)
+def engine_mode(name: str) -> dict:
+    """EngineConfig fields for a benchmarked mode: a dtype name, or `w8a8` (fp32 activations,
+    int8 weights and activations in the projections)."""
+    return {"dtype": "float32", "quantization": "w8a8"} if name == "w8a8" else {"dtype": name}
+
+
+def _fast_model_nll(hf_model, tokenizer, ids: list[int], mode: str, device: str) -> float:
+    cfg = EngineConfig(model="x", **engine_mode(mode))
+    if cfg.quantization:
+        hf_model = copy.deepcopy(hf_model)
+        w8a8.smooth_(hf_model, w8a8.calibrate(hf_model, tokenizer))
+    model = LlamaFastModel(hf_model, torch.device(device), cfg.torch_dtype(), max_positions=len(ids) + 1,
+                           quantization=cfg.quantization)
     n = len(ids)
     caches = model.allocate_kv_cache(n)
     dev = torch.device(device)
@@ -273,9 +286,8 @@ def _fast_model_nll(hf_model, ids: list[int], dtype: torch.dtype, device: str) -
 def perplexity_delta(hf_model, tokenizer, dtype_name: str, device: str) -> dict:
     """Perplexity of a fixed paragraph under the engine's forward, fp32 against `dtype_name`."""
     ids = tokenizer.encode(PPL_TEXT)
-    dtype = EngineConfig(model="x", dtype=dtype_name).torch_dtype()
-    base = _fast_model_nll(hf_model, ids, torch.float32, device)
-    other = _fast_model_nll(hf_model, ids, dtype, device)
+    base = _fast_model_nll(hf_model, tokenizer, ids, "float32", device)
+    other = _fast_model_nll(hf_model, tokenizer, ids, dtype_name, device)
     return {
         "tokens": len(ids),
         "ppl_fp32": float(torch.exp(torch.tensor(base))),

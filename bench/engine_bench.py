@@ -46,7 +46,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, nargs="*", help="default: 1 4 16 32 (CPU), 1 16 64 256 (GPU)")
     p.add_argument("--new-tokens", type=int, help="default: 64 (CPU), 128 (GPU)")
     p.add_argument(
-        "--dtypes", nargs="*", help="engine dtypes; default: float32 bfloat16 (CPU), bfloat16 (GPU)"
+        "--dtypes", nargs="*",
+        help="engine modes (a dtype, or w8a8); default: float32 bfloat16 w8a8 (CPU), bfloat16 (GPU)"
     )
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--no-baselines", action="store_true")
@@ -60,7 +61,7 @@ def settings(args) -> dict:
     s = {
         "concurrency": args.concurrency or ([1, 16, 64, 256] if gpu else [1, 4, 16, 32]),
         "new_tokens": args.new_tokens or (128 if gpu else 64),
-        "dtypes": args.dtypes or (["bfloat16"] if gpu else ["float32", "bfloat16"]),
+        "dtypes": args.dtypes or (["bfloat16"] if gpu else ["float32", "bfloat16", "w8a8"]),
         "prompt_len": 128 if gpu else None,
     }
     if args.quick:

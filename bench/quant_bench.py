@@ -79,6 +79,11 @@ def measure_variant(variant: str, model_dir: str, tokens: int, repeats: int, thr
         model = loaded.model
     elif variant == "int8-all":
         model = quantize.quantize_int8_dynamic(loaded.model, per_channel=False, skip=())
+    elif variant == "w8a8":  # the engine's W8A8 numerics inside the transformers model
+        from llmserve.worker.engine import w8a8
+
+        model = loaded.model
+        w8a8.quantize_model_(model, loaded.tokenizer)
     else:
         model = quantize.apply(loaded.model, variant)
     _trim()

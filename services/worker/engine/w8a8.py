@@ -150,12 +150,14 @@ class W8A8Linear(torch.nn.Module):
 
     def __init__(self, linear: torch.nn.Linear):
         super().__init__()
-        self.weight8 = Int8Weight.quantize(linear.weight)
+        w = Int8Weight.quantize(linear.weight)
+        self.register_buffer("qweight", w.qweight)  # buffers: counted and moved with the model
+        self.register_buffer("scale", w.scale)
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        out = int8_linear(x.reshape(-1, shape[-1]).float(), self.weight8, self.bias)
+        out = int8_linear(x.reshape(-1, shape[-1]).float(), Int8Weight(self.qweight, self.scale), self.bias)
         return out.view(*shape[:-1], -1)
 
 
