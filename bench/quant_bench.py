@@ -38,7 +38,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TEXT = HERE / "data" / "perplexity.txt"
 RESULTS = HERE / "results"
-VARIANTS = ("fp32", "int8", "int8-all", "bf16")
+VARIANTS = ("fp32", "int8", "int8-all", "bf16", "w8a8")
 PROMPT = "Write a short story about a lighthouse keeper who"
 
 
@@ -147,7 +147,7 @@ def _machine(args) -> dict:
 def write_markdown(report: dict, path: Path) -> None:
     m = report["machine"]
     lines = [
-        "# Quantization on CPU: fp32 vs int8 dynamic vs bf16",
+        "# Quantization on CPU: fp32 vs int8 dynamic vs bf16 vs w8a8",
         "",
         f"Model `{Path(m['model']).name}`, torch {m['torch']} ({m['quantized_engine']} int8 kernels), "
         f"{m['threads']} thread(s) on a {m['cores']}-core machine shared with other jobs "
@@ -159,6 +159,9 @@ def write_markdown(report: dict, path: Path) -> None:
         "safetensors mmap first, so `model RSS` (RSS minus the process before loading: torch, "
         "transformers) is the variant's own weights plus runtime buffers. Peak RSS includes the fp32 "
         "model the other variants are made from.",
+        "`w8a8` is the engine's CPU mode (int8 weights x per-token int8 activations, SmoothQuant) run "
+        "inside the transformers model: its perplexity is the engine's, its decode speed is not (the "
+        "engine's own is in `engine-cpu.md`).",
         "",
         "| variant | weights MiB | model RSS MiB | RSS MiB | peak RSS MiB | decode tok/s | vs fp32 | perplexity | Δ ppl | same greedy text |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
