@@ -47,14 +47,27 @@ class HttpTarget:
             "stream": True,
             **{k: prompt[k] for k in ("temperature", "seed") if k in prompt},
         }
-        async with self.http.stream("POST", "/v1/chat/completions", json=body) as response:
-            response.raise_for_status()
-            async for line in response.aiter_lines():
-                if not line.startswith("data:") or line.strip() == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[5:])
-                delta = (chunk.get("choices") or [{}])[0].get("delta", {})
-                yield 1 if delta.get("content") else 0
+        import httpx
+
+        started = False
+        for attempt in (1, 2):
+            try:
+                async with self.http.stream("POST", "/v1/chat/completions", json=body) as response:
+                    response.raise_for_status()
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                            continue
+                        chunk = json.loads(line[5:])
+                        delta = (chunk.get("choices") or [{}])[0].get("delta", {})
+                        started = True
+                        yield 1 if delta.get("content") else 0
+                return
+            except httpx.RemoteProtocolError:
+                # A server that closes keep-alive connections after N requests (cpp-httplib, in
+                # llama-server, after 5) races a client reusing one: the request was never read,
+                # so sending it again on a fresh connection is what browsers and urllib3 do.
+                if attempt == 2 or started:
+                    raise
 
     async def close(self) -> None:
         await self.http.aclose()
