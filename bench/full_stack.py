@@ -139,8 +139,48 @@ def to_markdown(systems: dict[str, list[dict]], meta: dict) -> str:
             ttft = r.get("ttft_p50_ms")
             cells.append(f"{r['output_tok_s']:.1f}" + (f" ({ttft:.0f})" if ttft else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("\nPlots: `bench/results/stack/throughput.png`, `bench/results/stack/latency.png`.")
+    lines += _ratios(systems, max(levels))
+    lines.append("\nPlots: `bench/results/full-stack.png` (every system), `bench/results/stack/throughput.png`, "
+                 "`bench/results/stack/latency.png` (llmserve gRPC).")
     return "\n".join(lines) + "\n"
+
+
+def _ratios(systems: dict[str, list[dict]], level: int) -> list[str]:
+    """How llmserve over gRPC compares with each other system at the highest level."""
+    def rate(name: str) -> float | None:
+        row = next((r for r in systems.get(name, []) if r["level"] == level), None)
+        return row["output_tok_s"] if row else None
+
+    ours = rate("llmserve (gRPC)")
+    if not ours:
+        return []
+    out = [f"\nAt {level} streams llmserve (gRPC) makes:"]
+    out += [f"- {ours / rate(name):.2f}x the output tok/s of {name}" for name in systems
+            if not name.startswith("llmserve") and rate(name)]
+    return out
+
+
+def plot(systems: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, rows in systems.items():
+        rows = sorted(rows, key=lambda r: r["level"])
+        ax.plot([r["level"] for r in rows], [r["output_tok_s"] for r in rows], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    levels = sorted({r["level"] for rows in systems.values() for r in rows})
+    ax.set_xticks(levels, [str(c) for c in levels])
+    ax.set_xlabel("concurrent streams")
+    ax.set_ylabel("output tokens / s")
+    ax.set_title("SmolLM2-135M-Instruct on 2 CPU cores: full stack and peers")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -169,6 +209,7 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d %H:%M")}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "full-stack.json").write_text(json.dumps({"meta": meta, "systems": systems}, indent=2))
+    plot(systems, RESULTS / "full-stack.png")
     (ROOT / "bench" / "RESULTS.md").write_text(to_markdown(systems, meta))
     print((ROOT / "bench" / "RESULTS.md").read_text())
     shutil.rmtree("/tmp/llmserve-bench-logs", ignore_errors=True)
