@@ -93,8 +93,8 @@ def _convert_gguf(gguf_path: Path, target: Path, log) -> None:
     )
     # The weights are dequantized now; drop the GGUF quantizer so save_pretrained accepts them.
     del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
+    model.hf_quantizer = None  # type: ignore[assignment]  # nn.Module attributes type as Tensor | Module
+    model.is_quantized = False  # type: ignore[assignment]
     tmp = target.with_name(target.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)

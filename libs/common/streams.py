@@ -7,6 +7,7 @@ and entries a dead consumer held are reclaimed with XAUTOCLAIM once idle long en
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -47,7 +48,8 @@ async def read_group(
     """New entries for this consumer from any of `streams` (blocks up to block_ms)."""
     if not streams:
         return []
-    reply = await r.xreadgroup(group, consumer, {s: ">" for s in streams}, count=count, block=block_ms)
+    # [(stream, [(id, fields), ...]), ...]; redis-py types replies loosely.
+    reply: Any = await r.xreadgroup(group, consumer, {s: ">" for s in streams}, count=count, block=block_ms)
     out: list[StreamEntry] = []
     for stream, items in reply or []:
         out.extend(_entries(stream, items))
@@ -56,7 +58,7 @@ async def read_group(
 
 async def read_own_pending(r: aioredis.Redis, group: str, consumer: str, stream: str, count: int = 1000):
     """Entries this consumer read but never acknowledged (e.g. before a restart)."""
-    reply = await r.xreadgroup(group, consumer, {stream: "0"}, count=count)
+    reply: Any = await r.xreadgroup(group, consumer, {stream: "0"}, count=count)
     out: list[StreamEntry] = []
     for s, items in reply or []:
         out.extend(_entries(s, items))

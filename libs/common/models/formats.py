@@ -109,7 +109,7 @@ def _load_state_dict(path: Path, config_dir: Path, dtype: torch.dtype):
     # transformers' own loader (with state_dict=) re-ties shared weights and builds the
     # non-persistent buffers (rotary inv_freq) that state dicts never carry.
     model_cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
-    model, info = model_cls.from_pretrained(
+    model, info = model_cls.from_pretrained(  # type: ignore[attr-defined]  # the mapping's value is a class
         None, config=config, state_dict=state, dtype=dtype, output_loading_info=True
     )
     missing = [k for k in info["missing_keys"] if not _is_tied(model, k)]

@@ -31,7 +31,8 @@ class PruneReport:
 
 def prunable_linears(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
     """The Linear layers inside the decoder blocks (not the embedding or the output head)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    get_head = getattr(model, "get_output_embeddings", None)  # transformers models have it
+    head = get_head() if callable(get_head) else None
     return [
         (name, m)
         for name, m in model.named_modules()
