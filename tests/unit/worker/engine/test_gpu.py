@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from llmserve.worker.engine.config import EngineConfig
 from llmserve.worker.engine.llm_engine import LLMEngine
@@ -34,3 +37,20 @@ def test_bf16_graphs_and_eager_agree(model_dir, prompt_ids):
     eager = run_engine(_engine(model_dir, dtype="bfloat16", use_cuda_graphs=False), reqs)
     same = sum(tokens_of(graphs[r.request_id]) == tokens_of(eager[r.request_id]) for r in reqs)
     assert same >= len(reqs) - 1
+
+
+def test_tiny_model_cuda_graphs_match_generate_on_the_gpu(request):
+    """No weights needed (a random tiny Llama): the check a lent GPU machine runs first
+    (`scripts/gpu_check.sh`, which points LLMSERVE_TEST_TOKENIZER at a carried tokenizer)."""
+    from tests.unit.worker.engine.test_tiny_models import _engine, _llama, _prompts, _refs, _run
+
+    path = os.environ.get("LLMSERVE_TEST_TOKENIZER")
+    tokenizer = AutoTokenizer.from_pretrained(path) if path else request.getfixturevalue("tokenizer")
+    model, prompts = _llama(), _prompts()
+    refs = _refs(model, prompts)  # transformers on the CPU, fp32
+    engine = _engine(model.cuda(), tokenizer, device="cuda", dtype="float32", block_size=4,
+                     cuda_graph_batch_sizes=(1, 2, 4, 8))
+    assert engine.runner.graphs is not None
+    assert _run(engine, prompts, join_at=[0, 0, 2, 5, 5, 9]) == refs
+    assert engine.runner.graphs.num_captured > 0
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
