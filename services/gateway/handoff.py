@@ -10,6 +10,9 @@ back to its model's request stream with attempt+1 and that progress (`resume_tok
 next index, so the client sees every index exactly once. A request whose client is gone is
 dropped instead. Moves are guarded by XDEL, so of two paths racing for one entry (recovery
 of a worker that was only slow, and that worker's own unload) exactly one moves it.
+
+`hand_back` is the same move without a new attempt: work a worker was given for a model it
+does not serve (placed from a stale heartbeat) goes back to its queue untouched.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from .sink_client import OutChunk, SinkClient, fence
 log = get_logger(__name__)
 
 # XACK too: a live worker's entry is in its group's pending list (a dead worker's is harmless).
+# A moved request is on no worker until it is dispatched again.
 _MOVE = """
 if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('XACK', KEYS[1], ARGV[5], ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
-redis.call('HSET', KEYS[3], 'state', ARGV[3], 'attempt', ARGV[4])
+redis.call('HSET', KEYS[3], 'state', ARGV[3], 'attempt', ARGV[4], 'worker', '')
 return 1
 """
 _FORGET = """
@@ -49,6 +53,14 @@ class Handoff:
         self.sink = sink
         self._move = redis.register_script(_MOVE)
         self._forget = redis.register_script(_FORGET)
+
+    async def hand_back(self, stream: str, entry_id, item: work_pb2.WorkItem, payload: bytes) -> bool:
+        """Move entry `entry_id` (`item`, as `payload`) back to its model's request stream with
+        its attempt unchanged: no token of it was made. False if another path moved it first."""
+        return bool(await self._move(
+            keys=[stream, keys.request_stream(item.model), keys.request_key(item.request_id)],
+            args=[entry_id, payload, REQUEUED, item.attempt, keys.WORKER_GROUP],
+        ))
 
     async def resume_elsewhere(
         self, stream: str, entry_id, item: work_pb2.WorkItem, max_attempts: int | None = None

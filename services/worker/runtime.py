@@ -26,7 +26,6 @@ from llmserve.gateway.sink_client import OutChunk, SinkClient
 from .active import Active, engine_request, outcome_of
 from .engine.types import TokenOutput
 from .engine_thread import EngineThread
-from .handback import HandBack
 from .resume import owed_text
 from .served_models import ModelSet, ServedModel
 from .settings import WorkerSettings
@@ -43,7 +42,6 @@ class WorkerRuntime:
         self.stream = keys.worker_stream(settings.worker_id)
         self.active: dict[str, Active] = {}
         self.sink = SinkClient(settings.worker_id, on_cancel=self.cancel)
-        self.hand_back = HandBack(redis, self.stream)
         self.handoff = Handoff(redis, self.sink)
         self.address = ""
         self.draining = False
@@ -169,7 +167,7 @@ class WorkerRuntime:
                 continue
             model = self.models.serving(item.model)
             if model is None:  # placed from a stale heartbeat: never taken, never dropped
-                if await self.hand_back(entry.entry_id, item.model, item.request_id, entry.payload):
+                if await self.handoff.hand_back(self.stream, entry.entry_id, item, entry.payload):
                     log.info("handed back work for a model not served here", request_id=item.request_id,
                              model=item.model)
                 continue
