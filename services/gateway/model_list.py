@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
-from llmserve.common import redis_keys as keys
 from llmserve.common.errors import LLMServeError
 from llmserve.common.models.registry import ACTIVE, Alias
 from llmserve.common.workers import WorkerLoad, registry_snapshot
@@ -88,7 +87,7 @@ class ModelLister:
         try:
             if live is None:
                 raise RedisError("worker heartbeats unreadable")
-            registered = await self._read_aliases()
+            registered = await self.router.registry.all_aliases()
         except RedisError:
             return [_without_workers(m) for m in self._last_registry]
         static = set(self.catalog.names())
@@ -96,15 +95,6 @@ class ModelLister:
                   for name, aliases in registered.items() if name not in static]  # fmt: skip
         self._last_registry = models
         return models
-
-    async def _read_aliases(self) -> dict[str, dict[str, Alias]]:
-        names = await self.router.registry.list_models()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.hgetall(keys.model_aliases_key(name))
-            raws = await pipe.execute()
-        return {name: {_s(a): Alias.from_json(_s(a), r) for a, r in sorted(raw.items())}
-                for name, raw in zip(names, raws, strict=True)}  # fmt: skip
 
     async def _registry_model(self, name: str, aliases: dict[str, Alias], live: list[WorkerLoad]) -> ModelStatus:
         served = {f"{name}@{v}" for a in aliases.values() for v in (a.version, *a.split)}
@@ -134,6 +124,3 @@ def _without_workers(model: ModelStatus) -> ModelStatus:
     versions = [VersionStatus(v.served_id, 0) for v in model.versions]
     return dataclasses.replace(model, ready_workers=0, worker_ids=[], versions=versions)
 
-
-def _s(value) -> str:
-    return value.decode() if isinstance(value, bytes) else value

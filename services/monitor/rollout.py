@@ -150,8 +150,8 @@ class RolloutGuard:
         self._flagged: set[tuple] = set()  # (rule, split state) already alerted on (action: alert)
 
     async def evaluate(self, now: float) -> None:
-        for name in await self.registry.list_models():
-            for alias in (await self.registry.aliases(name)).values():
+        for name, aliases in (await self.registry.all_aliases()).items():
+            for alias in aliases.values():
                 for version in list(alias.split):
                     for rule in self.rules:
                         if await self._check(rule, name, alias, version, now):

@@ -243,8 +243,16 @@ class ModelRegistry:
         return ModelVersion.from_json(raw)
 
     async def aliases(self, name: str) -> dict[str, Alias]:
-        raw = await self.redis.hgetall(keys.model_aliases_key(name))
-        return {_s(a): Alias.from_json(_s(a), r) for a, r in sorted(raw.items())}
+        return _parse_aliases(await self.redis.hgetall(keys.model_aliases_key(name)))
+
+    async def all_aliases(self) -> dict[str, dict[str, Alias]]:
+        """Every registered model's aliases, in one round trip after the name list."""
+        names = await self.list_models()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(keys.model_aliases_key(name))
+            raws = await pipe.execute()
+        return {name: _parse_aliases(raw) for name, raw in zip(names, raws, strict=True)}
 
     async def history(self, name: str, alias: str = ACTIVE) -> list[str]:
         """Versions `alias` pointed at before, newest first (what rollback walks back through)."""
@@ -334,6 +342,10 @@ class ModelRegistry:
             keys.model_aliases_key(name),
             keys.model_history_key(name, alias),
         ]
+
+
+def _parse_aliases(raw: dict) -> dict[str, Alias]:
+    return {_s(a): Alias.from_json(_s(a), r) for a, r in sorted(raw.items())}
 
 
 def _s(value) -> str:
