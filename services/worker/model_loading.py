@@ -23,9 +23,9 @@ from llmserve.common.models.registry import ModelRegistry
 from .engine.config import EngineConfig
 from .engine.fallback import HFModelRunner
 from .engine.llm_engine import LLMEngine
+from .engine.loader import DEFAULT_CPU_KV_BYTES
 from .settings import WorkerSettings
 
-_DEFAULT_CPU_KV_BYTES = 512 << 20  # the engine's own default when kv_cache_bytes is unset
 _SIZES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp32": 4, "fp16": 2, "bf16": 2}
 
 
@@ -73,7 +73,7 @@ def estimate_bytes(spec: ModelSpec, settings: WorkerSettings) -> int:
     if spec.format in (formats.HF, formats.STATE_DICT) and stored in _SIZES:
         weights = weights * _SIZES[_load_dtype(settings)] // _SIZES[stored]
     # Unset on CUDA, the KV cache takes what is left of the GPU: only the measurement knows.
-    kv = settings.kv_cache_bytes or (_DEFAULT_CPU_KV_BYTES if _device(settings) == "cpu" else 0)
+    kv = settings.kv_cache_bytes or (DEFAULT_CPU_KV_BYTES if _device(settings) == "cpu" else 0)
     return weights + kv
 
 

@@ -18,7 +18,7 @@ from .model_runner import PagedModelRunner
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_CPU_KV_BYTES = 512 << 20
+DEFAULT_CPU_KV_BYTES = 512 << 20  # KV budget on CPU when kv_cache_bytes is unset
 
 
 def tune_cpu_malloc() -> bool:
@@ -110,7 +110,7 @@ def _num_blocks(config: EngineConfig, bytes_per_token: int, device: torch.device
         if config.kv_cache_bytes:  # several models on one GPU: each gets its own share
             budget = min(budget, config.kv_cache_bytes)
     else:
-        budget = config.kv_cache_bytes or _DEFAULT_CPU_KV_BYTES
+        budget = config.kv_cache_bytes or DEFAULT_CPU_KV_BYTES
     if budget < per_block:
         raise RuntimeError(f"KV budget of {budget} bytes is less than one block ({per_block} bytes)")
     return budget // per_block
