@@ -26,6 +26,7 @@ from llmserve.cli.redis_server import RedisServer
 from llmserve.cli.suite import LocalSuite, Ports
 from llmserve.client import Client
 from llmserve.common.model_store import DEFAULT_MODEL, resolve_model
+from llmserve.common.stats import quantile
 
 RESULTS = Path(__file__).parent / "results"
 PROMPTS = ["What is the capital of France?", "Name a primary color.", "What is 7 times 6?",
@@ -33,8 +34,7 @@ PROMPTS = ["What is the capital of France?", "Name a primary color.", "What is 7
 
 
 def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
+    return quantile(values, q, method="floor")
 
 
 WARMUP = 3
