@@ -269,7 +269,7 @@ def _fast_model_nll(hf_model, tokenizer, ids: list[int], mode: str, device: str)
     cfg = EngineConfig(model="x", **engine_mode(mode))
     if cfg.quantization:
         hf_model = copy.deepcopy(hf_model)
-        w8a8.smooth_(hf_model, w8a8.calibrate(hf_model, tokenizer))
+        w8a8.calibrate_and_smooth_(hf_model, tokenizer)
     model = LlamaFastModel(hf_model, torch.device(device), cfg.torch_dtype(), max_positions=len(ids) + 1,
                            quantization=cfg.quantization)
     n = len(ids)

@@ -119,7 +119,7 @@ def _num_blocks(config: EngineConfig, bytes_per_token: int, device: torch.device
 def _build_paged_runner(config, hf_model, device, dtype, context_len, tokenizer) -> PagedModelRunner:
     max_len = config.max_model_len or context_len
     if config.quantization == "w8a8":
-        w8a8.smooth_(hf_model, w8a8.calibrate(hf_model, tokenizer))
+        w8a8.calibrate_and_smooth_(hf_model, tokenizer)
     model = llama.LlamaFastModel(hf_model, device, dtype, max_positions=max_len, quantization=config.quantization)
     num_blocks = _num_blocks(config, model.kv_bytes_per_token(), device)
     max_len = min(max_len, num_blocks * config.block_size)

@@ -125,6 +125,12 @@ def smooth_(hf_model, stats: dict[str, torch.Tensor], alpha: float = SMOOTHING_A
     _into_norm(hf_model.model.norm, [hf_model.lm_head], stats["lm_head"], alpha)
 
 
+def calibrate_and_smooth_(hf_model, tokenizer) -> None:
+    """Measure activation ranges on the calibration prompts and fold the smoothing in, in place:
+    what every W8A8 model goes through before its Linears are quantized."""
+    smooth_(hf_model, calibrate(hf_model, tokenizer))
+
+
 def _into_norm(norm, linears, x_max, alpha) -> None:
     s = _factors(x_max, [lin.weight for lin in linears], alpha)
     for lin in linears:
@@ -163,7 +169,7 @@ class W8A8Linear(torch.nn.Module):
 
 def quantize_model_(hf_model, tokenizer) -> None:
     """Calibrate, smooth and swap every Linear for `W8A8Linear`, in place (evaluation)."""
-    smooth_(hf_model, calibrate(hf_model, tokenizer))
+    calibrate_and_smooth_(hf_model, tokenizer)
     for _name, module in list(hf_model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear):
