@@ -94,6 +94,7 @@ async def test_hot_swap_under_load_fails_no_request(redis_url, tiny_dir):
         await registry.activate(NAME, "v2")
         activated = time.monotonic()
         await asyncio.sleep(1.5)  # v2 is active but nobody serves it yet
+        v2_starting = time.monotonic()  # its heartbeat can be seen from here on
         await later.enter_async_context(running_worker(redis_url, v2, "w-v2", SERVED[1]))
         v2_up = time.monotonic()
         async with asyncio.timeout(20):
@@ -106,7 +107,7 @@ async def test_hot_swap_under_load_fails_no_request(redis_url, tiny_dir):
     await registry.redis.aclose()
     assert len(outcomes) > 100 and [o for o in outcomes if o.error] == []
     assert all(o.model == SERVED[0] for o in outcomes if o.started < activated)
-    gap = [o for o in outcomes if activated + ttl < o.started < v2_up]
+    gap = [o for o in outcomes if activated + ttl < o.started < v2_starting]
     assert gap and all(o.model == SERVED[0] for o in gap)  # routed to the previous version
     settled = [o for o in outcomes if o.started > v2_up + ttl + 0.5]  # heartbeat seen, cache expired
     assert settled and all(o.model == SERVED[1] for o in settled)

@@ -41,10 +41,27 @@ def redis_url():
         yield server.url
 
 
-async def heartbeat_forever(r: aioredis.Redis, load: WorkerLoad) -> None:
-    while True:
-        await publish_heartbeat(r, load, ttl_ms=600)
-        await asyncio.sleep(0.1)
+class Heartbeat:
+    """A simulated worker's heartbeat loop, stopped cooperatively.
+
+    Stopping by a flag (not by cancelling mid-command) leaves the Redis connection idle,
+    so teardown never waits on a half-finished pipeline.
+    """
+
+    def __init__(self, r: aioredis.Redis, load: WorkerLoad):
+        self._r, self._load = r, load
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._beat())
+
+    async def _beat(self) -> None:
+        while not self._stop.is_set():
+            await publish_heartbeat(self._r, self._load, ttl_ms=600)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 0.1)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.wait_for(self._task, 5)
 
 
 async def _scenario(redis_url: str, rules_path: str, hook: WebhookReceiver, inbox) -> None:
@@ -52,7 +69,7 @@ async def _scenario(redis_url: str, rules_path: str, hook: WebhookReceiver, inbo
     load = WorkerLoad(
         worker_id="w0", address="127.0.0.1:1", models=["tiny"], total_kv_blocks=10, free_kv_blocks=10
     )
-    beating = asyncio.create_task(heartbeat_forever(r, load))
+    beating = Heartbeat(r, load)
     async with (
         running_monitor(redis_url=redis_url, registry_poll_s=0.1, rules_path=rules_path) as mon,
         grpc.aio.insecure_channel(mon.grpc_address) as channel,
@@ -62,7 +79,7 @@ async def _scenario(redis_url: str, rules_path: str, hook: WebhookReceiver, inbo
         async with asyncio.timeout(10):
             while (await stub.GetSummary(monitor_pb2.GetSummaryRequest())).overall.workers_live != 1:
                 await asyncio.sleep(0.1)
-        beating.cancel()  # the worker dies: its heartbeat expires after 600 ms
+        await beating.stop()  # the worker dies: its heartbeat expires after 600 ms
         loop = asyncio.get_running_loop()
         stopped = loop.time()
         firing = await hook.wait_for(lambda b: b["status"] == "firing", timeout=60)
@@ -78,14 +95,12 @@ async def _scenario(redis_url: str, rules_path: str, hook: WebhookReceiver, inbo
                 break
         assert monitor_pb2.ALERT_STATE_FIRING in states
 
-        beating = asyncio.create_task(heartbeat_forever(r, load))  # the worker is back
+        beating = Heartbeat(r, load)  # the worker is back
         await hook.wait_for(lambda b: b["status"] == "resolved", timeout=60)
         await wait_for_mail(inbox, lambda m: "[RESOLVED] WorkerDown" in m["Subject"], timeout=60)
         assert [b["status"] for b in hook.bodies] == ["firing", "resolved"]  # de-duplicated
         watch.cancel()
-    beating.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await beating
+    await beating.stop()
     await r.aclose()
 
 
@@ -95,6 +110,9 @@ def test_worker_down_fires_to_webhook_and_smtp_then_resolves(redis_url, tmp_path
             async with WebhookReceiver() as hook:
                 rules = tmp_path / "rules.yaml"
                 rules.write_text(RULES.format(hook=hook.url, smtp_port=smtp_port))
-                await _scenario(redis_url, str(rules), hook, inbox)
+                # Bounded, so a hang fails here with the awaiting line in the traceback
+                # instead of running into pytest's global timeout.
+                async with asyncio.timeout(240):
+                    await _scenario(redis_url, str(rules), hook, inbox)
 
     asyncio.run(main())
