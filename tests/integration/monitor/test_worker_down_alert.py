@@ -112,7 +112,7 @@ def test_worker_down_fires_to_webhook_and_smtp_then_resolves(redis_url, tmp_path
                 rules.write_text(RULES.format(hook=hook.url, smtp_port=smtp_port))
                 # Bounded, so a hang fails here with the awaiting line in the traceback
                 # instead of running into pytest's global timeout.
-                async with asyncio.timeout(240):
+                async with asyncio.timeout(120):
                     await _scenario(redis_url, str(rules), hook, inbox)
 
     asyncio.run(main())
