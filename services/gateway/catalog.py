@@ -18,10 +18,17 @@ class ServedModel:
     tokenizer: PreTrainedTokenizerBase
     context_length: int
 
+    # Both encoders run on every admission: a fast tokenizer's Rust backend is called directly,
+    # which skips transformers' per-call argument handling (about half the time, same ids).
     def encode_prompt(self, prompt: str) -> list[int]:
+        if self.tokenizer.is_fast:
+            return self.tokenizer.backend_tokenizer.encode(prompt, add_special_tokens=True).ids
         return self.tokenizer.encode(prompt, add_special_tokens=True)
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        if self.tokenizer.is_fast:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return self.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         # transformers 5 returns a BatchEncoding; 4.x a list.
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
