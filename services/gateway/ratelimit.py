@@ -62,6 +62,33 @@ class _Call:
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+class _Deadline:
+    """Cancels the current task when `timeout` passes, unless the timer itself fires late.
+
+    A late timer means this process was stalled, not Redis: the wait gets one more full
+    deadline. `expired` tells the task's CancelledError apart from an outside cancel.
+    """
+
+    def __init__(self, timeout: float):
+        self.task = asyncio.current_task()
+        self.expired = False
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        due = self._loop.time() + timeout
+        self._handle = self._loop.call_at(due, self._fire, due, True)
+
+    def _fire(self, due: float, may_extend: bool) -> None:
+        now = self._loop.time()
+        if may_extend and now - due > _STALL_S:
+            self._handle = self._loop.call_at(now + self._timeout, self._fire, now + self._timeout, False)
+            return
+        self.expired = True
+        self.task.cancel()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
 class RateLimiter:
     """Admits requests against their tenant's limits; see the module docstring."""
 
@@ -85,6 +112,7 @@ class RateLimiter:
         self._wake = asyncio.Event()
         self._shas: dict[str, str] = {}
         self._live: dict[str, Lease] = {}
+        self._sending = 0  # batches on the wire
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
@@ -150,8 +178,13 @@ class RateLimiter:
         if not self.breaker.allow():
             raise RedisDown("circuit breaker open")
         call = _Call(script, tenant, args)
-        self._pending.append(call)
-        self._wake.set()
+        if self._pending or self._sending:
+            self._pending.append(call)
+            self._wake.set()
+        else:
+            # Nothing queued or on the wire (low load): send from the caller's own task rather
+            # than waking the batcher, a task switch that costs a lone request more than Redis.
+            await self._send([call])
         return await call.future
 
     async def _run_batches(self) -> None:
@@ -163,6 +196,13 @@ class RateLimiter:
                 await self._send(batch)
 
     async def _send(self, batch: list[_Call]) -> None:
+        self._sending += 1
+        try:
+            await self._send_batch(batch)
+        finally:
+            self._sending -= 1
+
+    async def _send_batch(self, batch: list[_Call]) -> None:
         groups: dict[tuple[str, str], list[_Call]] = {}
         for call in batch:
             groups.setdefault((call.script, call.tenant), []).append(call)
@@ -187,23 +227,19 @@ class RateLimiter:
         """Run `work` with the Redis deadline, measured against Redis and not our own stalls.
 
         A deadline timer that fires late means this process was busy (GIL, a long callback)
-        while Redis may well have answered; such a wait gets one more full deadline.
+        while Redis may well have answered; such a wait gets one more full deadline. The
+        work runs in the calling task (no extra task: this is on every admission's path).
         """
-        loop = asyncio.get_running_loop()
-        task = asyncio.ensure_future(work)
         timeout = self._timeout + size * _PER_CALL_S
-        deadline, extended = loop.time() + timeout, False
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=max(deadline - loop.time(), 0))
-            if done:
-                return task.result()
-            if not extended and loop.time() - deadline > _STALL_S:
-                deadline, extended = loop.time() + timeout, True
-                continue
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            raise TimeoutError(f"no answer from Redis within {timeout * 1000:.0f} ms")
+        deadline = _Deadline(timeout)
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if deadline.expired and deadline.task.uncancel() == 0:
+                raise TimeoutError(f"no answer from Redis within {timeout * 1000:.0f} ms") from None
+            raise
+        finally:
+            deadline.cancel()
 
     def _failed(self, batch: list[_Call], error: Exception) -> None:
         self.breaker.failure()
