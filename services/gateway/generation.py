@@ -103,8 +103,9 @@ class GenerationService:
             "llmserve.request_id": job.request_id, "llmserve.model": job.model, "llmserve.tenant": job.tenant,
             "llmserve.prompt_tokens": len(job.prompt_token_ids)})
         clock = _Clock(self.metrics, job)
+        events = self._events(job, timeout_s, trace.set_span_in_context(span))
         try:
-            async for event in self._events(job, timeout_s, trace.set_span_in_context(span)):
+            async for event in events:
                 clock.observe(event)
                 used.count(event)
                 yield event
@@ -115,6 +116,10 @@ class GenerationService:
             clock.status = "cancelled"
             raise
         finally:
+            # Closed between events (an HTTP or WebSocket writer gone), `events` is suspended at
+            # its own yield: close it now, so the request is cancelled everywhere at once rather
+            # than whenever the garbage collector finalizes it.
+            await events.aclose()
             clock.finish()
             span.set_attribute("llmserve.status", clock.status)
             span.set_attribute("llmserve.completion_tokens", used.completion)

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 import websockets
 
 from llmserve.gateway.catalog import ModelCatalog
+from llmserve.gateway.validation import GenerateParams
 from tests.support.polling import wait_for
 from tests.support.scripted_engine import ScriptedEngine
 from tests.support.stack import API_KEY, MODEL, running_stack
@@ -145,3 +146,20 @@ async def test_http_disconnect_and_websocket_close_cancel_the_request(redis_url,
         await wait_for(lambda: "ws-bye" in engine._aborted and not engine.has_unfinished(), timeout=5)
         await wait_for(lambda: stack.gateway.service.limiter.live_leases == 0, timeout=5)
         assert await streams_held(redis_url) == 0
+
+
+async def test_a_stream_closed_between_events_cancels_its_request_before_close_returns(redis_url, catalog):
+    """What the SSE and WebSocket writers do when their client goes: close the event stream
+    while it waits between tokens. The request must be cancelled by the time that returns."""
+    engine = ScriptedEngine(step_delay_s=0.02)
+    async with running_stack(redis_url, [engine], catalog) as stack:
+        generation = stack.gateway.service.generation
+        params = GenerateParams(model=MODEL, prompt="go", max_tokens=1000, request_id="closed-between")
+        job = await generation.admit(HEADERS["authorization"], params)
+        events = generation.stream(job, 30)
+        await anext(events)
+        await events.aclose()
+        # no await since aclose: the cleanup ran inside it, not in a task scheduled for later
+        assert generation.inflight.get("closed-between") is None
+        assert generation.limiter.live_leases == 0
+        await wait_for(lambda: "closed-between" in engine._aborted and not engine.has_unfinished(), timeout=5)
