@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import random
 
+from llmserve.common import chat_template
+
 _SUBJECTS = [
     "rivers",
     "bees",
@@ -49,11 +51,7 @@ def chat_prompts(n: int = 64, seed: int = 1234) -> list[str]:
 
 def chat_token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     """Apply the model's chat template (with the assistant prompt) to each message."""
-    out = []
-    for text in texts:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
-        out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
-    return out
+    return [chat_template.chat_token_ids(tokenizer, [{"role": "user", "content": text}]) for text in texts]
 
 
 def fixed_length_prompts(tokenizer, n: int, length: int, seed: int = 1234) -> list[list[int]]:

@@ -25,6 +25,7 @@ import grpc
 from llmserve.cli.redis_server import RedisServer
 from llmserve.cli.suite import LocalSuite, Ports
 from llmserve.client import Client
+from llmserve.common.chat_template import chat_token_ids
 from llmserve.common.model_store import DEFAULT_MODEL, resolve_model
 from llmserve.common.stats import quantile
 
@@ -86,9 +87,7 @@ def engine_child_main() -> None:
     print("ready", flush=True)
     for line in sys.stdin:
         i = int(line)
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-                                            add_generation_prompt=True, tokenize=True)
-        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        ids = chat_token_ids(tokenizer, [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}])
         started, first = time.perf_counter(), None
         engine.add_request(EngineRequest(f"r{i}", ids, SamplingParams(max_tokens=4, temperature=0.0)))
         while engine.has_unfinished():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
+from llmserve.common.chat_template import chat_token_ids
 from llmserve.common.errors import ModelNotFound
 from llmserve.common.model_store import resolve_model
 
@@ -29,9 +30,7 @@ class ServedModel:
         if self.tokenizer.is_fast:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             return self.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        # transformers 5 returns a BatchEncoding; 4.x a list.
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        return chat_token_ids(self.tokenizer, messages)
 
 
 def load_served_model(name: str, path: Path, format: str = "") -> ServedModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from llmserve.common.chat_template import chat_token_ids
 from llmserve.worker.engine.types import EngineRequest, SamplingParams
 
 NEW_TOKENS = 24
@@ -27,8 +28,7 @@ PROMPTS = [
 
 
 def chat_ids(tokenizer, text: str) -> list[int]:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    return chat_token_ids(tokenizer, [{"role": "user", "content": text}])
 
 
 def greedy(max_tokens: int = NEW_TOKENS, **kw) -> SamplingParams:
