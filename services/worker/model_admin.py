@@ -20,7 +20,7 @@ from llmserve.common.logging import get_logger
 from llmserve.gateway.handoff import ABANDONED, REQUEUED
 
 from .model_loading import build_engine, engine_memory_bytes, estimate_bytes, resolve_spec
-from .runtime import WorkerRuntime
+from .runtime import HAND_OFF_FAILED, WorkerRuntime
 from .served_models import ServedModel
 from .settings import WorkerSettings
 
@@ -71,7 +71,7 @@ class ModelAdmin:
         await self.runtime.publish_load()
         outcomes = await self.runtime.hand_off(served_id) if force else []
         handed_off = outcomes.count(REQUEUED)
-        cancelled = sum(1 for o in outcomes if o in (ABANDONED, "failed"))
+        cancelled = sum(1 for o in outcomes if o in (ABANDONED, HAND_OFF_FAILED))
         while self.runtime.requests_of(served_id) or model.engine.has_unfinished():
             await asyncio.sleep(0.02)
         freed = model.memory_bytes

@@ -32,6 +32,7 @@ from .settings import WorkerSettings
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer("llmserve.worker")
+HAND_OFF_FAILED = "failed"  # a hand-off outcome beside handoff's: Redis refused the move
 
 
 class WorkerRuntime:
@@ -106,7 +107,7 @@ class WorkerRuntime:
             self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt + 1, 0, [], "", outcome="error",
                                                     error=f"{item.model} was unloaded and the request could not "
                                                           f"be moved to another worker; retry it")])  # fmt: skip
-            return "failed"
+            return HAND_OFF_FAILED
 
     def requests_of(self, served_id: str) -> list[str]:
         return [rid for rid, a in self.active.items() if a.model == served_id]
