@@ -15,6 +15,7 @@ from llmserve.gateway.v1 import generation_pb2_grpc
 from .generation import GenerationService
 from .inflight import Chunk, FinishEvent, InflightRegistry, TokenEvent
 from .model_list import ModelStatus
+from .sink_links import SinkLinks
 from .validation import GenerateParams
 
 log = get_logger(__name__)
@@ -110,33 +111,36 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
 
 class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
-    """Receives workers' token chunks; answers with cancellations for them."""
+    """Receives workers' token chunks; answers with cancellations for them and with
+    acknowledgements of the messages it processed (see `SinkLinks`)."""
 
-    def __init__(self, inflight: InflightRegistry):
+    def __init__(self, inflight: InflightRegistry, links: SinkLinks | None = None):
         self.inflight = inflight
+        self.links = links or SinkLinks()
 
     async def StreamTokens(self, request_iterator, context):
-        outbox: asyncio.Queue[str] = asyncio.Queue()
+        # Items: a request id to cancel, an int seq to acknowledge, "" when the sender closed.
+        outbox: asyncio.Queue[str | int] = asyncio.Queue()
         listeners: dict[str, asyncio.Queue[str]] = {}
         forwarders: list[asyncio.Task] = []
 
         async def consume() -> None:
             async for message in request_iterator:
-                for c in message.chunks:
-                    if c.worker_id and c.worker_id not in listeners:
-                        listeners[c.worker_id] = self.inflight.listen_cancellations(c.worker_id)
-                        forwarders.append(asyncio.create_task(_forward(listeners[c.worker_id], outbox)))
-                    if not self.inflight.deliver(_chunk_from_pb(c)) and not _OUTCOME[c.outcome]:
-                        outbox.put_nowait(c.request_id)  # nobody waits for these tokens: stop it
+                if self.links.accept(message.link_id, message.seq):
+                    for c in message.chunks:
+                        if c.worker_id and c.worker_id not in listeners:
+                            listeners[c.worker_id] = self.inflight.listen_cancellations(c.worker_id)
+                            forwarders.append(asyncio.create_task(_forward(listeners[c.worker_id], outbox)))
+                        if not self.inflight.deliver(_chunk_from_pb(c)) and not _OUTCOME[c.outcome]:
+                            outbox.put_nowait(c.request_id)  # nobody waits for these tokens: stop it
+                if message.seq:
+                    outbox.put_nowait(message.seq)
             outbox.put_nowait("")  # the worker closed its side
 
         reader = asyncio.create_task(consume())
         try:
-            while True:
-                request_id = await outbox.get()
-                if not request_id:
-                    break
-                yield token_sink_pb2.StreamTokensResponse(cancel_request_ids=[request_id])
+            while (response := await _next_response(outbox)) is not None:
+                yield response
         finally:
             for task in (reader, *forwarders):
                 task.cancel()
@@ -149,6 +153,23 @@ class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
             return token_sink_pb2.FenceResponse(found=False)
         return token_sink_pb2.FenceResponse(found=True, delivered_token_ids=stream.delivered_token_ids,
                                             delivered_text="".join(stream.delivered_text))
+
+
+async def _next_response(outbox: asyncio.Queue[str | int]) -> token_sink_pb2.StreamTokensResponse | None:
+    """One response for everything queued now: all cancellations and the newest ack
+    (acks coalesce while the writer is behind). None once the sender closed its side."""
+    items = [await outbox.get()]
+    while not outbox.empty():
+        items.append(outbox.get_nowait())
+    response = token_sink_pb2.StreamTokensResponse()
+    for item in items:
+        if item == "":
+            return None
+        if isinstance(item, int):
+            response.acked_seq = max(response.acked_seq, item)
+        else:
+            response.cancel_request_ids.append(item)
+    return response
 
 
 async def _forward(source: asyncio.Queue[str], outbox: asyncio.Queue[str]) -> None:

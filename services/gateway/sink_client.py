@@ -1,15 +1,18 @@
 """Client side of the gateway's token sink, used by workers (tokens) and schedulers
 (final errors such as DEADLINE_EXCEEDED for requests that never ran).
 
-One long-lived bidirectional stream per gateway address; chunks are queued and sent in
-order; the gateway's cancellations are handed to `on_cancel`. A broken stream is
-reopened with backoff: a gateway that restarted has lost its clients anyway.
+One long-lived bidirectional stream per gateway address; chunks are sent in order and kept
+until the gateway acknowledges them, so a broken stream is reopened with backoff and resends
+what the gateway may not have processed (it drops what it had). The gateway's cancellations
+are handed to `on_cancel`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,40 +54,87 @@ class OutChunk:
 
 
 class _GatewayLink:
+    """One sender's stream to one gateway, exact across reconnects.
+
+    Every message gets the next `seq` on this link and stays in `pending` until the gateway
+    acknowledges it. Each stream attempt has its own request generator that only reads
+    `pending` (it never takes from a shared queue), so a broken attempt's generator, which
+    grpc may leave suspended, can neither swallow a later message nor send out of turn. A new
+    attempt first resends everything unacknowledged; the gateway drops the seqs it already
+    processed, so each message is processed exactly once while the gateway lives. A gateway
+    that restarted has no record of the requests and answers their chunks with cancellations.
+    """
+
+    #: Unacknowledged messages kept for resending; past it the oldest go (the gateway has been
+    #: unreachable for thousands of steps, so its clients are gone).
+    MAX_PENDING = 4096
+
     def __init__(self, address: str, sender_id: str, on_cancel: Callable[[str], None]):
         self.address = address
         self.sender_id = sender_id
         self.on_cancel = on_cancel
-        self.outbox: asyncio.Queue[pb.StreamTokensRequest | None] = asyncio.Queue()
+        self.link_id = f"{sender_id}/{uuid.uuid4().hex[:12]}"
+        self.pending: deque[pb.StreamTokensRequest] = deque()
+        self._next_seq = 1
+        self._attempt = 0
+        self._wake = asyncio.Event()
         self.task = asyncio.create_task(self._run())
+
+    def put(self, message: pb.StreamTokensRequest) -> None:
+        message.link_id, message.seq = self.link_id, self._next_seq
+        self._next_seq += 1
+        self.pending.append(message)
+        if len(self.pending) > self.MAX_PENDING:
+            dropped = self.pending.popleft()
+            log.warning("token sink backlog full; dropping the oldest message", gateway=self.address,
+                        seq=dropped.seq)
+        self._wake.set()
+
+    def acknowledge(self, acked_seq: int) -> None:
+        while self.pending and self.pending[0].seq <= acked_seq:
+            self.pending.popleft()
 
     async def _run(self) -> None:
         backoff = 0.05
         while True:
+            self._attempt += 1  # the attempt this stream's request generator belongs to
             channel = grpc.aio.insecure_channel(self.address)
             try:
                 stub = token_sink_pb2_grpc.TokenSinkServiceStub(channel)
-                call = stub.StreamTokens(self._requests())
+                call = stub.StreamTokens(self._requests(self._attempt))
                 async for response in call:
                     backoff = 0.05
+                    if response.acked_seq:
+                        self.acknowledge(response.acked_seq)
                     for request_id in response.cancel_request_ids:
                         self.on_cancel(request_id)
-                return
+                # Only the gateway ends a stream (this side never does): reconnect and resend.
+                log.warning("token sink stream ended by the gateway", gateway=self.address)
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as e:
                 log.warning("token sink stream broke", gateway=self.address, code=e.code().name)
             finally:
+                self._attempt += 1  # retires this attempt's generator before the next one starts
+                self._wake.set()
                 await channel.close()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
-    async def _requests(self):
-        while True:
-            message = await self.outbox.get()
-            if message is None:
-                return
-            yield message
+    async def _requests(self, attempt: int):
+        """This attempt's messages: the unacknowledged ones, then each new one, in seq order."""
+        sent = 0
+        while attempt == self._attempt:
+            batch = [m for m in self.pending if m.seq > sent]
+            if not batch:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            for message in batch:
+                if attempt != self._attempt:
+                    return
+                sent = message.seq
+                yield message
 
 
 class SinkClient:
@@ -99,12 +149,12 @@ class SinkClient:
         link = self._links.get(reply_to)
         if link is None or link.task.done():
             link = self._links[reply_to] = _GatewayLink(reply_to, self.sender_id, self.on_cancel)
-        link.outbox.put_nowait(pb.StreamTokensRequest(chunks=[c.to_pb(self.sender_id) for c in chunks]))
+        link.put(pb.StreamTokensRequest(chunks=[c.to_pb(self.sender_id) for c in chunks]))
 
     async def flush(self, timeout: float = 2.0) -> None:
-        """Wait (bounded) until every queued chunk has been handed to gRPC."""
+        """Wait (bounded) until the gateways have acknowledged every chunk sent."""
         deadline = asyncio.get_running_loop().time() + timeout
-        while any(link.outbox.qsize() for link in self._links.values()):
+        while any(link.pending for link in self._links.values()):
             if asyncio.get_running_loop().time() > deadline:
                 return
             await asyncio.sleep(0.01)

@@ -1,0 +1,127 @@
+"""The worker→gateway token-sink link loses and repeats nothing across reconnects.
+
+Real gRPC servers on loopback. The gateway side is the real TokenSinkServicer; a wrapper makes
+the first connects fail the way a restarting or flapping gateway does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from llmserve.gateway.inflight import InflightRegistry, TokenEvent
+from llmserve.gateway.internal.v1 import token_sink_pb2 as pb
+from llmserve.gateway.internal.v1 import token_sink_pb2_grpc
+from llmserve.gateway.servicer import TokenSinkServicer
+from llmserve.gateway.sink_client import OutChunk, SinkClient
+
+
+class FlakySink(token_sink_pb2_grpc.TokenSinkServiceServicer):
+    """Refuses the first `failures` StreamTokens calls, then serves them with the real servicer."""
+
+    def __init__(self, inflight: InflightRegistry, failures: int, read_first: bool):
+        self.real = TokenSinkServicer(inflight)
+        self.failures = failures
+        self.read_first = read_first
+        self.calls = 0
+
+    async def StreamTokens(self, request_iterator, context):
+        self.calls += 1
+        if self.calls <= self.failures:
+            if self.read_first:
+                await request_iterator.__anext__()  # took a message, then died before processing it
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway restarting")
+        async for response in self.real.StreamTokens(request_iterator, context):
+            yield response
+
+    async def Fence(self, request, context):
+        return await self.real.Fence(request, context)
+
+
+async def _serve(servicer) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server()
+    token_sink_pb2_grpc.add_TokenSinkServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+async def _collect(stream, count: int, timeout: float) -> list[TokenEvent]:
+    got = []
+    async with asyncio.timeout(timeout):
+        while len(got) < count:
+            got.append(await stream.events.get())
+    return got
+
+
+@pytest.mark.parametrize("read_first", [False, True], ids=["refused", "died-after-reading"])
+async def test_a_sink_that_fails_its_first_5_connects_delivers_10_of_10_in_order(read_first):
+    inflight = InflightRegistry()
+    stream = inflight.open("r1")
+    flaky = FlakySink(inflight, failures=5, read_first=read_first)
+    server, address = await _serve(flaky)
+    sink = SinkClient("worker-a")
+    try:
+        for i in range(10):
+            sink.send(address, [OutChunk("r1", 1, i, [100 + i], f"t{i}")])
+            await asyncio.sleep(0.02)  # messages keep coming while the link reconnects
+        got = await _collect(stream, 10, timeout=20)
+        assert [(e.index, e.token_ids, e.text) for e in got] == [(i, [100 + i], f"t{i}") for i in range(10)]
+        await sink.flush(timeout=5)
+        assert not any(link.pending for link in sink._links.values()), "every message acknowledged"
+        assert flaky.calls == 6
+        await asyncio.sleep(0.2)
+        assert stream.events.empty(), "nothing delivered twice"
+    finally:
+        await sink.close()
+        await server.stop(None)
+
+
+async def test_messages_resent_after_a_reconnect_are_processed_once():
+    """Held-back text (a chunk with text but no new token ids) is not idempotent by index:
+    only the link's sequence numbers keep a resend from showing it twice."""
+    inflight = InflightRegistry()
+    stream = inflight.open("r1")
+    server, address = await _serve(TokenSinkServicer(inflight))
+    messages = [
+        pb.StreamTokensRequest(link_id="w/1", seq=1, chunks=[pb.TokenChunk(request_id="r1", attempt=1, index=0,
+                                                                              token_ids=[5], text="a")]),
+        pb.StreamTokensRequest(link_id="w/1", seq=2, chunks=[pb.TokenChunk(request_id="r1", attempt=1, index=1,
+                                                                              text="é")]),
+    ]
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = token_sink_pb2_grpc.TokenSinkServiceStub(channel)
+            for _ in range(2):  # the same two messages on two streams, as after a lost ack
+                call = stub.StreamTokens()
+                for m in messages:
+                    await call.write(m)
+                acked = 0
+                async with asyncio.timeout(5):
+                    while acked < 2:
+                        acked = max(acked, (await call.read()).acked_seq)
+                await call.done_writing()
+        got = []
+        while not stream.events.empty():
+            got.append(stream.events.get_nowait())
+        assert [e.text for e in got] == ["a", "é"]
+    finally:
+        await server.stop(None)
+
+
+async def test_a_restarted_gateway_answers_unknown_requests_with_a_cancel():
+    inflight = InflightRegistry()  # the new process: it knows no request
+    server, address = await _serve(TokenSinkServicer(inflight))
+    cancelled: list[str] = []
+    sink = SinkClient("worker-a", on_cancel=cancelled.append)
+    try:
+        sink.send(address, [OutChunk("lost", 3, 7, [1], "x")])
+        async with asyncio.timeout(5):
+            while not cancelled:
+                await asyncio.sleep(0.01)
+        assert cancelled == ["lost"]
+    finally:
+        await sink.close()
+        await server.stop(None)
