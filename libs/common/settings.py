@@ -54,6 +54,18 @@ class ServiceSettings(BaseSettings):
         10.0, ge=0, description="On SIGTERM, how long in-flight work may take before stopping."
     )
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="gRPC message size limit.")
+    grpc_max_connections: int = Field(
+        4096, ge=0, description="Open gRPC connections the server accepts; past it new ones are refused. "
+        "0: no cap.",
+    )
+    grpc_handshake_timeout_s: float = Field(
+        10.0, gt=0, description="A gRPC connection must finish its HTTP/2 (and TLS) handshake this fast; "
+        "else it is closed.",
+    )
+    grpc_idle_timeout_s: float = Field(
+        300.0, gt=0, description="A gRPC connection with no call for this long is closed (clients reconnect "
+        "transparently).",
+    )
 
     @property
     def address(self) -> str:

@@ -17,6 +17,7 @@ import uvicorn
 
 from llmserve.common.logging import get_logger
 
+from .http_guard import ConnectionGuard, ConnectionLimits, guarded_protocol
 from .settings import GatewaySettings
 
 log = get_logger(__name__)
@@ -38,8 +39,15 @@ class HttpServer:
             tls = {"ssl_certfile": settings.tls_cert_path, "ssl_keyfile": settings.tls_key_path}
             if settings.tls_client_ca_path:
                 tls |= {"ssl_ca_certs": settings.tls_client_ca_path, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        self.guard = ConnectionGuard(ConnectionLimits(
+            header_timeout_s=settings.http_header_timeout_s, body_timeout_s=settings.http_body_timeout_s,
+            max_connections=settings.http_max_connections,
+            max_connections_per_client=settings.http_max_connections_per_client,
+        ))
         self.config = uvicorn.Config(
             app,
+            http=guarded_protocol(self.guard),
+            timeout_keep_alive=settings.http_idle_timeout_s,
             log_config=None,
             access_log=False,
             lifespan="off",

@@ -127,6 +127,27 @@ class GatewaySettings(ServiceSettings):
         "", description="PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."
     )
 
+    # -- public HTTP listener limits (slowloris, socket floods) ---------------------------
+    http_header_timeout_s: float = Field(
+        10.0, ge=0, description="A connection must send a request's line and headers within this long of "
+        "opening (or of its previous response); else it is closed. 0: no limit.",
+    )
+    http_body_timeout_s: float = Field(
+        30.0, ge=0, description="A request's body must arrive within this long of its headers; else the "
+        "connection is closed. 0: no limit.",
+    )
+    http_idle_timeout_s: float = Field(
+        5.0, gt=0, description="A kept-alive connection idle this long after a response is closed."
+    )
+    http_max_connections: int = Field(
+        4096, ge=0, description="Open HTTP connections per gateway process; more are answered 503 with "
+        "Retry-After. 0: no cap.",
+    )
+    http_max_connections_per_client: int = Field(
+        2048, ge=0, description="Open HTTP connections per client address (a load balancer is one address: "
+        "keep it generous); more are answered 503. 0: no cap.",
+    )
+
     @field_validator("jwt_algorithms")
     @classmethod
     def _known_algorithms(cls, value: list[str]) -> list[str]:
