@@ -107,6 +107,20 @@ OPENAI_ERROR_OF: dict[type[LLMServeError], tuple[str, str]] = {
 }
 
 RETRY_AFTER_KEY = "retry-after-ms"
+#: Longest error message sent to a client: gRPC trailers hold 16 KB in all, and a message that
+#: overflows them turns the real status into RESOURCE_EXHAUSTED.
+MAX_MESSAGE_CHARS = 2048
+
+
+def echo(value: str, limit: int = 80) -> str:
+    """User input quoted in an error message: a bounded prefix, with the full length when cut."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def bounded(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "..."
 
 
 def http_status_for(error: LLMServeError) -> int:
@@ -135,4 +149,4 @@ async def abort_with(context: grpc.aio.ServicerContext, error: LLMServeError) ->
     """Abort an RPC with the status of `error` (and the retry delay as trailing metadata)."""
     if error.retry_after_s is not None:
         context.set_trailing_metadata(((RETRY_AFTER_KEY, str(int(error.retry_after_s * 1000))),))
-    await context.abort(status_code_for(error), error.message)
+    await context.abort(status_code_for(error), bounded(error.message))

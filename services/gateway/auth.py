@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from llmserve.common.errors import PermissionDenied, Unauthenticated
+from llmserve.common.errors import PermissionDenied, Unauthenticated, echo
 
 from .api_keys import KEY_PREFIX, LIMIT_NAMES, ApiKeyStore
 from .jwt_auth import JwtVerifier
@@ -44,7 +44,7 @@ class Identity:
 
     def check_model(self, model: str) -> None:
         if self.models is not None and model not in self.models:
-            raise PermissionDenied(f"tenant {self.tenant!r} may not use model {model!r}")
+            raise PermissionDenied(f"tenant {self.tenant!r} may not use model {echo(model)}")
 
 
 class StaticKeys:

@@ -8,7 +8,7 @@ from pathlib import Path
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from llmserve.common.chat_template import chat_token_ids
-from llmserve.common.errors import ModelNotFound
+from llmserve.common.errors import ModelNotFound, echo
 from llmserve.common.model_store import resolve_model
 
 
@@ -71,7 +71,7 @@ class ModelCatalog:
     def get(self, name: str) -> ServedModel:
         model = self._models.get(name)
         if model is None:
-            raise ModelNotFound(f"model {name!r} is not served here; ListModels shows the models")
+            raise ModelNotFound(f"model {echo(name)} is not served here; ListModels shows the models")
         return model
 
     def names(self) -> list[str]:

@@ -14,8 +14,8 @@ import math
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from llmserve.common.errors import RETRY_AFTER_KEY, InvalidArgument, LLMServeError
@@ -119,7 +119,13 @@ class _Api:
 
     async def _completion(self, request: Request, *, chat: bool):
         try:
-            parsed = parse_body(await self._body(request), chat=chat)
+            body = await self._body(request)
+        except ClientDisconnect:
+            # The client left while sending its body: nobody reads an answer, nothing failed here.
+            log.debug("client disconnected before its request was read", path=request.url.path)
+            return Response(status_code=400)
+        try:
+            parsed = parse_body(body, chat=chat)
             timeout = _timeout(request.headers.get(_TIMEOUT_HEADER))
             job = await self.service.admit(request.headers.get("authorization"), parsed.params)
         except LLMServeError as e:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from llmserve.common.errors import InvalidArgument, LLMServeError, http_status_for, openai_error_of
+from llmserve.common.errors import InvalidArgument, LLMServeError, bounded, http_status_for, openai_error_of
 
 from .inflight import FinishEvent, TokenEvent
 from .validation import GenerateParams
@@ -203,5 +203,5 @@ def error_body(error: LLMServeError) -> tuple[int, dict]:
     """(HTTP status, OpenAI-shaped error object) for a domain error."""
     kind, code = openai_error_of(error)
     return http_status_for(error), {
-        "error": {"message": error.message, "type": kind, "code": code, "param": None}
+        "error": {"message": bounded(error.message), "type": kind, "code": code, "param": None}
     }

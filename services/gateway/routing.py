@@ -32,7 +32,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from llmserve.common import redis_keys as keys
-from llmserve.common.errors import InvalidArgument, ModelNotFound, Unavailable
+from llmserve.common.errors import InvalidArgument, ModelNotFound, Unavailable, echo
 from llmserve.common.models.registry import Alias, ModelRegistry, ModelVersion, parse_ref
 from llmserve.common.workers import registry_snapshot
 
@@ -134,7 +134,7 @@ class ModelRouter:
             name, target = parse_ref(requested)
         except InvalidArgument:
             raise ModelNotFound(
-                f"model {requested!r} is not served here; ListModels shows the models"
+                f"model {echo(requested)} is not served here; ListModels shows the models"
             ) from None
         try:
             if target[:1] == "v" and target[1:].isdigit():
@@ -154,7 +154,7 @@ class ModelRouter:
     async def _pick(self, name: str, alias_name: str, key: str) -> str:
         view = await self._aliases.get((name, alias_name), lambda: self._fetch_alias(name, alias_name))
         if view.alias is None:
-            raise ModelNotFound(f"model {name!r} is not served here, or has no alias {alias_name!r}")
+            raise ModelNotFound(f"model {echo(name)} is not served here, or has no alias {echo(alias_name)}")
         chosen = choose_version(name, view.alias, key)
         if not self.fallback:
             return chosen
