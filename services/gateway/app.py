@@ -9,21 +9,21 @@ import redis.asyncio as aioredis
 
 from llmserve.common.logging import get_logger
 from llmserve.common.server import server_options
-from llmserve.gateway.internal.v1 import token_sink_pb2, token_sink_pb2_grpc
+from llmserve.common.tokensink.v1 import token_sink_pb2, token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2, generation_pb2_grpc
 
-from .api_keys import ApiKeyStore
-from .auth import Authenticator, StaticKeys
-from .catalog import ModelCatalog
+from .admission.api_keys import ApiKeyStore
+from .admission.auth import Authenticator, StaticKeys
+from .admission.jwt_auth import JwtVerifier
+from .admission.ratelimit import RateLimiter
 from .generation import GenerationService
-from .http_api import build_app
-from .http_server import HttpServer, grpc_server_credentials
-from .inflight import InflightRegistry
-from .jwt_auth import JwtVerifier
-from .ratelimit import RateLimiter
-from .request_queue import RequestQueue
+from .http.api import build_app
+from .http.server import HttpServer, grpc_server_credentials
+from .routing.catalog import ModelCatalog
 from .servicer import GenerationServicer, TokenSinkServicer
 from .settings import GatewaySettings
+from .streams.inflight import InflightRegistry
+from .streams.request_queue import RequestQueue
 
 log = get_logger(__name__)
 

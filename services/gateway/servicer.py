@@ -8,15 +8,15 @@ import grpc
 
 from llmserve.common.errors import LLMServeError, abort_with
 from llmserve.common.logging import get_logger
-from llmserve.gateway.internal.v1 import token_sink_pb2, token_sink_pb2_grpc
+from llmserve.common.tokensink.v1 import token_sink_pb2, token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
 
+from .admission.validation import GenerateParams
 from .generation import GenerationService
-from .inflight import Chunk, FinishEvent, InflightRegistry, TokenEvent
-from .model_list import ModelStatus
-from .sink_links import SinkLinks
-from .validation import GenerateParams
+from .routing.model_list import ModelStatus
+from .streams.inflight import Chunk, FinishEvent, InflightRegistry, TokenEvent
+from .streams.sink_links import SinkLinks
 
 log = get_logger(__name__)
 

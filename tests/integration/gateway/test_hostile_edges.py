@@ -8,7 +8,7 @@ import grpc
 import httpx
 import pytest
 
-from llmserve.gateway.catalog import ModelCatalog
+from llmserve.gateway.routing.catalog import ModelCatalog
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
 from tests.support.scripted_engine import ScriptedEngine

@@ -11,11 +11,11 @@ import asyncio
 import grpc
 import pytest
 
-from llmserve.gateway.inflight import InflightRegistry, TokenEvent
-from llmserve.gateway.internal.v1 import token_sink_pb2 as pb
-from llmserve.gateway.internal.v1 import token_sink_pb2_grpc
+from llmserve.common.tokensink.client import OutChunk, SinkClient
+from llmserve.common.tokensink.v1 import token_sink_pb2 as pb
+from llmserve.common.tokensink.v1 import token_sink_pb2_grpc
 from llmserve.gateway.servicer import TokenSinkServicer
-from llmserve.gateway.sink_client import OutChunk, SinkClient
+from llmserve.gateway.streams.inflight import InflightRegistry, TokenEvent
 
 
 class FlakySink(token_sink_pb2_grpc.TokenSinkServiceServicer):

@@ -17,8 +17,8 @@ import uvicorn
 
 from llmserve.common.logging import get_logger
 
-from .http_guard import ConnectionGuard, ConnectionLimits, guarded_protocol
-from .settings import GatewaySettings
+from ..settings import GatewaySettings
+from .guard import ConnectionGuard, ConnectionLimits, guarded_protocol
 
 log = get_logger(__name__)
 
