@@ -27,7 +27,20 @@ class PermissionDenied(LLMServeError):
 
 
 class InvalidArgument(LLMServeError):
-    """The request breaks a documented limit; the message names it."""
+    """The request breaks a documented limit; the message names it, and `param` the request
+    field at fault when there is one (the OpenAI error body's `param`)."""
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after_s: float | None = None):
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.param = param
+
+
+class PayloadTooLarge(InvalidArgument):
+    """The body is over max_request_bytes (HTTP 413)."""
+
+
+class UnsupportedMediaType(InvalidArgument):
+    """The body is not declared as JSON (HTTP 415)."""
 
 
 class ModelNotFound(LLMServeError):
@@ -78,6 +91,8 @@ STATUS_OF: dict[type[LLMServeError], grpc.StatusCode] = {
 
 # HTTP equivalents for the OpenAI-compatible API.
 HTTP_STATUS_OF: dict[type[LLMServeError], int] = {
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
     Unauthenticated: 401,
     PermissionDenied: 403,
     InvalidArgument: 400,

@@ -18,7 +18,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from llmserve.common.errors import RETRY_AFTER_KEY, InvalidArgument, LLMServeError
+from llmserve.common.errors import (
+    RETRY_AFTER_KEY,
+    InvalidArgument,
+    LLMServeError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    echo,
+)
 from llmserve.common.logging import get_logger
 
 from ..generation import GenerationService
@@ -31,14 +38,8 @@ log = get_logger(__name__)
 _TIMEOUT_HEADER = "x-request-timeout"  # seconds; the HTTP stand-in for a gRPC deadline
 
 
-class PayloadTooLarge(InvalidArgument):
-    """The body is over max_request_bytes (HTTP 413)."""
-
-
 def error_response(error: LLMServeError) -> JSONResponse:
     status, body = error_body(error)
-    if isinstance(error, PayloadTooLarge):
-        status = 413
     return JSONResponse(body, status_code=status, headers=retry_headers(error))
 
 
@@ -124,6 +125,8 @@ class _Api:
             # The client left while sending its body: nobody reads an answer, nothing failed here.
             log.debug("client disconnected before its request was read", path=request.url.path)
             return Response(status_code=400)
+        except LLMServeError as e:
+            return error_response(e)
         try:
             parsed = parse_body(body, chat=chat)
             timeout = _timeout(request.headers.get(_TIMEOUT_HEADER))
@@ -137,6 +140,10 @@ class _Api:
         return WholeResponse(events, builder)
 
     async def _body(self, request: Request) -> bytes:
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+            raise UnsupportedMediaType(f"the body must be application/json, not {echo(media_type, 60)}",
+                                       param="content-type")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise PayloadTooLarge(f"the body is over max_request_bytes ({self.max_bytes})")

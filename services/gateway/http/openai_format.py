@@ -15,6 +15,7 @@ from llmserve.common.errors import InvalidArgument, LLMServeError, bounded, http
 
 from ..admission.validation import GenerateParams
 from ..streams.inflight import FinishEvent, TokenEvent
+from .request_fields import check_fields
 
 _MAX_SEED = 2**64 - 1
 _PRIORITIES = {"low": 1, "normal": 2, "high": 3}
@@ -31,19 +32,30 @@ class OpenAIRequest:
 
 
 def parse_body(raw: bytes, *, chat: bool) -> OpenAIRequest:
+    return parse_request(json_object(raw, "the request body"), chat=chat)
+
+
+def json_object(raw: bytes | str, what: str) -> dict:
+    """A JSON object from a client; anything else (not JSON, nested too deep for the parser,
+    not an object) is an InvalidArgument naming `what`."""
     try:
         body = json.loads(raw)
+    except RecursionError:
+        raise InvalidArgument(f"{what} is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidArgument("the request body must be a JSON object") from e
-    return parse_request(body, chat=chat)
+        raise InvalidArgument(f"{what} must be a JSON object") from e
+    if not isinstance(body, dict):
+        raise InvalidArgument(f"{what} must be a JSON object")
+    return body
 
 
 def parse_request(body: Any, *, chat: bool) -> OpenAIRequest:
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a JSON object")
+    check_fields(body, chat=chat)
     n = _opt(body, "n", int)
     if n not in (None, 1):
-        raise InvalidArgument("n must be 1 (one choice per request)")
+        raise InvalidArgument("n must be 1 (one choice per request)", param="n")
     params = GenerateParams(
         model=_opt(body, "model", str) or "",
         max_tokens=_opt(body, "max_completion_tokens", int)
@@ -203,5 +215,6 @@ def error_body(error: LLMServeError) -> tuple[int, dict]:
     """(HTTP status, OpenAI-shaped error object) for a domain error."""
     kind, code = openai_error_of(error)
     return http_status_for(error), {
-        "error": {"message": bounded(error.message), "type": kind, "code": code, "param": None}
+        "error": {"message": bounded(error.message), "type": kind, "code": code,
+                  "param": getattr(error, "param", None)}
     }
