@@ -51,6 +51,7 @@ def _banner(suite: LocalSuite, seconds: float) -> None:
     print(f"""
 llmserve is up ({seconds:.1f}s) - all services SERVING
   gateway gRPC   127.0.0.1:{p.gateway}   (llmserve.gateway.v1.GenerationService)
+  OpenAI API     http://127.0.0.1:{p.http}/v1   (chat/completions, completions, models; WebSocket /v1/ws)
   scheduler      127.0.0.1:{p.scheduler}
   worker         127.0.0.1:{p.worker}
   monitor        127.0.0.1:{p.monitor}   dashboard http://127.0.0.1:{p.monitor_http}/
@@ -62,6 +63,9 @@ try:
   grpcurl -plaintext -H 'authorization: Bearer {key}' \\
     -d '{{"model": "{DEFAULT_MODEL}", "prompt": "The capital of France is", "max_tokens": 16}}' \\
     127.0.0.1:{p.gateway} llmserve.gateway.v1.GenerationService/Generate
+  curl http://127.0.0.1:{p.http}/v1/chat/completions -H 'authorization: Bearer {key}' \
+    -H 'content-type: application/json' \
+    -d '{{"model": "{DEFAULT_MODEL}", "messages": [{{"role": "user", "content": "Hi"}}], "max_tokens": 32}}'
 
 Ctrl-C stops everything.
 """, flush=True)
