@@ -32,6 +32,7 @@ from ..generation import GenerationService
 from ..routing.model_list import ModelStatus
 from ..streams.inflight import TokenEvent
 from .openai_format import OpenAIRequest, ResponseBuilder, error_body, parse_body
+from .tokenize import TokenizeApi
 from .websocket import websocket_endpoint
 
 log = get_logger(__name__)
@@ -55,7 +56,10 @@ def retry_headers(error: LLMServeError) -> dict[str, str]:
 def build_app(service: GenerationService) -> Starlette:
     """The Starlette app serving `service` over HTTP and WebSocket."""
     api = _Api(service)
+    tokens = TokenizeApi(service, api.read_body, error_response)
     routes = [
+        Route("/tokenize", tokens.tokenize, methods=["POST"]),
+        Route("/detokenize", tokens.detokenize, methods=["POST"]),
         Route("/v1/chat/completions", api.chat, methods=["POST"]),
         Route("/v1/completions", api.completions, methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
@@ -120,7 +124,7 @@ class _Api:
 
     async def _completion(self, request: Request, *, chat: bool):
         try:
-            body = await self._body(request)
+            body = await self.read_body(request)
         except ClientDisconnect:
             # The client left while sending its body: nobody reads an answer, nothing failed here.
             log.debug("client disconnected before its request was read", path=request.url.path)
@@ -139,7 +143,7 @@ class _Api:
             return EventStreamResponse(events, builder, parsed)
         return WholeResponse(events, builder)
 
-    async def _body(self, request: Request) -> bytes:
+    async def read_body(self, request: Request) -> bytes:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type and media_type != "application/json" and not media_type.endswith("+json"):
             raise UnsupportedMediaType(f"the body must be application/json, not {echo(media_type, 60)}",

@@ -106,3 +106,27 @@ async def test_bodies_that_are_not_json_objects_are_refused(redis_url, catalog):
             reply = await http.post("/v1/chat/completions", headers=headers | {"content-type": "application/json"},
                                     content=body)
             assert reply.status_code == 200
+
+
+async def test_tokenize_and_detokenize_round_trip_with_the_model_tokenizer(redis_url, catalog):
+    model = catalog.get(MODEL)
+    async with running_stack(redis_url, [ScriptedEngine()], catalog) as stack:
+        base = f"http://127.0.0.1:{stack.gateway.service.http_port}"
+        headers = {"authorization": f"Bearer {API_KEY}"}
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            reply = await http.post("/tokenize", headers=headers, json={"model": MODEL, "prompt": "Hello, world"})
+            assert reply.status_code == 200, reply.text
+            tokens = reply.json()["tokens"]
+            assert tokens == model.encode_prompt("Hello, world") and reply.json()["count"] == len(tokens)
+            assert reply.json()["max_model_len"] == model.context_length
+            chat = await http.post("/tokenize", headers=headers, json={"model": MODEL, "messages": MESSAGES})
+            assert chat.json()["tokens"] == model.encode_chat(MESSAGES)
+            back = await http.post("/detokenize", headers=headers, json={"model": MODEL, "tokens": tokens})
+            assert back.json()["prompt"] == model.tokenizer.decode(tokens)
+            for body, param in (({"model": MODEL, "tokens": [10**9]}, "tokens"),
+                                ({"model": MODEL, "prompt": "x", "extra": 1}, "extra")):
+                path = "/detokenize" if "tokens" in body else "/tokenize"
+                bad = await http.post(path, headers=headers, json=body)
+                assert bad.status_code == 400 and bad.json()["error"]["param"] == param
+            unauthenticated = await http.post("/tokenize", json={"model": MODEL, "prompt": "x"})
+            assert unauthenticated.status_code == 401
