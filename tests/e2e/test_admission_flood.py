@@ -14,21 +14,19 @@ import asyncio
 import time
 
 import pytest
-import redis.asyncio as aioredis
 
-from llmserve.gateway.ratelimit_scripts import tenant_keys
-from tests.support.flood import FLOOD_KEY, close_all, flood_stack, http_flood, probe_grpc, probe_http
+from tests.support.flood import (
+    FLOOD_KEY,
+    close_all,
+    flood_stack,
+    http_flood,
+    probe_grpc,
+    probe_http,
+    streams_held,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 LIMIT, FLOOD, RATE = 48, 1000, 200.0  # LIMIT: the default max_concurrent_streams
-
-
-async def streams_held(redis_url: str, tenant: str) -> int:
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        return await client.zcard(tenant_keys(tenant)[2])
-    finally:
-        await client.aclose()
 
 
 async def other_tenant_during(flood: asyncio.Task, http_port: int, grpc_port: int) -> list[float]:

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import grpc
 import httpx
+import redis.asyncio as aioredis
 
 from llmserve.cli.redis_server import RedisServer, free_port
 from llmserve.cli.suite import LocalSuite, Ports
 from llmserve.common.model_store import DEFAULT_MODEL
+from llmserve.gateway.ratelimit_scripts import tenant_keys
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
 from tests.support.scripted_engine import ScriptedEngine
@@ -157,3 +159,12 @@ async def probe_grpc(port: int, key: str = OTHER_KEY, max_tokens: int = 4, timeo
                 first = time.perf_counter() - started
     assert first is not None
     return first
+
+
+async def streams_held(redis_url: str, tenant: str) -> int:
+    """The tenant's live concurrency leases, as Redis holds them."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        return await client.zcard(tenant_keys(tenant)[2])
+    finally:
+        await client.aclose()
