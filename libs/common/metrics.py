@@ -16,6 +16,8 @@ dashboards refer to the names below, so a name changes only together with them.
 | llmserve.tokens.in / .out        | counter       | token     | model, tenant              | gateway     |
 | llmserve.ratelimit.rejections    | counter       | request   | tenant, limit              | gateway     |
 | llmserve.ratelimit.fail_open     | counter       | request   | tenant                     | gateway     |
+| llmserve.ratelimit.sender_deaths | counter       | batch     | error                      | gateway     |
+| llmserve.ratelimit.revoked       | counter       | request   | tenant                     | gateway     |
 | llmserve.queue.depth             | gauge         | request   | model, priority            | scheduler   |
 | llmserve.queue.wait              | histogram     | s         | model, priority            | scheduler   |
 | llmserve.workers                 | gauge         | worker    | model, state               | scheduler (and the monitor, from the registry) |
@@ -101,6 +103,12 @@ class GatewayMetrics:
         self.fail_open = m.create_counter(
             "llmserve.ratelimit.fail_open", "{request}", "Requests admitted without a limiter verdict."
         )
+        self.sender_deaths = m.create_counter(
+            "llmserve.ratelimit.sender_deaths", "{batch}", "Limiter batch senders that raised or were cancelled."
+        )
+        self.revoked = m.create_counter(
+            "llmserve.ratelimit.revoked", "{request}", "Admissions undone because their caller never got them."
+        )
 
     def request_started(self, model: str, tenant: str, prompt_tokens: int) -> None:
         """A request passed auth, limits and validation and was enqueued."""
@@ -139,6 +147,14 @@ class GatewayMetrics:
     def limiter_failed_open(self, tenant: str) -> None:
         """The limiter could not reach Redis and admitted the request under its local bound."""
         self.fail_open.add(1, {"tenant": tenant})
+
+    def limiter_sender_died(self, error: str) -> None:
+        """A limiter batch sender raised or was cancelled; its calls were failed, the sender went on."""
+        self.sender_deaths.add(1, {"error": error})
+
+    def limiter_revoked(self, tenant: str, count: int) -> None:
+        """`count` admissions Redis granted after their callers had given up were undone."""
+        self.revoked.add(count, {"tenant": tenant})
 
 
 class SchedulerMetrics:

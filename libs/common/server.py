@@ -87,6 +87,9 @@ class GrpcApp:
         if self.port == 0:
             raise RuntimeError(f"could not bind {self.settings.address}")
         await self.server.start()
+        bind_health = getattr(self.service, "bind_health", None)
+        if bind_health is not None:  # a service whose own checks can turn it NOT_SERVING
+            bind_health(self.health)
         await self.service.start(self.port)
         for name in ("", *self.service.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

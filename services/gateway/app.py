@@ -6,12 +6,14 @@ import asyncio
 
 import grpc
 import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2
 
 from llmserve.common.logging import get_logger
 from llmserve.common.server import server_options
 from llmserve.common.tokensink.v1 import token_sink_pb2, token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2, generation_pb2_grpc
 
+from .admission.admission_watch import AdmissionWatchdog
 from .admission.api_keys import ApiKeyStore
 from .admission.auth import Authenticator, StaticKeys
 from .admission.jwt_auth import JwtVerifier
@@ -58,12 +60,27 @@ class GatewayService:
         self.queue = RequestQueue(self.redis, settings.max_queue_len)
         self.generation = GenerationService(settings, self.auth, self.catalog, self.queue, self.inflight,
                                             self.redis, self.limiter)
+        self.limiter.metrics = self.generation.metrics
+        self._health = None
+        self.watchdog = AdmissionWatchdog(lambda: self.limiter.oldest_waiting_s, self._set_serving,
+                                          settings.admission_stall_s)
         #: Read by the gRPC bootstrap: TLS for the public port when certificates are configured.
         self.server_credentials = grpc_server_credentials(settings)
         self.http = HttpServer(build_app(self.generation), settings)
         self.http_port = 0
         self._internal: grpc.aio.Server | None = None
         self._internal_port = 0
+
+    def bind_health(self, health) -> None:
+        """Called by GrpcApp: the admission watchdog turns this health NOT_SERVING on a stall."""
+        self._health = health
+
+    async def _set_serving(self, serving: bool) -> None:
+        if self._health is None:
+            return
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *self.service_names):
+            await self._health.set(name, status)
 
     def register(self, server) -> None:
         generation_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(self.generation), server)
@@ -82,6 +99,7 @@ class GatewayService:
         self.queue.reply_to = f"{self.settings.advertise_host or self.settings.host}:{sink_port}"
         self.limiter.start()
         await self.limiter.warm_up()
+        self.watchdog.start()
         self.http_port = await self.http.start()
 
     async def drain(self) -> None:
@@ -90,6 +108,7 @@ class GatewayService:
             await asyncio.sleep(0.05)
 
     async def close(self) -> None:
+        await self.watchdog.stop()
         await self.http.stop()
         if self._internal is not None:
             await self._internal.stop(grace=1.0)

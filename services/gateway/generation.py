@@ -143,7 +143,11 @@ class GenerationService:
                 if remaining <= 0:
                     raise DeadlineExceeded(f"no result within the deadline ({timeout:.1f}s)")
                 try:
-                    event = await asyncio.wait_for(stream.events.get(), min(remaining, _WATCH_S))
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for returns an event that
+                    # arrives in the loop turn the client's cancel lands, swallowing the cancel,
+                    # and the stream then runs to its end for nobody, holding its lease.
+                    async with asyncio.timeout(min(remaining, _WATCH_S)):
+                        event = await stream.events.get()
                 except TimeoutError:
                     if not await self.queue.still_known(job.request_id):
                         raise Unavailable("the request was lost while Redis was down; retry it",

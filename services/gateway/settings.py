@@ -100,7 +100,12 @@ class GatewaySettings(ServiceSettings):
         description="Tokens (prompt + max_tokens reserved at admission, corrected to the real use at the "
         "end) per tenant per minute; 0: no limit.",
     )
-    max_concurrent_streams: int = Field(64, ge=0, description="Requests a tenant may run at once; 0: no limit.")
+    max_concurrent_streams: int = Field(
+        48, ge=0,
+        description="Requests a tenant may run at once; 0: no limit. The default stays below the smallest "
+        "worker pool (a worker runs max_num_seqs = 64 sequences), so one tenant alone cannot fill a worker "
+        "and other tenants' requests still start; raise it with the pool.",
+    )
     rate_window_s: float = Field(60.0, gt=0, description="The sliding window of the per-minute limits.")
     stream_lease_s: float = Field(
         30.0, ge=1, description="A concurrency slot expires unless renewed this often; a crashed gateway's "
@@ -117,6 +122,17 @@ class GatewaySettings(ServiceSettings):
         1.0, gt=0, le=1,
         description="Fail-open bound: the share of each tenant's limits one gateway grants on its own "
         "(with N gateways, 1/N keeps the total near the limit).",
+    )
+    admission_max_waiting_per_tenant: int = Field(
+        512, ge=0,
+        description="Admissions of one tenant that may wait for the rate limiter at once on this gateway; "
+        "more are refused at once (RESOURCE_EXHAUSTED / 429), so one tenant's flood never delays another "
+        "tenant's admission. 0: no bound.",
+    )
+    admission_stall_s: float = Field(
+        5.0, gt=0,
+        description="Health turns NOT_SERVING while the rate limiter's oldest unanswered call is older than "
+        "this (the admission path no longer completes), and SERVING again once it completes.",
     )
     breaker_failures: int = Field(3, ge=1, description="Consecutive Redis failures that open the breaker.")
     breaker_reset_s: float = Field(1.0, gt=0, description="How long an open breaker skips Redis before a trial.")

@@ -29,6 +29,7 @@ class CircuitBreaker:
         self._failures = 0
         self._open_until = 0.0
         self._trial = False
+        self._trial_until = 0.0
 
     @property
     def is_open(self) -> bool:
@@ -38,9 +39,13 @@ class CircuitBreaker:
         """May this call try Redis?"""
         if not self.is_open:
             return True
-        if self._trial or self._clock() < self._open_until:
+        now = self._clock()
+        # A trial that never reported back (its caller left, or it was never sent) must not
+        # keep the breaker open for good: after another reset_s, another call probes.
+        if now < self._open_until or (self._trial and now < self._trial_until):
             return False
         self._trial = True  # half-open: exactly one call probes Redis
+        self._trial_until = now + self._reset_s
         return True
 
     def success(self) -> None:

@@ -4,12 +4,15 @@ Each admission is one atomic Lua call (see ratelimit_scripts) that checks reques
 minute, tokens per minute (prompt + max_tokens reserved) and concurrent streams, and takes
 a lease. The end of a request releases the lease and corrects the tokens to the real use.
 
-Calls from many concurrent requests are sent in pipelined batches over one connection:
-a burst of a thousand admissions costs a few round trips, and the time limit on each
-batch measures Redis, not a queue of connections. A batch that fails or takes longer than
-`ratelimit_timeout_ms` counts against the circuit breaker; while Redis is out, the
-configured policy decides: `closed` answers UNAVAILABLE, `open` admits within a local
-in-process bound.
+Calls from many concurrent requests are sent in pipelined batches (limiter_sender): a burst
+of a thousand admissions costs a few round trips. Every call is answered by its deadline
+(`ratelimit_timeout_ms`) whatever happens to the task sending it; a late or failed batch counts
+against the circuit breaker, and while Redis is out the configured policy decides: `closed`
+answers UNAVAILABLE, `open` admits within a local in-process bound. An admission Redis granted
+after its caller had given up (late answer, no answer, caller gone) is revoked at once, slot
+and window entry, never left to expire (issue 22). Two refusals need no Redis at all
+(admission_bounds): a tenant already at its concurrency limit on this gateway, and a tenant
+with too many admissions waiting.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -26,18 +29,20 @@ from redis.exceptions import NoScriptError, RedisError
 
 from llmserve.common.errors import RateLimited, Unavailable
 from llmserve.common.logging import get_logger
+from llmserve.common.metrics import GatewayMetrics
 
 from ..settings import GatewaySettings
 from . import ratelimit_scripts as scripts
+from .admission_bounds import TenantAdmissions
 from .auth import Limits
+from .limiter_sender import BatchSender, Call, RedisDown
 from .local_limits import CircuitBreaker, LocalLimiter
 
+__all__ = ["Lease", "RateLimiter", "RedisDown"]
 log = get_logger(__name__)
-_BATCH = 256
 _RENEW_CHUNK = 500
-_STALL_S = 0.005
-_PER_CALL_S = 40e-6  # writing and parsing a big batch takes this much longer per request
-_SCRIPTS = {"acquire": scripts.ACQUIRE, "release": scripts.RELEASE, "renew": scripts.RENEW}
+_SCRIPTS = {"acquire": scripts.ACQUIRE, "release": scripts.RELEASE, "renew": scripts.RENEW,
+            "revoke": scripts.REVOKE}
 
 
 @dataclass
@@ -50,55 +55,19 @@ class Lease:
     local: bool = False  # granted by the fail-open local bound, not by Redis
 
 
-class RedisDown(Exception):
-    """Redis did not answer in time (or the breaker is open)."""
-
-
-@dataclass
-class _Call:
-    script: str  # acquire | release | renew
-    tenant: str
-    args: list  # this call's share of the script's per-request arguments
-    future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
-class _Deadline:
-    """Cancels the current task when `timeout` passes, unless the timer itself fires late.
-
-    A late timer means this process was stalled, not Redis: the wait gets one more full
-    deadline. `expired` tells the task's CancelledError apart from an outside cancel.
-    """
-
-    def __init__(self, timeout: float):
-        self.task = asyncio.current_task()
-        self.expired = False
-        self._loop = asyncio.get_running_loop()
-        self._timeout = timeout
-        due = self._loop.time() + timeout
-        self._handle = self._loop.call_at(due, self._fire, due, True)
-
-    def _fire(self, due: float, may_extend: bool) -> None:
-        now = self._loop.time()
-        if may_extend and now - due > _STALL_S:
-            self._handle = self._loop.call_at(now + self._timeout, self._fire, now + self._timeout, False)
-            return
-        self.expired = True
-        self.task.cancel()
-
-    def cancel(self) -> None:
-        self._handle.cancel()
-
-
 class RateLimiter:
     """Admits requests against their tenant's limits; see the module docstring."""
 
     def __init__(self, settings: GatewaySettings, redis: aioredis.Redis | None = None):
         self.settings = settings
         self._timeout = settings.ratelimit_timeout_ms / 1000
+        # The socket waits longer than the deadline: a late answer is still read, so what
+        # Redis did for a caller that gave up can be undone (the deadline is the sender's).
+        socket_timeout = max(self._timeout, settings.redis_timeout_s)
         self._redis = redis or aioredis.Redis.from_url(
             settings.redis_url,
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
             retry=Retry(NoBackoff(), 0),
         )
         self.defaults = Limits(
@@ -106,32 +75,40 @@ class RateLimiter:
         )
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
         self.local = LocalLimiter(settings.ratelimit_local_share, settings.rate_window_s)
+        self.tenants = TenantAdmissions(settings.admission_max_waiting_per_tenant)
+        self.metrics: GatewayMetrics | None = None  # set by the service that owns the instruments
+        self.sender = BatchSender(self._send_batch, self._timeout, on_lost=self._sender_died,
+                                  on_late=self._late)
         self._window_ms = int(settings.rate_window_s * 1000)
         self._lease_ms = int(settings.stream_lease_s * 1000)
-        self._pending: list[_Call] = []
-        self._wake = asyncio.Event()
         self._shas: dict[str, str] = {}
         self._live: dict[str, Lease] = {}
-        self._sending = 0  # batches on the wire
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run_batches()), asyncio.create_task(self._renew_forever())]
+        self._tasks = [asyncio.create_task(self._renew_forever())]
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+        await self.sender.close()
         await self._redis.aclose()
 
     @property
     def live_leases(self) -> int:
         return len(self._live)
 
+    @property
+    def oldest_waiting_s(self) -> float:
+        """Age of the oldest limiter call still unanswered: the admission path's pulse."""
+        return self.sender.oldest_open_s
+
     async def acquire(self, tenant: str, limits: Limits, tokens: int) -> Lease:
         """Take a lease or raise RateLimited (with the retry delay) / Unavailable (closed policy)."""
         resolved = limits.over(self.defaults)
+        self.tenants.check(tenant, resolved)
         lease = Lease(tenant, uuid.uuid4().hex, tokens)
         args = [
             resolved.requests_per_minute,
@@ -140,13 +117,15 @@ class RateLimiter:
             tokens,
             lease.lease_id,
         ]
-        try:
-            code, value = await self._call("acquire", tenant, args)
-        except RedisDown:
-            return self._fallback(lease, resolved)
+        with self.tenants.admitting(tenant):
+            try:
+                code, value = await self._call("acquire", tenant, args)
+            except RedisDown:
+                return self._fallback(lease, resolved)
         if code != scripts.OK:
             raise _rejection(code, int(value), tenant, resolved, tokens)
         self._live[lease.lease_id] = lease
+        self.tenants.took(tenant)
         return lease
 
     async def release(self, lease: Lease, used_tokens: int) -> None:
@@ -154,7 +133,8 @@ class RateLimiter:
         if lease.local:
             self.local.release(lease.tenant)
             return
-        self._live.pop(lease.lease_id, None)
+        if self._live.pop(lease.lease_id, None) is not None:
+            self.tenants.gave_back(lease.tenant)
         # An unreachable Redis loses only the correction: the slot expires with its lease.
         with contextlib.suppress(RedisDown, RedisError):
             await self._call("release", lease.tenant, [lease.lease_id, used_tokens])
@@ -177,90 +157,101 @@ class RateLimiter:
     async def _call(self, script: str, tenant: str, args: list):
         if not self.breaker.allow():
             raise RedisDown("circuit breaker open")
-        call = _Call(script, tenant, args)
-        if self._pending or self._sending:
-            self._pending.append(call)
-            self._wake.set()
-        else:
-            # Nothing queued or on the wire (low load): send from the caller's own task rather
-            # than waking the batcher, a task switch that costs a lone request more than Redis.
-            await self._send([call])
-        return await call.future
-
-    async def _run_batches(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
-                await self._send(batch)
-
-    async def _send(self, batch: list[_Call]) -> None:
-        self._sending += 1
+        call = self.sender.submit(script, tenant, args)
         try:
-            await self._send_batch(batch)
-        finally:
-            self._sending -= 1
+            return await call.future
+        except asyncio.CancelledError:
+            # The caller went away; an admission it will never use is given back now.
+            if script == "acquire":
+                self._revoke_if_admitted(call)
+            raise
 
-    async def _send_batch(self, batch: list[_Call]) -> None:
-        groups: dict[tuple[str, str], list[_Call]] = {}
+    async def _send_batch(self, batch: list[Call]) -> None:
+        groups: dict[tuple[str, str], list[Call]] = {}
         for call in batch:
             groups.setdefault((call.script, call.tenant), []).append(call)
         try:
-            results = await self._within_deadline(self._execute(groups), len(batch))
+            results = await self._execute(groups)
         except (RedisError, OSError, TimeoutError) as e:
             self._failed(batch, e)
             return
-        self.breaker.success()
+        if not any(call.expired for call in batch):  # a late one was counted at its deadline
+            self.breaker.success()
         for calls, result in zip(groups.values(), results, strict=True):
             for i, call in enumerate(calls):
-                if call.future.done():
-                    continue
-                if isinstance(result, Exception):
-                    call.future.set_exception(result)
-                elif call.script == "acquire":
-                    call.future.set_result((int(result[2 * i]), int(result[2 * i + 1])))
-                else:
-                    call.future.set_result(None)
+                self._answer(call, result, i)
 
-    async def _within_deadline(self, work, size: int):
-        """Run `work` with the Redis deadline, measured against Redis and not our own stalls.
+    def _answer(self, call: Call, result, i: int) -> None:
+        if isinstance(result, Exception):
+            if not call.future.done():
+                call.future.set_exception(result)
+            return
+        if call.script != "acquire":
+            if not call.future.done():
+                call.future.set_result(None)
+            return
+        answer = (int(result[2 * i]), int(result[2 * i + 1]))
+        if not call.future.done():
+            call.future.set_result(answer)
+        elif answer[0] == scripts.OK:  # admitted after its caller had given up
+            self._revoke([call])
 
-        A deadline timer that fires late means this process was busy (GIL, a long callback)
-        while Redis may well have answered; such a wait gets one more full deadline. The
-        work runs in the calling task (no extra task: this is on every admission's path).
-        """
-        timeout = self._timeout + size * _PER_CALL_S
-        deadline = _Deadline(timeout)
-        try:
-            return await work
-        except asyncio.CancelledError:
-            if deadline.expired and deadline.task.uncancel() == 0:
-                raise TimeoutError(f"no answer from Redis within {timeout * 1000:.0f} ms") from None
-            raise
-        finally:
-            deadline.cancel()
-
-    def _failed(self, batch: list[_Call], error: Exception) -> None:
+    def _late(self, batch: list[Call]) -> None:
         self.breaker.failure()
-        log.warning(
-            "rate limiter: Redis call failed", error=type(error).__name__, breaker_open=self.breaker.is_open
-        )
-        failed = batch
+        log.warning("rate limiter: no answer from Redis within the deadline", calls=len(batch),
+                    breaker_open=self.breaker.is_open)
         if self.breaker.is_open:  # waiting calls would only time out as well: decide them now
-            failed, self._pending = batch + self._pending, []
-        for call in failed:
+            self.sender.fail_queued(RedisDown("circuit breaker open"))
+
+    def _failed(self, batch: list[Call], error: Exception) -> None:
+        log.warning("rate limiter: Redis call failed", error=type(error).__name__)
+        if not any(call.expired for call in batch):  # a late one was counted at its deadline
+            self.breaker.failure()
+            if self.breaker.is_open:
+                self.sender.fail_queued(RedisDown("circuit breaker open"))
+        self._lost(batch, error)
+
+    def _sender_died(self, batch: list[Call], error: BaseException) -> None:
+        if self.metrics is not None:
+            self.metrics.limiter_sender_died(type(error).__name__)
+        self._lost(batch, error)
+
+    def _lost(self, batch: list[Call], error: BaseException) -> None:
+        """The batch's outcome is unknown: fail its open calls, undo any admission it made."""
+        for call in batch:
             if not call.future.done():
                 call.future.set_exception(RedisDown(type(error).__name__))
+        self._revoke([call for call in batch if call.script == "acquire"])
+
+    def _revoke_if_admitted(self, call: Call) -> None:
+        future = call.future
+        admitted = future.done() and not future.cancelled() and future.exception() is None
+        if admitted and future.result()[0] == scripts.OK:
+            self._revoke([call])
+
+    def _revoke(self, calls: list[Call]) -> None:
+        """Undo these admissions in Redis (slot and window entry); idempotent, best effort."""
+        by_tenant: dict[str, list[str]] = {}
+        for call in calls:
+            by_tenant.setdefault(call.tenant, []).append(call.args[4])
+        for tenant, ids in by_tenant.items():
+            if self.metrics is not None:
+                self.metrics.limiter_revoked(tenant, len(ids))
+            with contextlib.suppress(RedisDown):  # closing: the leases expire on their own
+                # Not behind the breaker: a revoke is how a flaky Redis is left with no debt.
+                self.sender.submit("revoke", tenant, ids, budget=self.settings.redis_timeout_s)
 
     async def warm_up(self) -> None:
         """Connect and load the scripts before the first request (not on its deadline)."""
         try:
             await self._load_scripts()
+            # One open connection per batch that may be on the wire: a burst's batches then
+            # spend their deadline on Redis, not on TCP and HELLO handshakes.
+            await asyncio.gather(*(self._redis.ping() for _ in range(self.sender.max_in_flight)))
         except RedisError as e:
             log.warning("rate limiter: Redis not reachable at start", error=type(e).__name__)
 
-    async def _execute(self, groups: dict[tuple[str, str], list[_Call]]) -> list:
+    async def _execute(self, groups: dict[tuple[str, str], list[Call]]) -> list:
         if not self._shas:
             await self._load_scripts()
         results = await self._pipeline(groups)
@@ -269,7 +260,7 @@ class RateLimiter:
             results = await self._pipeline(groups)
         return results
 
-    async def _pipeline(self, groups: dict[tuple[str, str], list[_Call]]) -> list:
+    async def _pipeline(self, groups: dict[tuple[str, str], list[Call]]) -> list:
         async with self._redis.pipeline(transaction=False) as pipe:
             for (script, tenant), calls in groups.items():
                 head = {"acquire": [self._window_ms, self._lease_ms], "renew": [self._lease_ms]}.get(

@@ -128,3 +128,19 @@ redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[1]) + 1000)
 return 1
 """
 )
+
+# KEYS: window, tokens, streams. ARGV: lease ids. Undoes admissions the client never got (the
+# answer came after the limiter's deadline, or never): the slot, the window entry and its
+# tokens go at once, as if the request had not been made. Unknown ids are a no-op.
+REVOKE = """
+for i = 1, #ARGV do
+  redis.call('ZREM', KEYS[3], ARGV[i])
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  local charged = redis.call('HGET', KEYS[2], ARGV[i])
+  if charged then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    redis.call('HINCRBY', KEYS[2], '_sum', -tonumber(charged))
+  end
+end
+return 1
+"""

@@ -1,5 +1,6 @@
-"""The rate limiter's Redis deadline: on time it times out, a stall of our own does not count,
-and a cancel from outside stays a cancel."""
+"""The rate limiter's deadline (limiter_sender): on time it times out, a stall of our own does
+not count, a cancel from outside stays a cancel, and the deadline never cancels the task that
+sends (that cancel is what wedged the old sender, issue 21)."""
 
 from __future__ import annotations
 
@@ -8,44 +9,91 @@ import time
 
 import pytest
 
-from llmserve.gateway.admission.ratelimit import RateLimiter
-from llmserve.gateway.settings import GatewaySettings
+from llmserve.gateway.admission.limiter_sender import BatchSender, Call, RedisDown
+
+TIMEOUT = 0.02
 
 
-@pytest.fixture
-async def limiter():
-    limiter = RateLimiter(GatewaySettings(redis_url="redis://127.0.0.1:1/0", ratelimit_timeout_ms=20))
-    yield limiter
-    await limiter.close()
+class Answering:
+    """A `send` that answers every call with "answer" after `delay`, doing `before` first."""
+
+    def __init__(self, delay: float, before=None):
+        self.delay = delay
+        self.before = before
+        self.finished: list[Call] = []
+        self.cancel_counts: list[int] = []
+
+    async def __call__(self, batch: list[Call]) -> None:
+        if self.before is not None:
+            self.before()
+        await asyncio.sleep(self.delay)
+        self.cancel_counts.append(asyncio.current_task().cancelling())
+        for call in batch:
+            if not call.future.done():
+                call.future.set_result("answer")
+            self.finished.append(call)
 
 
-async def answer_after(seconds: float, value="answer"):
-    await asyncio.sleep(seconds)
-    return value
+def sender_for(send) -> BatchSender:
+    return BatchSender(send, TIMEOUT, on_lost=lambda batch, error: None)
 
 
-async def test_an_answer_within_the_deadline_is_returned(limiter):
-    assert await limiter._within_deadline(answer_after(0.001), 1) == "answer"
+async def test_an_answer_within_the_deadline_is_returned():
+    sender = sender_for(Answering(0.001))
+    assert await sender.submit("acquire", "t", []).future == "answer"
 
 
-async def test_no_answer_in_time_is_a_timeout(limiter):
+async def test_no_answer_in_time_is_redis_down_and_the_sender_is_not_cancelled():
+    send = Answering(0.3)
+    sender = sender_for(send)
     started = time.perf_counter()
-    with pytest.raises(TimeoutError):
-        await limiter._within_deadline(answer_after(5), 1)
-    assert time.perf_counter() - started < 1
+    call = sender.submit("acquire", "t", [])
+    with pytest.raises(RedisDown):
+        await call.future
+    assert time.perf_counter() - started < 0.2
+    assert call.expired
+    # The batch goes on waiting for its answer (the limiter reconciles it), never cancelled.
+    await asyncio.sleep(0.4)
+    assert send.finished == [call] and send.cancel_counts == [0]
 
 
-async def test_a_stall_of_this_process_gets_one_more_deadline(limiter):
-    async def stalled_then_answered():
-        time.sleep(0.05)  # the event loop is blocked past the 20 ms deadline...
-        return await answer_after(0.005)  # ...and the answer comes right after
-
-    assert await limiter._within_deadline(stalled_then_answered(), 1) == "answer"
+async def test_a_stall_of_this_process_gets_one_more_deadline():
+    # The event loop is blocked past the 20 ms deadline, and the answer comes right after.
+    sender = sender_for(Answering(0.005, before=lambda: time.sleep(0.05)))
+    assert await sender.submit("acquire", "t", []).future == "answer"
 
 
-async def test_a_cancel_from_outside_stays_a_cancel(limiter):
-    task = asyncio.create_task(limiter._within_deadline(answer_after(5), 1))
+async def test_a_cancel_from_outside_stays_a_cancel():
+    sender = sender_for(Answering(5))
+    call = sender.submit("acquire", "t", [])
+    task = asyncio.create_task(asyncio.wait_for(asyncio.shield(call.future), 10))
     await asyncio.sleep(0.005)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    await sender.close()
+
+
+async def test_calls_made_in_one_loop_turn_share_a_batch():
+    batches: list[int] = []
+
+    async def send(batch):
+        batches.append(len(batch))
+        await asyncio.sleep(0.001)
+        for call in batch:
+            call.future.set_result(None)
+
+    sender = BatchSender(send, 1.0, on_lost=lambda batch, error: None)
+    await asyncio.gather(*(sender.submit("acquire", "t", []).future for _ in range(600)))
+    # the first call goes out alone at once (idle), the rest in full batches behind it
+    assert batches[0] == 1 and sum(batches) == 600 and len(batches) <= 5
+
+
+async def test_the_oldest_open_call_is_the_admission_pulse():
+    sender = BatchSender(Answering(0.05), 1.0, on_lost=lambda batch, error: None)
+    assert sender.oldest_open_s == 0.0
+    call = sender.submit("release", "t", [])
+    await asyncio.sleep(0.01)
+    assert 0.005 < sender.oldest_open_s < 0.05
+    await call.future
+    assert sender.oldest_open_s == 0.0
