@@ -21,6 +21,7 @@ from starlette.routing import Route, WebSocketRoute
 from llmserve.common.errors import RETRY_AFTER_KEY, InvalidArgument, LLMServeError
 from llmserve.common.logging import get_logger
 
+from .auth import single_authorization
 from .generation import GenerationService
 from .inflight import TokenEvent
 from .model_list import ModelStatus
@@ -97,7 +98,7 @@ class _Api:
 
     async def models(self, request: Request):
         try:
-            identity = await self.service.identify(request.headers.get("authorization"))
+            identity = await self.service.identify(single_authorization(request.headers.getlist("authorization")))
         except LLMServeError as e:
             return error_response(e)
         models = await self.service.list_models()
@@ -113,7 +114,7 @@ class _Api:
                 **(_registry_fields(m) if m.registry else {}),
             }
             for m in models
-            if identity.models is None or m.name in identity.models
+            if identity.may_see(m.name)
         ]
         return JSONResponse({"object": "list", "data": data})
 
@@ -121,7 +122,8 @@ class _Api:
         try:
             parsed = parse_body(await self._body(request), chat=chat)
             timeout = _timeout(request.headers.get(_TIMEOUT_HEADER))
-            job = await self.service.admit(request.headers.get("authorization"), parsed.params)
+            job = await self.service.admit(single_authorization(request.headers.getlist("authorization")),
+                                           parsed.params)
         except LLMServeError as e:
             return error_response(e)
         builder = ResponseBuilder(parsed, job.request_id, job.model)

@@ -6,12 +6,14 @@ import asyncio
 
 import grpc
 
-from llmserve.common.errors import LLMServeError, abort_with
+from llmserve.common.errors import LLMServeError, abort_with, status_code_for
 from llmserve.common.logging import get_logger
+from llmserve.common.metrics import status_label
 from llmserve.gateway.internal.v1 import token_sink_pb2, token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
 
+from .auth import single_authorization
 from .generation import GenerationService
 from .inflight import Chunk, FinishEvent, InflightRegistry, TokenEvent
 from .model_list import ModelStatus
@@ -65,10 +67,8 @@ def _model_info(m: ModelStatus) -> pb.ModelInfo:
 
 
 def _authorization(context: grpc.aio.ServicerContext) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            return value
-    return None
+    values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+    return single_authorization([v if isinstance(v, str) else v.decode(errors="replace") for v in values])
 
 
 class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
@@ -102,11 +102,20 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             await abort_with(context, e)
 
     async def ListModels(self, request, context):
+        try:
+            identity = await self.service.identify(_authorization(context))
+        except LLMServeError as e:
+            await abort_with(context, e)
         models = await self.service.list_models()
-        return pb.ListModelsResponse(models=[_model_info(m) for m in models])
+        return pb.ListModelsResponse(models=[_model_info(m) for m in models if identity.may_see(m.name)])
 
     async def _admit(self, request, context):
-        return await self.service.admit(_authorization(context), params_from_pb(request))
+        try:
+            authorization = _authorization(context)
+        except LLMServeError as e:
+            self.service.metrics.request_finished(request.model, "", status_label(status_code_for(e)), 0.0)
+            raise
+        return await self.service.admit(authorization, params_from_pb(request))
 
 
 class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
