@@ -7,6 +7,7 @@ import asyncio
 import grpc
 
 from llmserve.common.errors import LLMServeError, abort_with, status_code_for
+from llmserve.common.internal_auth import current_caller
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import status_label
 from llmserve.gateway.internal.v1 import token_sink_pb2, token_sink_pb2_grpc
@@ -17,6 +18,7 @@ from .auth import single_authorization
 from .generation import GenerationService
 from .inflight import Chunk, FinishEvent, InflightRegistry, TokenEvent
 from .model_list import ModelStatus
+from .sink_authz import SinkAuthorizer
 from .validation import GenerateParams
 
 log = get_logger(__name__)
@@ -121,17 +123,21 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
     """Receives workers' token chunks; answers with cancellations for them."""
 
-    def __init__(self, inflight: InflightRegistry):
+    def __init__(self, inflight: InflightRegistry, authz: SinkAuthorizer | None = None):
         self.inflight = inflight
+        self.authz = authz
 
     async def StreamTokens(self, request_iterator, context):
         outbox: asyncio.Queue[str] = asyncio.Queue()
         listeners: dict[str, asyncio.Queue[str]] = {}
         forwarders: list[asyncio.Task] = []
+        checker = self.authz.stream_checker(current_caller()) if self.authz else None
 
         async def consume() -> None:
             async for message in request_iterator:
                 for c in message.chunks:
+                    if checker and not await checker.allows(c.request_id, c.worker_id, bool(c.outcome)):
+                        continue  # not this caller's request: dropped, never delivered
                     if c.worker_id and c.worker_id not in listeners:
                         listeners[c.worker_id] = self.inflight.listen_cancellations(c.worker_id)
                         forwarders.append(asyncio.create_task(_forward(listeners[c.worker_id], outbox)))
@@ -153,6 +159,11 @@ class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
                 self.inflight.stop_listening(worker_id, queue)
 
     async def Fence(self, request, context):
+        if self.authz is not None:
+            try:
+                await self.authz.check_fence(current_caller(), request.request_id)
+            except LLMServeError as e:
+                await abort_with(context, e)
         stream = self.inflight.get(request.request_id)
         if stream is None or not stream.fence(request.attempt):
             return token_sink_pb2.FenceResponse(found=False)
