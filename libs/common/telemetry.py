@@ -37,16 +37,17 @@ def configure_telemetry(service: str, otlp_endpoint: str, *, export_interval_ms:
 
         auth = auth or InternalAuth()
         creds = auth.channel_credentials()
-        link = {"insecure": creds is None, "credentials": creds, "headers": dict(auth.metadata()) or None}
+        headers = dict(auth.metadata()) or None
         readers.append(
             PeriodicExportingMetricReader(
-                OTLPMetricExporter(endpoint=otlp_endpoint, timeout=2, **link),
+                OTLPMetricExporter(endpoint=otlp_endpoint, insecure=creds is None, credentials=creds,
+                                   headers=headers, timeout=2),
                 export_interval_millis=export_interval_ms,
             )
         )
         tracer_provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, timeout=2, **link))
-        )
+            BatchSpanProcessor(OTLPSpanExporter(
+                endpoint=otlp_endpoint, insecure=creds is None, credentials=creds, headers=headers, timeout=2)))
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
     trace.set_tracer_provider(tracer_provider)
 
