@@ -157,7 +157,7 @@ class InternalAuth:
 
     def aio_channel(self, address: str, options=()) -> grpc.aio.Channel:
         """An asyncio channel to an internal server that attaches this process's credential."""
-        interceptors = [_AddMetadata(self.metadata())] if self.metadata() else None
+        interceptors = _metadata_interceptors(self.metadata()) if self.metadata() else None
         creds = self.channel_credentials()
         if creds is not None:
             return grpc.aio.secure_channel(address, creds, options=list(options), interceptors=interceptors)
@@ -280,10 +280,7 @@ def _streaming(inner, gate):
     return behaviour
 
 
-class _AddMetadata(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
-                   grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
-    """Adds the credential to every call of an asyncio channel."""
-
+class _WithMetadata:
     def __init__(self, metadata: tuple[tuple[str, str], ...]):
         self._metadata = metadata
 
@@ -291,17 +288,32 @@ class _AddMetadata(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamCli
         merged = tuple(details.metadata or ()) + self._metadata
         return details._replace(metadata=grpc.aio.Metadata(*merged))
 
+
+# grpc.aio files a channel's interceptor under the first call kind it implements only, so
+# each kind needs its own instance.
+class _AddUnaryUnary(_WithMetadata, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, details, request):
         return await continuation(self._details(details), request)
 
+
+class _AddUnaryStream(_WithMetadata, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, details, request):
         return await continuation(self._details(details), request)
 
+
+class _AddStreamUnary(_WithMetadata, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, details, request_iterator):
         return await continuation(self._details(details), request_iterator)
 
+
+class _AddStreamStream(_WithMetadata, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, details, request_iterator):
         return await continuation(self._details(details), request_iterator)
+
+
+def _metadata_interceptors(metadata: tuple[tuple[str, str], ...]) -> list:
+    """Interceptors that add the credential to every call of an asyncio channel."""
+    return [kind(metadata) for kind in (_AddUnaryUnary, _AddUnaryStream, _AddStreamUnary, _AddStreamStream)]
 
 
 class _SyncAddMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,

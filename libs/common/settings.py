@@ -30,7 +30,8 @@ StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 class ServiceSettings(BaseSettings):
     """Fields every service has."""
 
-    model_config = SettingsConfigDict(extra="ignore", validate_default=True)
+    # populate_by_name: tests and tools pass unprefixed fields (internal_secret=...) by name.
+    model_config = SettingsConfigDict(extra="ignore", validate_default=True, populate_by_name=True)
 
     host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
     port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")

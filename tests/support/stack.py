@@ -28,24 +28,27 @@ class Stack:
         return f"127.0.0.1:{self.gateway.port}"
 
 
-def running_worker(redis_url: str, engine, worker_id: str, model: str = MODEL) -> GrpcApp:
+def running_worker(redis_url: str, engine, worker_id: str, model: str = MODEL, **extra) -> GrpcApp:
     """One worker serving `model` (a served model id such as `smol@v2`) with `engine`."""
     settings = WorkerSettings(redis_url=redis_url, port=0, drain_seconds=2, worker_id=worker_id,
-                              heartbeat_interval_ms=100)  # fmt: skip
+                              heartbeat_interval_ms=100, **extra)  # fmt: skip
     return GrpcApp(WorkerService(settings, engine=engine, model_name=model), settings)
 
 
 @contextlib.asynccontextmanager
-async def running_stack(redis_url: str, engines: list, catalog=None, gateway_overrides=None, models=None):
+async def running_stack(redis_url: str, engines: list, catalog=None, gateway_overrides=None, models=None,
+                        internal_secret: str = ""):
     """Start worker(s) with the given engines, a scheduler and a gateway; stop them after.
 
-    `models` names the served model of each worker (default: MODEL for all)."""
-    common = {"redis_url": redis_url, "port": 0, "drain_seconds": 2}
+    `models` names the served model of each worker (default: MODEL for all); `internal_secret`
+    turns internal authentication on for all of them."""
+    secret = {"internal_secret": internal_secret} if internal_secret else {}
+    common = {"redis_url": redis_url, "port": 0, "drain_seconds": 2, **secret}
     async with contextlib.AsyncExitStack() as stack:
         workers = []
         for i, engine in enumerate(engines):
             model = models[i] if models else MODEL
-            workers.append(await stack.enter_async_context(running_worker(redis_url, engine, f"w{i}", model)))
+            workers.append(await stack.enter_async_context(running_worker(redis_url, engine, f"w{i}", model, **secret)))
         sched_settings = SchedulerSettings(**common, scheduler_id="s0", registry_refresh_ms=20)
         scheduler = await stack.enter_async_context(GrpcApp(SchedulerService(sched_settings), sched_settings))
         # The limiter's 15 ms Redis deadline is for production; here every service shares a
