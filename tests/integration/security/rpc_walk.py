@@ -3,8 +3,6 @@ request, so a test can walk them all (a new RPC is walked the day it is added)."
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
@@ -59,6 +57,6 @@ async def call(channel: grpc.aio.Channel, method: MethodDescriptor, metadata=(),
             await rpc(arg, metadata=metadata, timeout=timeout)
     except grpc.aio.AioRpcError as e:
         return e.code()
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.OK
