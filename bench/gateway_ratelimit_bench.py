@@ -21,8 +21,8 @@ from pathlib import Path
 from llmserve.cli.redis_server import RedisServer
 from llmserve.common.errors import LLMServeError
 from llmserve.common.stats import quantile
-from llmserve.gateway.auth import Limits
-from llmserve.gateway.ratelimit import RateLimiter
+from llmserve.gateway.admission.auth import Limits
+from llmserve.gateway.admission.ratelimit import RateLimiter
 from llmserve.gateway.settings import GatewaySettings
 
 OUT = Path(__file__).parent / "results" / "ratelimit.json"

@@ -14,7 +14,7 @@ import sys
 
 import redis.asyncio as aioredis
 
-from llmserve.gateway.api_keys import ApiKeyStore, KeyRecord
+from llmserve.gateway.admission.api_keys import ApiKeyStore, KeyRecord
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6380/0"
 

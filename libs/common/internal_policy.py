@@ -13,7 +13,7 @@ _SERVICES = frozenset({"worker", "scheduler", "gateway", "monitor"})
 _OPERATOR = frozenset({"operator"})
 _ANY = _SERVICES | _OPERATOR
 
-_SINK = "/llmserve.gateway.internal.v1.TokenSinkService/"
+_SINK = "/llmserve.common.tokensink.v1.TokenSinkService/"
 #: The gateway's token sink. Workers stream tokens of requests placed on them and fence them
 #: on a forced unload; schedulers send final errors and fence for recovery. The servicer
 #: checks which request each worker may touch (see gateway sink authorisation).

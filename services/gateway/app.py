@@ -12,22 +12,22 @@ from llmserve.common import internal_policy
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.server import bind_internal, internal_server
-from llmserve.gateway.internal.v1 import token_sink_pb2_grpc
+from llmserve.common.tokensink.v1 import token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2, generation_pb2_grpc
 
-from .api_keys import ApiKeyStore
-from .auth import Authenticator, StaticKeys
-from .catalog import ModelCatalog
+from .admission.api_keys import ApiKeyStore
+from .admission.auth import Authenticator, StaticKeys
+from .admission.jwt_auth import JwtVerifier
+from .admission.ratelimit import RateLimiter
 from .generation import GenerationService
-from .http_api import build_app
-from .http_server import HttpServer, grpc_server_credentials
-from .inflight import InflightRegistry
-from .jwt_auth import JwtVerifier
-from .ratelimit import RateLimiter
-from .request_queue import RequestQueue
+from .http.api import build_app
+from .http.server import HttpServer, grpc_server_credentials
+from .routing.catalog import ModelCatalog
 from .servicer import GenerationServicer, TokenSinkServicer
 from .settings import GatewaySettings
-from .sink_authz import SinkAuthorizer
+from .streams.inflight import InflightRegistry
+from .streams.request_queue import RequestQueue
+from .streams.sink_authz import SinkAuthorizer
 
 log = get_logger(__name__)
 

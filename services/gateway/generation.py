@@ -22,15 +22,15 @@ from llmserve.common.errors import (
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import GatewayMetrics, status_label
 
-from .auth import Authenticator, Identity
-from .catalog import ModelCatalog
-from .inflight import Event, FinishEvent, InflightRegistry, TokenEvent
-from .model_list import ModelLister, ModelStatus
-from .ratelimit import RateLimiter
-from .request_queue import RequestQueue
-from .routing import ModelRouter
+from .admission.auth import Authenticator, Identity
+from .admission.ratelimit import RateLimiter
+from .admission.validation import GenerateParams, Job, validate
+from .routing.catalog import ModelCatalog
+from .routing.model_list import ModelLister, ModelStatus
+from .routing.router import ModelRouter
 from .settings import GatewaySettings
-from .validation import GenerateParams, Job, validate
+from .streams.inflight import Event, FinishEvent, InflightRegistry, TokenEvent
+from .streams.request_queue import RequestQueue
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer("llmserve.gateway")

@@ -10,16 +10,16 @@ from llmserve.common.errors import LLMServeError, abort_with, status_code_for
 from llmserve.common.internal_auth import current_caller
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import status_label
-from llmserve.gateway.internal.v1 import token_sink_pb2, token_sink_pb2_grpc
+from llmserve.common.tokensink.v1 import token_sink_pb2, token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
 
-from .auth import single_authorization
+from .admission.auth import single_authorization
+from .admission.validation import GenerateParams
 from .generation import GenerationService
-from .inflight import Chunk, FinishEvent, InflightRegistry, TokenEvent
-from .model_list import ModelStatus
-from .sink_authz import SinkAuthorizer
-from .validation import GenerateParams
+from .routing.model_list import ModelStatus
+from .streams.inflight import Chunk, FinishEvent, InflightRegistry, TokenEvent
+from .streams.sink_authz import SinkAuthorizer
 
 log = get_logger(__name__)
 

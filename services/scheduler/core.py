@@ -15,9 +15,9 @@ from llmserve.common.logging import get_logger
 from llmserve.common.metrics import SchedulerMetrics
 from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending, reclaim_stale
 from llmserve.common.telemetry import extract_context
+from llmserve.common.tokensink.client import OutChunk, SinkClient
 from llmserve.common.v1 import work_pb2
 from llmserve.common.workers import registry_snapshot
-from llmserve.gateway.sink_client import OutChunk, SinkClient
 
 from .dispatch import CANCELLED, DISPATCHED, Dispatcher
 from .placement import Placement

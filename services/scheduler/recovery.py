@@ -5,7 +5,7 @@ lock) takes each dead worker's stream: for every unfinished request it fences a 
 at the owning gateway (so a worker that was only stalled can no longer deliver), learns what
 the client already received, and re-enqueues the request to resume right after it. A request
 that has killed `max_attempts` workers goes to the dead-letter stream and its client gets an
-error. Fencing and the atomic move are `llmserve.gateway.handoff`, shared with a worker's
+error. Fencing and the atomic move are `llmserve.common.tokensink.handoff`, shared with a worker's
 forced unload, so a request is never run twice nor lost.
 """
 
@@ -16,9 +16,9 @@ import redis.asyncio as aioredis
 from llmserve.common import redis_keys as keys
 from llmserve.common.logging import get_logger
 from llmserve.common.redis_keys import PAYLOAD_FIELD
+from llmserve.common.tokensink.client import SinkClient
+from llmserve.common.tokensink.handoff import REQUEUED, Handoff
 from llmserve.common.v1 import work_pb2
-from llmserve.gateway.handoff import REQUEUED, Handoff
-from llmserve.gateway.sink_client import SinkClient
 
 log = get_logger(__name__)
 

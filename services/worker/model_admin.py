@@ -17,7 +17,7 @@ import torch
 
 from llmserve.common.errors import ResourceExhausted
 from llmserve.common.logging import get_logger
-from llmserve.gateway.handoff import ABANDONED, REQUEUED
+from llmserve.common.tokensink.handoff import ABANDONED, REQUEUED
 
 from .model_loading import build_engine, engine_memory_bytes, estimate_bytes, resolve_spec
 from .runtime import HAND_OFF_FAILED, WorkerRuntime

@@ -19,10 +19,10 @@ from llmserve.common.logging import get_logger
 from llmserve.common.metrics import WorkerMetrics
 from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending
 from llmserve.common.telemetry import extract_context
+from llmserve.common.tokensink.client import OutChunk, SinkClient
+from llmserve.common.tokensink.handoff import Handoff
 from llmserve.common.v1 import work_pb2
 from llmserve.common.workers import WorkerLoad, publish_heartbeat, withdraw
-from llmserve.gateway.handoff import Handoff
-from llmserve.gateway.sink_client import OutChunk, SinkClient
 
 from .active import Active, engine_request, outcome_of
 from .engine.types import TokenOutput

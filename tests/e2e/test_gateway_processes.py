@@ -17,7 +17,7 @@ from llmserve.common import redis_keys as keys
 from llmserve.common.errors import RETRY_AFTER_KEY
 from llmserve.common.model_store import DEFAULT_MODEL
 from llmserve.common.v1 import work_pb2
-from llmserve.gateway.ratelimit_scripts import tenant_keys
+from llmserve.gateway.admission.ratelimit_scripts import tenant_keys
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
 

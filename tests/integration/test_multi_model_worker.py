@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from llmserve.common import redis_keys as keys
 from llmserve.common.workers import registry_snapshot
-from llmserve.gateway.catalog import ModelCatalog
+from llmserve.gateway.routing.catalog import ModelCatalog
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
 from llmserve.worker.v1 import worker_pb2, worker_pb2_grpc

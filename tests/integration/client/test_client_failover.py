@@ -18,7 +18,7 @@ from llmserve.client import AsyncClient, Client, RetryPolicy
 from llmserve.common import redis_keys as keys
 from llmserve.common.server import GrpcApp
 from llmserve.gateway.app import GatewayService
-from llmserve.gateway.catalog import ModelCatalog
+from llmserve.gateway.routing.catalog import ModelCatalog
 from llmserve.gateway.settings import GatewaySettings
 from tests.support.scripted_engine import ScriptedEngine
 from tests.support.stack import API_KEY, MODEL, running_stack

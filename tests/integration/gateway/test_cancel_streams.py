@@ -13,8 +13,8 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from llmserve.gateway.catalog import ModelCatalog
-from llmserve.gateway.ratelimit_scripts import tenant_keys
+from llmserve.gateway.admission.ratelimit_scripts import tenant_keys
+from llmserve.gateway.routing.catalog import ModelCatalog
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
 from llmserve.worker.engine.config import EngineConfig

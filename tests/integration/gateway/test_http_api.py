@@ -14,8 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 import websockets
 
-from llmserve.gateway.catalog import ModelCatalog
-from llmserve.gateway.validation import GenerateParams
+from llmserve.gateway.admission.validation import GenerateParams
+from llmserve.gateway.routing.catalog import ModelCatalog
 from tests.support.polling import wait_for
 from tests.support.scripted_engine import ScriptedEngine
 from tests.support.stack import API_KEY, MODEL, running_stack

@@ -11,10 +11,10 @@ import grpc
 import pytest
 
 from llmserve.common.errors import RateLimited, Unavailable, status_code_for
+from llmserve.gateway.admission.validation import GenerateParams
 from llmserve.gateway.app import GatewayService
-from llmserve.gateway.catalog import ModelCatalog
+from llmserve.gateway.routing.catalog import ModelCatalog
 from llmserve.gateway.settings import GatewaySettings
-from llmserve.gateway.validation import GenerateParams
 from tests.support.stack import MODEL
 
 

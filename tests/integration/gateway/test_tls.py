@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from llmserve.gateway.catalog import ModelCatalog
+from llmserve.gateway.routing.catalog import ModelCatalog
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
 from tests.support.scripted_engine import ScriptedEngine

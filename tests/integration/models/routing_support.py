@@ -10,7 +10,7 @@ import grpc
 import redis.asyncio as aioredis
 
 from llmserve.common.models.registry import ModelRegistry
-from llmserve.gateway.catalog import ModelCatalog
+from llmserve.gateway.routing.catalog import ModelCatalog
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
 from tests.support.stack import API_KEY

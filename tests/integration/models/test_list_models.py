@@ -14,7 +14,7 @@ import grpc
 import httpx
 
 from llmserve.cli.redis_server import RedisServer
-from llmserve.gateway.catalog import ModelCatalog
+from llmserve.gateway.routing.catalog import ModelCatalog
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
 from tests.integration.models.routing_support import NAME, two_versions

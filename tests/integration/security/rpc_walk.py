@@ -9,7 +9,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from llmserve.gateway.internal.v1 import token_sink_pb2
+from llmserve.common.tokensink.v1 import token_sink_pb2
 from llmserve.monitor.v1 import monitor_pb2
 from llmserve.scheduler.v1 import scheduler_pb2
 from llmserve.worker.v1 import worker_pb2

@@ -18,8 +18,8 @@ from llmserve.common import internal_policy
 from llmserve.common import redis_keys as keys
 from llmserve.common.internal_auth import METADATA_KEY, ROLES, InternalAuth, mint_token
 from llmserve.common.server import GrpcApp
-from llmserve.gateway.catalog import ModelCatalog
-from llmserve.gateway.internal.v1 import token_sink_pb2
+from llmserve.common.tokensink.v1 import token_sink_pb2
+from llmserve.gateway.routing.catalog import ModelCatalog
 from llmserve.monitor.app import MonitorService
 from llmserve.monitor.settings import MonitorSettings
 from tests.integration.security.rpc_walk import call, internal_methods, internal_services, path
@@ -45,7 +45,7 @@ async def suite(redis_url, tmp_path):
                                        drain_seconds=1)
         monitor = await stack.enter_async_context(GrpcApp(MonitorService(mon_settings), mon_settings))
         ports = {
-            "llmserve.gateway.internal.v1.TokenSinkService": s.gateway.service.internal_port,
+            "llmserve.common.tokensink.v1.TokenSinkService": s.gateway.service.internal_port,
             "llmserve.scheduler.v1.SchedulerService": s.scheduler.port,
             "llmserve.worker.v1.WorkerService": s.workers[0].port,
         }
@@ -80,7 +80,7 @@ async def test_internal_ports_refuse_missing_forged_and_wrong_role(suite, redis_
     r = aioredis.Redis.from_url(redis_url)
     await r.hset(keys.request_key("walk-req"), mapping={"worker": "t1", "attempt": 1})
     await r.aclose()
-    requests = {"/llmserve.gateway.internal.v1.TokenSinkService/Fence":
+    requests = {"/llmserve.common.tokensink.v1.TokenSinkService/Fence":
                 token_sink_pb2.FenceRequest(request_id="walk-req", attempt=2)}
     forged = ((METADATA_KEY, mint_token("not-the-secret-" + "x" * 20, "operator", "me")),)
     for method in internal_methods():

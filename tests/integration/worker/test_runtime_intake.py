@@ -9,7 +9,7 @@ import grpc
 import redis.asyncio as aioredis
 
 from llmserve.common import redis_keys as keys
-from llmserve.gateway.internal.v1 import token_sink_pb2, token_sink_pb2_grpc
+from llmserve.common.tokensink.v1 import token_sink_pb2, token_sink_pb2_grpc
 from tests.support.polling import wait_for
 from tests.support.scripted_engine import ScriptedEngine
 from tests.support.stack import running_worker

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmserve.gateway.catalog import ModelCatalog
+from llmserve.gateway.routing.catalog import ModelCatalog
 from tests.support.stack import MODEL
 
 

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from llmserve.common.errors import PermissionDenied, Unauthenticated
-from llmserve.gateway.api_keys import ApiKeyStore
-from llmserve.gateway.auth import Authenticator, StaticKeys
-from llmserve.gateway.jwt_auth import JwtVerifier
+from llmserve.gateway.admission.api_keys import ApiKeyStore
+from llmserve.gateway.admission.auth import Authenticator, StaticKeys
+from llmserve.gateway.admission.jwt_auth import JwtVerifier
 from llmserve.gateway.settings import GatewaySettings
 
 SECRET = "s" * 32

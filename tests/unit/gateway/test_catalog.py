@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from llmserve.common.model_store import DEFAULT_MODEL, resolve_model
-from llmserve.gateway.catalog import ServedModel
+from llmserve.gateway.routing.catalog import ServedModel
 
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],

@@ -1,5 +1,5 @@
 from llmserve.common.errors import DeadlineExceeded
-from llmserve.gateway.inflight import Chunk, FinishEvent, RequestStream, TokenEvent
+from llmserve.gateway.streams.inflight import Chunk, FinishEvent, RequestStream, TokenEvent
 
 
 def events(stream: RequestStream) -> list:

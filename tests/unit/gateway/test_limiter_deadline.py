@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from llmserve.gateway.ratelimit import RateLimiter
+from llmserve.gateway.admission.ratelimit import RateLimiter
 from llmserve.gateway.settings import GatewaySettings
 
 

@@ -9,7 +9,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from llmserve.common.models.registry import Alias
-from llmserve.gateway.routing import TtlCache, choose_version, split_bucket
+from llmserve.gateway.routing.router import TtlCache, choose_version, split_bucket
 
 
 def alias(split: dict[str, float], version: str = "v1") -> Alias:

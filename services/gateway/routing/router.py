@@ -36,8 +36,8 @@ from llmserve.common.errors import InvalidArgument, ModelNotFound, Unavailable
 from llmserve.common.models.registry import Alias, ModelRegistry, ModelVersion, parse_ref
 from llmserve.common.workers import registry_snapshot
 
+from ..settings import GatewaySettings
 from .catalog import ModelCatalog, ServedModel, load_served_model
-from .settings import GatewaySettings
 
 _BUCKETS = 10_000  # split resolution: 0.01 %
 

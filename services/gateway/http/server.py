@@ -17,7 +17,7 @@ import uvicorn
 
 from llmserve.common.logging import get_logger
 
-from .settings import GatewaySettings
+from ..settings import GatewaySettings
 
 log = get_logger(__name__)
 

@@ -13,7 +13,7 @@ from llmserve.common.errors import AlreadyExists, Unavailable
 from llmserve.common.telemetry import inject_context
 from llmserve.common.v1 import work_pb2
 
-from .validation import Job
+from ..admission.validation import Job
 
 # One atomic step: idempotency check, queue bound, enqueue, whereabouts record.
 _ENQUEUE = """

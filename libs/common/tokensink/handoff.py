@@ -1,7 +1,7 @@
 """Handing a request's unfinished attempt to another worker, resuming where its client is.
 
 Shared by the scheduler's dead-worker recovery and a worker's forced unload (like
-`sink_client`, this is the client side of the gateway's token-sink protocol). First the next
+`client`, this is the client side of the gateway's token-sink protocol). First the next
 attempt is fenced at the gateway that owns the request: from then on it discards chunks of
 older attempts, so the old worker can no longer deliver, and it answers with what the client
 already received. Then the work item moves, in one atomic script, from the worker's stream
@@ -23,7 +23,7 @@ from llmserve.common import redis_keys as keys
 from llmserve.common.logging import get_logger
 from llmserve.common.v1 import work_pb2
 
-from .sink_client import OutChunk, SinkClient, fence
+from .client import OutChunk, SinkClient, fence
 
 log = get_logger(__name__)
 

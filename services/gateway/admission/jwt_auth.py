@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from llmserve.common.errors import Unauthenticated
 
-from .settings import GatewaySettings
+from ..settings import GatewaySettings
 
 _KTY_ALG = {"RSA": "RS256", "EC": "ES256", "oct": "HS256"}
 _ERRORS: tuple[tuple[type[Exception], str], ...] = (

@@ -14,8 +14,8 @@ from typing import Any
 
 from llmserve.common.errors import InvalidArgument
 
-from .catalog import ServedModel
-from .settings import GatewaySettings
+from ..routing.catalog import ServedModel
+from ..settings import GatewaySettings
 
 PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH = 1, 2, 3
 ROLES = ("system", "user", "assistant")

@@ -13,8 +13,8 @@ from typing import Any
 
 from llmserve.common.errors import InvalidArgument, LLMServeError, http_status_for, openai_error_of
 
-from .inflight import FinishEvent, TokenEvent
-from .validation import GenerateParams
+from ..admission.validation import GenerateParams
+from ..streams.inflight import FinishEvent, TokenEvent
 
 _MAX_SEED = 2**64 - 1
 _PRIORITIES = {"low": 1, "normal": 2, "high": 3}

@@ -17,9 +17,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from llmserve.common.errors import RETRY_AFTER_KEY, InvalidArgument, LLMServeError
 
-from .auth import single_authorization
-from .generation import GenerationService
-from .inflight import TokenEvent
+from ..admission.auth import single_authorization
+from ..generation import GenerationService
+from ..streams.inflight import TokenEvent
 from .openai_format import error_body, parse_request, usage
 
 

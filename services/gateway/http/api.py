@@ -21,12 +21,12 @@ from starlette.routing import Route, WebSocketRoute
 from llmserve.common.errors import RETRY_AFTER_KEY, InvalidArgument, LLMServeError
 from llmserve.common.logging import get_logger
 
-from .auth import single_authorization
-from .generation import GenerationService
-from .inflight import TokenEvent
-from .model_list import ModelStatus
+from ..admission.auth import single_authorization
+from ..generation import GenerationService
+from ..routing.model_list import ModelStatus
+from ..streams.inflight import TokenEvent
 from .openai_format import OpenAIRequest, ResponseBuilder, error_body, parse_body
-from .ws_api import websocket_endpoint
+from .websocket import websocket_endpoint
 
 log = get_logger(__name__)
 _TIMEOUT_HEADER = "x-request-timeout"  # seconds; the HTTP stand-in for a gRPC deadline

@@ -27,10 +27,10 @@ from redis.exceptions import NoScriptError, RedisError
 from llmserve.common.errors import RateLimited, Unavailable
 from llmserve.common.logging import get_logger
 
+from ..settings import GatewaySettings
 from . import ratelimit_scripts as scripts
 from .auth import Limits
 from .local_limits import CircuitBreaker, LocalLimiter
-from .settings import GatewaySettings
 
 log = get_logger(__name__)
 _BATCH = 256

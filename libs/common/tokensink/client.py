@@ -17,8 +17,8 @@ import grpc
 
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
-from llmserve.gateway.internal.v1 import token_sink_pb2 as pb
-from llmserve.gateway.internal.v1 import token_sink_pb2_grpc
+from llmserve.common.tokensink.v1 import token_sink_pb2 as pb
+from llmserve.common.tokensink.v1 import token_sink_pb2_grpc
 
 log = get_logger(__name__)
 

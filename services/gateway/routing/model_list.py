@@ -22,7 +22,7 @@ from llmserve.common.models.registry import ACTIVE, Alias
 from llmserve.common.workers import WorkerLoad, registry_snapshot
 
 from .catalog import ModelCatalog
-from .routing import ModelRouter
+from .router import ModelRouter
 
 
 @dataclass
