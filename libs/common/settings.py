@@ -27,35 +27,12 @@ def _split_list(value):
 StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 
 
-class ServiceSettings(BaseSettings):
-    """Fields every service has."""
+class InternalAuthSettings(BaseSettings):
+    """Internal authentication (libs/common/internal_auth.py): the same fields, unprefixed, for
+    every service and the CLI."""
 
-    # populate_by_name: tests and tools pass unprefixed fields (internal_secret=...) by name.
-    model_config = SettingsConfigDict(extra="ignore", validate_default=True, populate_by_name=True)
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
-    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
-    redis_url: str = Field(
-        "redis://127.0.0.1:6380/0",
-        validation_alias=AliasChoices("REDIS_URL", "LLMSERVE_REDIS_URL"),
-        description="Redis holding the streams, the worker registry and the rate limits.",
-    )
-    log_format: Literal["console", "json"] = Field(
-        "console",
-        validation_alias=AliasChoices("LLMSERVE_LOG_FORMAT"),
-        description="console: readable in a terminal; json: one object a line.",
-    )
-    log_level: str = Field("info", validation_alias=AliasChoices("LLMSERVE_LOG_LEVEL"))
-    otlp_endpoint: str = Field(
-        "",
-        validation_alias=AliasChoices("LLMSERVE_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
-        description="OTLP/gRPC endpoint (the monitor, host:port); empty: no export.",
-    )
-    drain_seconds: float = Field(
-        10.0, ge=0, description="On SIGTERM, how long in-flight work may take before stopping."
-    )
-    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="gRPC message size limit.")
-    # -- internal authentication (libs/common/internal_auth.py; the same for every service) ------
     internal_secret: SecretStr = Field(
         SecretStr(""),
         validation_alias=AliasChoices("LLMSERVE_INTERNAL_SECRET"),
@@ -84,6 +61,36 @@ class ServiceSettings(BaseSettings):
         description="PEM CA bundle that signs every service's internal certificate.",
     )
 
+
+
+class ServiceSettings(InternalAuthSettings):
+    """Fields every service has (internal authentication's among them)."""
+
+    # populate_by_name: tests and tools pass unprefixed fields (internal_secret=...) by name.
+    model_config = SettingsConfigDict(extra="ignore", validate_default=True, populate_by_name=True)
+
+    host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
+    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6380/0",
+        validation_alias=AliasChoices("REDIS_URL", "LLMSERVE_REDIS_URL"),
+        description="Redis holding the streams, the worker registry and the rate limits.",
+    )
+    log_format: Literal["console", "json"] = Field(
+        "console",
+        validation_alias=AliasChoices("LLMSERVE_LOG_FORMAT"),
+        description="console: readable in a terminal; json: one object a line.",
+    )
+    log_level: str = Field("info", validation_alias=AliasChoices("LLMSERVE_LOG_LEVEL"))
+    otlp_endpoint: str = Field(
+        "",
+        validation_alias=AliasChoices("LLMSERVE_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="OTLP/gRPC endpoint (the monitor, host:port); empty: no export.",
+    )
+    drain_seconds: float = Field(
+        10.0, ge=0, description="On SIGTERM, how long in-flight work may take before stopping."
+    )
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="gRPC message size limit.")
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
