@@ -68,6 +68,9 @@ class LocalSuite:
     redis: RedisServer | None = None
     services: list[ServiceProcess] = field(default_factory=list)
     internal_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    #: Settings for one kind of service only (`gateway`, `scheduler`, `worker`, `monitor`), e.g.
+    #: each its own REDIS_URL with its own ACL user.
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def start_redis(self) -> str:
         if self.redis_url:
@@ -115,7 +118,7 @@ class LocalSuite:
     def spawn(self, name: str, module: str, port: int, extra_env: dict[str, str] | None = None) -> ServiceProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
-        env = self.base_env() | (extra_env or {})
+        env = self.base_env() | self.service_env.get(name.rstrip("0123456789"), {}) | (extra_env or {})
         with open(log_path, "ab") as log:
             process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)

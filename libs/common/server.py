@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .internal_auth import InternalAuth, InternalAuthInterceptor, Policy
 from .logging import get_logger
+from .redis_acl import check_credentials
 from .settings import ServiceSettings
 
 log = get_logger(__name__)
@@ -94,6 +95,9 @@ class GrpcApp:
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
+        redis = getattr(self.service, "redis", None)
+        if redis is not None:  # wrong REDIS_URL credentials: refuse to start, saying so
+            await check_credentials(redis, self.settings.redis_url)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service.register(self.server)
         names = (*self.service.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

@@ -20,6 +20,7 @@ from llmserve.common import internal_policy
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.models.registry import ModelRegistry
+from llmserve.common.redis_acl import check_credentials
 from llmserve.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 
 from .alerts import AlertEngine, Notification, Silence
@@ -141,6 +142,7 @@ class MonitorService:
             self.redis = aioredis.Redis.from_url(
                 self.settings.redis_url, socket_timeout=2, socket_connect_timeout=1
             )
+            await check_credentials(self.redis, self.settings.redis_url)
             probe = RegistryProbe(self.redis, self.core.store, tuple(self.settings.models))
             self._tasks.append(asyncio.create_task(self._poll_registry(probe)))
             if self.core.rules.rollouts:
