@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 BUF := .tools/node_modules/.bin/buf
-.PHONY: help install protos model run test buf-lint buf-breaking docs docs-check schemas test-unit test-integration test-e2e lint format typecheck bench bench-engine chaos clean
+.PHONY: help install protos model run compose-env test buf-lint buf-breaking docs docs-check schemas test-unit test-integration test-e2e lint format typecheck bench bench-engine chaos clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -31,6 +31,13 @@ model: install ## convert the default model to safetensors once (cached in ~/.ca
 
 run: model ## start the whole suite locally (Redis, gateway, scheduler, worker, monitor); Ctrl-C stops it
 	$(BIN)/llmserve up
+
+compose-env: install ## write .env for docker compose: a random internal secret and the collector's token (kept if present)
+	@if grep -qs '^LLMSERVE_INTERNAL_SECRET=' .env; then echo ".env already has LLMSERVE_INTERNAL_SECRET"; else \
+	  secret=$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))'); \
+	  token=$$(LLMSERVE_INTERNAL_SECRET=$$secret $(BIN)/llmserve internal-token operator otel-collector); \
+	  umask 077; printf 'LLMSERVE_INTERNAL_SECRET=%s\nLLMSERVE_OTEL_COLLECTOR_TOKEN=%s\n' "$$secret" "$$token" >> .env; \
+	  echo "wrote .env (keep it private)"; fi
 
 test: model $(BUF) ## set up and run every test
 	$(BIN)/pytest $(PYTEST_ARGS)

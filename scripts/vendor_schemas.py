@@ -32,6 +32,7 @@ K8S_KINDS = {
     ("batch/v1", "Job"): "job-batch-v1.json",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudget-policy-v1.json",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscaler-autoscaling-v2.json",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicy-networking-v1.json",
 }
 # Kind schemas refer to "/api/_definitions.json#/$defs/X"; definitions to each other as "#/$defs/X".
 DEFS_PREFIXES = ("/api/_definitions.json#/$defs/", "#/$defs/")

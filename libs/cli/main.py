@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands kept in their own modules, each with `register(sub, add_client_args)`:
 # status/batch/bench (ops_commands), and `keys` and `models` once their modules exist.
-COMMAND_MODULES = ("ops_commands", "keys", "models")
+COMMAND_MODULES = ("ops_commands", "keys", "models", "internal_creds")
 
 
 def _register_command_modules(sub) -> None:

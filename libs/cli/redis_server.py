@@ -32,8 +32,10 @@ def port_free(port: int) -> bool:
 class RedisServer:
     """Starts `redis-server` from PATH on 127.0.0.1:port; nothing persisted unless asked."""
 
-    def __init__(self, port: int | None = None, *, data_dir: Path | None = None, appendonly: bool = False):
+    def __init__(self, port: int | None = None, *, data_dir: Path | None = None, appendonly: bool = False,
+                 password: str | None = None):
         self.port = port or free_port()
+        self.password = password  # `requirepass`: the default user needs it
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="llmserve-redis-")
         # Absolute: redis-server changes into --dir before it opens --logfile.
         self.data_dir = (data_dir or Path(self._tmp.name)).resolve()
@@ -42,7 +44,20 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def user_url(self, user: str, password: str) -> str:
+        return f"redis://{user}:{password}@127.0.0.1:{self.port}/0"
+
+    def add_user(self, user: str, password: str, rules: str) -> str:
+        """Create ACL user `user` with `rules` (see llmserve.common.redis_acl); its URL."""
+        client = redis.Redis(port=self.port, password=self.password)
+        try:
+            client.execute_command("ACL", "SETUSER", user, "reset", "on", f">{password}", *rules.split())
+        finally:
+            client.close()
+        return self.user_url(user, password)
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         binary = shutil.which("redis-server")
@@ -53,10 +68,11 @@ class RedisServer:
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.data_dir),
-             "--protected-mode", "yes", "--logfile", str(self.data_dir / "redis.log")],
+             "--protected-mode", "yes", "--logfile", str(self.data_dir / "redis.log"),
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, password=self.password)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

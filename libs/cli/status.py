@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from llmserve.common.workers import WorkerLoad, registry_snapshot
 
+from .internal_creds import operator_auth
 from .tables import percent, table
 
 
@@ -63,7 +64,7 @@ async def _queues(address: str, report: StatusReport, timeout: float) -> None:
     from llmserve.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with operator_auth().aio_channel(address) as channel:
             stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
             response = await stub.GetQueueStats(scheduler_pb2.GetQueueStatsRequest(), timeout=timeout)
     except grpc.RpcError as e:
@@ -80,7 +81,7 @@ async def _alerts(address: str, report: StatusReport, timeout: float) -> None:
         report.errors["monitor"] = "monitor API not installed"
         return
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with operator_auth().aio_channel(address) as channel:
             stub = monitor_pb2_grpc.MonitorServiceStub(channel)
             response = await stub.ListAlerts(monitor_pb2.ListAlertsRequest(), timeout=timeout)
     except grpc.RpcError as e:

@@ -7,6 +7,7 @@ start is exactly what a developer runs.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmserve.common.internal_auth import InternalAuth, mint_token
 
 from .redis_server import RedisServer, free_port, port_free
 
@@ -47,7 +50,12 @@ class ServiceProcess:
 
 @dataclass
 class LocalSuite:
-    """Starts and stops the whole suite; `env` entries override settings for every service."""
+    """Starts and stops the whole suite; `env` entries override settings for every service.
+
+    Every run has its own random internal secret (internal calls are authenticated, as in a
+    deployment); `operator_auth()` is the credential for admin calls into it, also written to
+    `<log_dir>/../operator.token` for the CLI.
+    """
 
     ports: Ports = field(default_factory=Ports)
     redis_url: str | None = None
@@ -59,6 +67,10 @@ class LocalSuite:
     workers: int = 1
     redis: RedisServer | None = None
     services: list[ServiceProcess] = field(default_factory=list)
+    internal_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    #: Settings for one kind of service only (`gateway`, `scheduler`, `worker`, `monitor`), e.g.
+    #: each its own REDIS_URL with its own ACL user.
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def start_redis(self) -> str:
         if self.redis_url:
@@ -69,7 +81,9 @@ class LocalSuite:
 
     def base_env(self) -> dict[str, str]:
         env = dict(os.environ)
+        env.pop("LLMSERVE_INTERNAL_TOKEN", None)  # each service derives its own identity's token
         env.update({
+            "LLMSERVE_INTERNAL_SECRET": self.internal_secret,
             "REDIS_URL": self.redis_url or "",
             "LLMSERVE_GATEWAY_PORT": str(self.ports.gateway),
             "LLMSERVE_GATEWAY_HTTP_PORT": str(self.ports.http),
@@ -89,10 +103,22 @@ class LocalSuite:
         env.update(self.env)
         return env
 
+    def operator_auth(self) -> InternalAuth:
+        """An operator credential for this run's internal ports (worker admin, monitor, scheduler)."""
+        return InternalAuth(token=mint_token(self.internal_secret, "operator", "suite"))
+
+    def write_operator_token(self) -> Path:
+        path = self.log_dir.parent / "operator.token"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(self.operator_auth().token or "")
+        return path
+
     def spawn(self, name: str, module: str, port: int, extra_env: dict[str, str] | None = None) -> ServiceProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
-        env = self.base_env() | (extra_env or {})
+        env = self.base_env() | self.service_env.get(name.rstrip("0123456789"), {}) | (extra_env or {})
         with open(log_path, "ab") as log:
             process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
@@ -113,6 +139,7 @@ class LocalSuite:
 
     def start(self, timeout: float = 180.0) -> None:
         self.start_redis()
+        self.write_operator_token()
         if self.with_monitor:
             self.spawn("monitor", "llmserve.monitor", self.ports.monitor)
         for index in range(self.workers):

@@ -57,6 +57,8 @@ llmserve is up ({seconds:.1f}s) - all services SERVING
   monitor        127.0.0.1:{p.monitor}   dashboard http://127.0.0.1:{p.monitor_http}/
   logs           .run/logs/
   API key (dev)  {key}
+  internal calls authenticated with a secret made for this run; admin commands
+  (llmserve status, llmserve models worker ...) read .run/operator.token
 
 try:
   .venv/bin/llmserve chat "What is the capital of France?"

@@ -44,7 +44,9 @@ def _call(fn, args) -> int:
 
     from llmserve.worker.v1 import worker_pb2_grpc
 
-    with grpc.insecure_channel(args.worker) as channel:
+    from .internal_creds import operator_auth
+
+    with operator_auth().channel(args.worker) as channel:
         try:
             return fn(worker_pb2_grpc.WorkerServiceStub(channel), args)
         except grpc.RpcError as e:

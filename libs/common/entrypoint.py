@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from typing import TypeVar
 
+from .internal_auth import ROLES, InternalAuth
 from .logging import configure_logging
 from .metrics import install_process_metrics
 from .server import GrpcApp, Service
@@ -19,7 +21,9 @@ def run_service(name: str, settings_cls: type[S], make_service: Callable[[S], Se
     """Validate settings, set up logging and telemetry, serve until SIGTERM, drain."""
     settings = settings_cls()
     configure_logging(name, settings.log_format, settings.log_level)
-    configure_telemetry(name, settings.otlp_endpoint)
+    ident = getattr(settings, f"{name}_id", "") or socket.gethostname()
+    auth = InternalAuth.from_settings(settings, name if name in ROLES else "operator", ident)
+    configure_telemetry(name, settings.otlp_endpoint, auth=auth)
     install_process_metrics()
 
     async def serve() -> None:

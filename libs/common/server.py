@@ -18,7 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from .internal_auth import InternalAuth, InternalAuthInterceptor, Policy
 from .logging import get_logger
+from .redis_acl import check_credentials
 from .settings import ServiceSettings
 
 log = get_logger(__name__)
@@ -41,6 +43,22 @@ class Service(Protocol):
 
     async def close(self) -> None:
         """Release connections; the server is stopped by now."""
+
+
+def internal_server(settings: ServiceSettings, auth: InternalAuth, policy: Policy) -> grpc.aio.Server:
+    """A gRPC server for internal services: every call authenticated against `policy`."""
+    return grpc.aio.server(options=server_options(settings), interceptors=[InternalAuthInterceptor(auth, policy)])
+
+
+def bind_internal(server: grpc.aio.Server, auth: InternalAuth, host: str, port: int, what: str) -> int:
+    """Bind an internal port: mutual TLS when configured, loopback only when nothing authenticates."""
+    auth.check_bind(host, what)
+    credentials = auth.server_credentials()
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if bound == 0:
+        raise RuntimeError(f"could not bind {address}")
+    return bound
 
 
 def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
@@ -70,17 +88,30 @@ class GrpcApp:
         # TLS for the port: given here, or offered by the service as `server_credentials`.
         self.credentials = credentials or getattr(service, "server_credentials", None)
         self.health = HealthServicer()
-        self.server = grpc.aio.server(options=server_options(settings))
+        # An internal service (one declaring `internal_policy`) authenticates every call.
+        auth: InternalAuth | None = getattr(service, "internal_auth", None)
+        policy = getattr(service, "internal_policy", None)
+        self.internal_auth = auth if policy is not None else None
+        if auth is not None and policy is not None:
+            self.server = internal_server(settings, auth, policy)
+        else:
+            self.server = grpc.aio.server(options=server_options(settings))
         self.port = 0
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
+        redis = getattr(self.service, "redis", None)
+        if redis is not None:  # wrong REDIS_URL credentials: refuse to start, saying so
+            await check_credentials(redis, self.settings.redis_url)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service.register(self.server)
         names = (*self.service.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                  reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.server)
-        if self.credentials is not None:
+        if self.internal_auth is not None:
+            self.port = bind_internal(self.server, self.internal_auth, self.settings.host, self.settings.port,
+                                      f"{type(self.service).__name__} (LLMSERVE_*_HOST)")
+        elif self.credentials is not None:
             self.port = self.server.add_secure_port(self.settings.address, self.credentials)
         else:
             self.port = self.server.add_insecure_port(self.settings.address)

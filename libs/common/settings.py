@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -27,10 +27,47 @@ def _split_list(value):
 StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 
 
-class ServiceSettings(BaseSettings):
-    """Fields every service has."""
+class InternalAuthSettings(BaseSettings):
+    """Internal authentication (libs/common/internal_auth.py): the same fields, unprefixed, for
+    every service and the CLI."""
 
-    model_config = SettingsConfigDict(extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    internal_secret: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=AliasChoices("LLMSERVE_INTERNAL_SECRET"),
+        description="Master secret of internal calls: servers verify service tokens with it, and a "
+        "service without LLMSERVE_INTERNAL_TOKEN derives its own from it. Empty (and no internal TLS): "
+        "internal calls are unauthenticated and internal ports must bind to loopback.",
+    )
+    internal_token: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=AliasChoices("LLMSERVE_INTERNAL_TOKEN"),
+        description="This process's own internal credential (`llmserve internal-token ROLE ID`), for "
+        "clients that do not hold the master secret; empty: derived from LLMSERVE_INTERNAL_SECRET.",
+    )
+    internal_tls_cert_path: str = Field(
+        "", validation_alias=AliasChoices("LLMSERVE_INTERNAL_TLS_CERT_PATH"),
+        description="PEM certificate of this service for internal mutual TLS; its common name is "
+        "`<role>.<id>` (e.g. `worker.w1`). Set with the key and CA: internal ports then require client "
+        "certificates and tokens are not used.",
+    )
+    internal_tls_key_path: str = Field(
+        "", validation_alias=AliasChoices("LLMSERVE_INTERNAL_TLS_KEY_PATH"),
+        description="PEM private key of the internal certificate.",
+    )
+    internal_tls_ca_path: str = Field(
+        "", validation_alias=AliasChoices("LLMSERVE_INTERNAL_TLS_CA_PATH"),
+        description="PEM CA bundle that signs every service's internal certificate.",
+    )
+
+
+
+class ServiceSettings(InternalAuthSettings):
+    """Fields every service has (internal authentication's among them)."""
+
+    # populate_by_name: tests and tools pass unprefixed fields (internal_secret=...) by name.
+    model_config = SettingsConfigDict(extra="ignore", validate_default=True, populate_by_name=True)
 
     host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
     port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")

@@ -13,11 +13,17 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from .internal_auth import InternalAuth
+
 _configured = False
 
 
-def configure_telemetry(service: str, otlp_endpoint: str, *, export_interval_ms: int = 5000) -> None:
-    """Install global meter and tracer providers; export over OTLP/gRPC when an endpoint is set."""
+def configure_telemetry(service: str, otlp_endpoint: str, *, export_interval_ms: int = 5000,
+                        auth: InternalAuth | None = None) -> None:
+    """Install global meter and tracer providers; export over OTLP/gRPC when an endpoint is set.
+
+    The monitor's OTLP receiver is internal: `auth` gives the exporters this service's
+    credential (a token in metadata, or the mutual-TLS certificate)."""
     global _configured
     if _configured:
         return
@@ -29,15 +35,19 @@ def configure_telemetry(service: str, otlp_endpoint: str, *, export_interval_ms:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
+        auth = auth or InternalAuth()
+        creds = auth.channel_credentials()
+        headers = dict(auth.metadata()) or None
         readers.append(
             PeriodicExportingMetricReader(
-                OTLPMetricExporter(endpoint=otlp_endpoint, insecure=True, timeout=2),
+                OTLPMetricExporter(endpoint=otlp_endpoint, insecure=creds is None, credentials=creds,
+                                   headers=headers, timeout=2),
                 export_interval_millis=export_interval_ms,
             )
         )
         tracer_provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True, timeout=2))
-        )
+            BatchSpanProcessor(OTLPSpanExporter(
+                endpoint=otlp_endpoint, insecure=creds is None, credentials=creds, headers=headers, timeout=2)))
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
     trace.set_tracer_provider(tracer_provider)
 

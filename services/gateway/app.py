@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import grpc
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2
 
+from llmserve.common import internal_policy
+from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
-from llmserve.common.server import server_options
-from llmserve.common.tokensink.v1 import token_sink_pb2, token_sink_pb2_grpc
+from llmserve.common.server import bind_internal, internal_server
+from llmserve.common.tokensink.v1 import token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2, generation_pb2_grpc
 
 from .admission.admission_watch import AdmissionWatchdog
@@ -26,6 +29,7 @@ from .servicer import GenerationServicer, TokenSinkServicer
 from .settings import GatewaySettings
 from .streams.inflight import InflightRegistry
 from .streams.request_queue import RequestQueue
+from .streams.sink_authz import SinkAuthorizer
 
 log = get_logger(__name__)
 
@@ -33,15 +37,13 @@ log = get_logger(__name__)
 class GatewayService:
     """The gateway as a `llmserve.common.server.Service`.
 
-    With TLS configured the public port carries only GenerationService; the workers' token
-    sink then listens on a separate plaintext internal port (`internal_port`), since
-    workers are inside the deployment and hold no client certificates.
+    The public port carries only GenerationService (plus health and reflection of it); the
+    workers' token sink listens on its own internal port (`internal_port`), where every call
+    is authenticated (libs/common/internal_auth.py) and each worker may touch only the
+    requests placed on it (sink_authz.py).
     """
 
-    service_names = (
-        generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name,
-        token_sink_pb2.DESCRIPTOR.services_by_name["TokenSinkService"].full_name,
-    )
+    service_names = (generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name,)
 
     def __init__(self, settings: GatewaySettings, catalog: ModelCatalog | None = None):
         self.settings = settings
@@ -68,6 +70,7 @@ class GatewayService:
         self.server_credentials = grpc_server_credentials(settings)
         self.http = HttpServer(build_app(self.generation), settings)
         self.http_port = 0
+        self.internal_auth = InternalAuth.from_settings(settings, "gateway", socket.gethostname())
         self._internal: grpc.aio.Server | None = None
         self._internal_port = 0
 
@@ -84,18 +87,21 @@ class GatewayService:
 
     def register(self, server) -> None:
         generation_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(self.generation), server)
-        sink_server = server
-        if self.server_credentials is not None:
-            sink_server = self._internal = grpc.aio.server(options=server_options(self.settings))
-            self._internal_port = self._internal.add_insecure_port(
-                f"{self.settings.host}:{self.settings.internal_port}")
-        token_sink_pb2_grpc.add_TokenSinkServiceServicer_to_server(TokenSinkServicer(self.inflight), sink_server)
+        self._internal = internal_server(self.settings, self.internal_auth, internal_policy.TOKEN_SINK)
+        self._internal_port = bind_internal(self._internal, self.internal_auth, self.settings.host,
+                                            self.settings.internal_port, "the gateway's token sink (LLMSERVE_GATEWAY_HOST)")
+        token_sink_pb2_grpc.add_TokenSinkServiceServicer_to_server(
+            TokenSinkServicer(self.inflight, SinkAuthorizer(self.redis)), self._internal)
+
+    @property
+    def internal_port(self) -> int:
+        """The token sink's bound port (workers and schedulers connect here)."""
+        return self._internal_port
 
     async def start(self, bound_port: int) -> None:
-        sink_port = bound_port
-        if self._internal is not None:
-            await self._internal.start()
-            sink_port = self._internal_port
+        assert self._internal is not None
+        await self._internal.start()
+        sink_port = self._internal_port
         self.queue.reply_to = f"{self.settings.advertise_host or self.settings.host}:{sink_port}"
         self.limiter.start()
         await self.limiter.warm_up()

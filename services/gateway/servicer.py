@@ -6,16 +6,20 @@ import asyncio
 
 import grpc
 
-from llmserve.common.errors import LLMServeError, abort_with
+from llmserve.common.errors import LLMServeError, abort_with, status_code_for
+from llmserve.common.internal_auth import current_caller
 from llmserve.common.logging import get_logger
+from llmserve.common.metrics import status_label
 from llmserve.common.tokensink.v1 import token_sink_pb2, token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
 
+from .admission.auth import single_authorization
 from .admission.validation import GenerateParams
 from .generation import GenerationService
 from .routing.model_list import ModelStatus
 from .streams.inflight import Chunk, FinishEvent, InflightRegistry, TokenEvent
+from .streams.sink_authz import SinkAuthorizer
 from .streams.sink_links import SinkLinks
 
 log = get_logger(__name__)
@@ -66,10 +70,8 @@ def _model_info(m: ModelStatus) -> pb.ModelInfo:
 
 
 def _authorization(context: grpc.aio.ServicerContext) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            return value
-    return None
+    values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+    return single_authorization([v if isinstance(v, str) else v.decode(errors="replace") for v in values])
 
 
 class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
@@ -103,19 +105,30 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             await abort_with(context, e)
 
     async def ListModels(self, request, context):
+        try:
+            identity = await self.service.identify(_authorization(context))
+        except LLMServeError as e:
+            await abort_with(context, e)
         models = await self.service.list_models()
-        return pb.ListModelsResponse(models=[_model_info(m) for m in models])
+        return pb.ListModelsResponse(models=[_model_info(m) for m in models if identity.may_see(m.name)])
 
     async def _admit(self, request, context):
-        return await self.service.admit(_authorization(context), params_from_pb(request))
+        try:
+            authorization = _authorization(context)
+        except LLMServeError as e:
+            self.service.metrics.request_finished(request.model, "", status_label(status_code_for(e)), 0.0)
+            raise
+        return await self.service.admit(authorization, params_from_pb(request))
 
 
 class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
     """Receives workers' token chunks; answers with cancellations for them and with
     acknowledgements of the messages it processed (see `SinkLinks`)."""
 
-    def __init__(self, inflight: InflightRegistry, links: SinkLinks | None = None):
+    def __init__(self, inflight: InflightRegistry, authz: SinkAuthorizer | None = None,
+                 links: SinkLinks | None = None):
         self.inflight = inflight
+        self.authz = authz
         self.links = links or SinkLinks()
 
     async def StreamTokens(self, request_iterator, context):
@@ -123,11 +136,18 @@ class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
         outbox: asyncio.Queue[str | int] = asyncio.Queue()
         listeners: dict[str, asyncio.Queue[str]] = {}
         forwarders: list[asyncio.Task] = []
+        caller = current_caller()
+        checker = self.authz.stream_checker(caller) if self.authz else None
+        link_scope = f"{caller.role}/{caller.id}" if caller else ""
 
         async def consume() -> None:
             async for message in request_iterator:
-                if self.links.accept(message.link_id, message.seq):
+                # A link's seqs are scoped by its authenticated sender: no caller can mark
+                # another's messages as already processed.
+                if self.links.accept(f"{link_scope}|{message.link_id}", message.seq):
                     for c in message.chunks:
+                        if checker and not await checker.allows(c.request_id, c.worker_id, bool(c.outcome)):
+                            continue  # not this caller's request: dropped, never delivered
                         if c.worker_id and c.worker_id not in listeners:
                             listeners[c.worker_id] = self.inflight.listen_cancellations(c.worker_id)
                             forwarders.append(asyncio.create_task(_forward(listeners[c.worker_id], outbox)))
@@ -148,6 +168,11 @@ class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
                 self.inflight.stop_listening(worker_id, queue)
 
     async def Fence(self, request, context):
+        if self.authz is not None:
+            try:
+                await self.authz.check_fence(current_caller(), request.request_id)
+            except LLMServeError as e:
+                await abort_with(context, e)
         stream = self.inflight.get(request.request_id)
         if stream is None or not stream.fence(request.attempt):
             return token_sink_pb2.FenceResponse(found=False)

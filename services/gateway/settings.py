@@ -27,8 +27,8 @@ class GatewaySettings(ServiceSettings):
     )
     internal_port: int = Field(
         0, ge=0, le=65535,
-        description="Plaintext port of the internal token sink when the public gRPC port uses TLS "
-        "(workers connect here); 0 picks a free one. Unused without TLS.",
+        description="Port of the internal token sink (workers and schedulers connect here; internal "
+        "authentication, never the public port's TLS); 0 picks a free one.",
     )
     # -- credentials ---------------------------------------------------------------------
     api_keys: StrList = Field(

@@ -16,8 +16,11 @@ import redis.asyncio as aioredis
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
+from llmserve.common import internal_policy
+from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.models.registry import ModelRegistry
+from llmserve.common.redis_acl import check_credentials
 from llmserve.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 
 from .alerts import AlertEngine, Notification, Silence
@@ -107,9 +110,11 @@ class MonitorService:
     """The monitor as a `Service` for the common gRPC bootstrap, plus its HTTP server."""
 
     service_names = (monitor_pb2.DESCRIPTOR.services_by_name["MonitorService"].full_name, *OTLP_SERVICE_NAMES)
+    internal_policy = internal_policy.MONITOR
 
     def __init__(self, settings: MonitorSettings, rules: RuleSet | None = None):
         self.settings = settings
+        self.internal_auth = InternalAuth.from_settings(settings, "monitor", "monitor")
         self.core = MonitorCore(settings, rules or load_rules(settings.rules_path))
         self.http = HttpServer(self.core)
         self.redis: aioredis.Redis | None = None
@@ -137,6 +142,7 @@ class MonitorService:
             self.redis = aioredis.Redis.from_url(
                 self.settings.redis_url, socket_timeout=2, socket_connect_timeout=1
             )
+            await check_credentials(self.redis, self.settings.redis_url)
             probe = RegistryProbe(self.redis, self.core.store, tuple(self.settings.models))
             self._tasks.append(asyncio.create_task(self._poll_registry(probe)))
             if self.core.rules.rollouts:

@@ -7,7 +7,9 @@ import contextlib
 
 import redis.asyncio as aioredis
 
+from llmserve.common import internal_policy
 from llmserve.common import redis_keys as keys
+from llmserve.common.internal_auth import InternalAuth
 from llmserve.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from .core import SchedulerCore
@@ -30,9 +32,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
 
 class SchedulerService:
     service_names = (scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,)
+    internal_policy = internal_policy.SCHEDULER
 
     def __init__(self, settings: SchedulerSettings):
         self.settings = settings
+        self.internal_auth = InternalAuth.from_settings(settings, "scheduler", settings.scheduler_id)
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
         self.core = SchedulerCore(settings, self.redis)
         self._task: asyncio.Task | None = None

@@ -10,6 +10,7 @@ from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from llmserve.common import redis_keys as keys
+from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import SchedulerMetrics
 from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending, reclaim_stale
@@ -46,7 +47,8 @@ class SchedulerCore:
         self.waiting = WaitingQueue(settings.tenant_weights)
         self.placement = Placement(settings.max_worker_backlog)
         self.dispatcher = Dispatcher(redis)
-        self.sink = SinkClient(f"scheduler/{settings.scheduler_id}")
+        self.sink = SinkClient(f"scheduler/{settings.scheduler_id}",
+                               auth=InternalAuth.from_settings(settings, "scheduler", settings.scheduler_id))
         self.recovery = WorkerRecovery(redis, self.sink, settings.scheduler_id,
                                        max_attempts=settings.max_attempts)
         self._recovery_task: asyncio.Task | None = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from llmserve.common import internal_policy
+from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.worker.v1 import worker_pb2, worker_pb2_grpc
 
@@ -26,10 +28,12 @@ class WorkerService:
     """
 
     service_names = (worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,)
+    internal_policy = internal_policy.WORKER
 
     def __init__(self, settings: WorkerSettings, engine: Engine | None = None, model_name: str | None = None,
                  engines: dict[str, Engine] | None = None):
         self.settings = settings
+        self.internal_auth = InternalAuth.from_settings(settings, "worker", settings.worker_id)
         if engine is not None:
             engines = {model_name or settings.model: engine}
         self._refs = [] if engines else (settings.models or [settings.model])

@@ -14,6 +14,7 @@ from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from llmserve.common import redis_keys as keys
+from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import WorkerMetrics
 from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending
@@ -42,7 +43,8 @@ class WorkerRuntime:
         self.models = models
         self.stream = keys.worker_stream(settings.worker_id)
         self.active: dict[str, Active] = {}
-        self.sink = SinkClient(settings.worker_id, on_cancel=self.cancel)
+        self.sink = SinkClient(settings.worker_id, on_cancel=self.cancel,
+                               auth=InternalAuth.from_settings(settings, "worker", settings.worker_id))
         self.handoff = Handoff(redis, self.sink)
         self.address = ""
         self.draining = False

@@ -10,6 +10,7 @@ import grpc
 from llmserve.common.errors import InvalidArgument, LLMServeError, abort_with
 from llmserve.worker.v1 import worker_pb2, worker_pb2_grpc
 
+from .admin_paths import check_model_ref
 from .model_admin import ModelAdmin
 from .runtime import WorkerRuntime
 from .settings import WorkerSettings
@@ -46,6 +47,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     async def LoadModel(self, request, context):
         try:
+            check_model_ref(request.ref, self.settings.model_dirs)
             before = self.runtime.models.serving_ids()
             model = await self.admin.load(request.ref)
         except LLMServeError as e:

@@ -54,4 +54,11 @@ class WorkerSettings(ServiceSettings):
     )
     heartbeat_interval_ms: int = Field(500, ge=50)
     heartbeat_ttl_ms: int = Field(3000, ge=200, description="A worker silent this long counts as dead.")
-    profile_dir: str = Field("bench/traces", description="Where StartProfile writes traces.")
+    profile_dir: str = Field("bench/traces", description="Where StartProfile writes traces (the request names "
+                             "no path: files are `<worker id>-<time>.json` here).")
+    model_dirs: StrList = Field(
+        default_factory=list,
+        description="Directories a LoadModel request may name a model in (resolved, symlinks followed); "
+        "empty: only built-in names and registry references. The models of `models`/`model` at start are "
+        "not limited.",
+    )

@@ -158,3 +158,9 @@ def test_a_typo_is_caught(compose):
         },
     }
     assert errors(compose_validator(), broken)
+
+
+def test_internal_secret_is_required_and_reaches_every_service(compose):
+    for name in ("gateway", "scheduler", "worker", "worker-gpu", "monitor"):
+        value = compose["services"][name]["environment"]["LLMSERVE_INTERNAL_SECRET"]
+        assert value.startswith("${LLMSERVE_INTERNAL_SECRET:?"), (name, value)  # no default: compose refuses

@@ -92,3 +92,21 @@ def test_gateways_and_workers_advertise_their_pod_ip():
         (container,) = by_kind("Deployment")[name]["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e for e in container["env"]}
         assert env[var]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+
+
+def test_internal_secret_reaches_every_service_and_only_workers_and_schedulers_reach_the_sink():
+    internal_port = int(by_kind("ConfigMap")["llmserve-config"]["data"]["LLMSERVE_GATEWAY_INTERNAL_PORT"])
+    assert "LLMSERVE_INTERNAL_SECRET" in by_kind("Secret")["llmserve-internal"]["stringData"]
+    for name in GRPC_PORTS:
+        (container,) = by_kind("Deployment")[name]["spec"]["template"]["spec"]["containers"]
+        assert {"secretRef": {"name": "llmserve-internal"}} in container["envFrom"], name
+    (gateway,) = by_kind("Deployment")["llmserve-gateway"]["spec"]["template"]["spec"]["containers"]
+    assert {"name": "internal", "containerPort": internal_port} in gateway["ports"]
+    policy = by_kind("NetworkPolicy")["llmserve-gateway-ingress"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "llmserve-gateway"}
+    public, internal = policy["ingress"]
+    assert "from" not in public and {p["port"] for p in public["ports"]} == {50051, 8000}
+    (peer,) = internal["from"]
+    (expr,) = peer["podSelector"]["matchExpressions"]
+    assert expr["operator"] == "In" and set(expr["values"]) == {"llmserve-worker", "llmserve-scheduler"}
+    assert [p["port"] for p in internal["ports"]] == [internal_port]

@@ -63,7 +63,7 @@ def test_a_stalled_worker_that_wakes_up_cannot_deliver_stale_tokens(tmp_path):
             # The woken worker was told to stop: nothing is left running on it.
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                with grpc.insecure_channel(f"127.0.0.1:{victim.port}") as channel:
+                with suite.operator_auth().channel(f"127.0.0.1:{victim.port}") as channel:
                     status = worker_pb2_grpc.WorkerServiceStub(channel).GetStatus(worker_pb2.GetStatusRequest(),
                                                                                 timeout=2)
                 if status.running == 0:

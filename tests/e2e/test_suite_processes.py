@@ -94,7 +94,7 @@ def test_monitor_sees_what_the_client_saw(suite):
         summary = next((m for m in reply.models if m.model == DEFAULT_MODEL), None)
         return summary.requests_by_status.get("ok", 0) if summary else 0
 
-    with grpc.insecure_channel(f"127.0.0.1:{suite.ports.monitor}") as channel:
+    with suite.operator_auth().channel(f"127.0.0.1:{suite.ports.monitor}") as channel:
         stub = monitor_pb2_grpc.MonitorServiceStub(channel)
         time.sleep(6)  # one export interval: earlier tests' requests have all arrived
         before = ok_count(stub)
@@ -106,7 +106,7 @@ def test_monitor_sees_what_the_client_saw(suite):
                                        request_id=f"monitored-{i}"):
                 if piece.token_ids and len(ttfts) == i:
                     ttfts.append(time.perf_counter() - started)
-    with grpc.insecure_channel(f"127.0.0.1:{suite.ports.monitor}") as channel:
+    with suite.operator_auth().channel(f"127.0.0.1:{suite.ports.monitor}") as channel:
         stub = monitor_pb2_grpc.MonitorServiceStub(channel)
         deadline = time.monotonic() + 30
         summary = None

@@ -145,7 +145,7 @@ def _worker_with(redis_url, worker_id: str, tiny_dirs, *served) -> object:
     """A worker loading `served` (of A, B) from disk."""
     dirs = {A: str(tiny_dirs[0]), B: str(tiny_dirs[1])}
     return model_worker(redis_url, worker_id, models=[dirs[m] for m in served], device="cpu",
-                        kv_cache_bytes=1 << 20, max_num_seqs=8)  # fmt: skip
+                        kv_cache_bytes=1 << 20, max_num_seqs=8, model_dirs=[str(tiny_dirs[0].parent)])  # fmt: skip
 
 
 async def _forced_unload_mid_stream(streams: Streams, admin, before=None):

@@ -28,30 +28,41 @@ class Stack:
         return f"127.0.0.1:{self.gateway.port}"
 
 
-def running_worker(redis_url: str, engine, worker_id: str, model: str = MODEL) -> GrpcApp:
+def running_worker(redis_url: str, engine, worker_id: str, model: str = MODEL, **extra) -> GrpcApp:
     """One worker serving `model` (a served model id such as `smol@v2`) with `engine`."""
     settings = WorkerSettings(redis_url=redis_url, port=0, drain_seconds=2, worker_id=worker_id,
-                              heartbeat_interval_ms=100)  # fmt: skip
+                              heartbeat_interval_ms=100, **extra)  # fmt: skip
     return GrpcApp(WorkerService(settings, engine=engine, model_name=model), settings)
 
 
 @contextlib.asynccontextmanager
-async def running_stack(redis_url: str, engines: list, catalog=None, gateway_overrides=None, models=None):
+async def running_stack(redis_url: str, engines: list, catalog=None, gateway_overrides=None, models=None,
+                        internal_secret: str = "", internal_tls=None):
     """Start worker(s) with the given engines, a scheduler and a gateway; stop them after.
 
-    `models` names the served model of each worker (default: MODEL for all)."""
+    `models` names the served model of each worker (default: MODEL for all); `internal_secret`
+    turns internal authentication on for all of them, or `internal_tls(role, id)` gives each
+    its mutual-TLS settings."""
+    def internal(role: str, ident: str) -> dict:
+        if internal_tls is not None:
+            return internal_tls(role, ident)
+        return {"internal_secret": internal_secret} if internal_secret else {}
+
     common = {"redis_url": redis_url, "port": 0, "drain_seconds": 2}
     async with contextlib.AsyncExitStack() as stack:
         workers = []
         for i, engine in enumerate(engines):
             model = models[i] if models else MODEL
-            workers.append(await stack.enter_async_context(running_worker(redis_url, engine, f"w{i}", model)))
-        sched_settings = SchedulerSettings(**common, scheduler_id="s0", registry_refresh_ms=20)
+            workers.append(await stack.enter_async_context(running_worker(redis_url, engine, f"w{i}", model,
+                                                                         **internal("worker", f"w{i}"))))
+        sched_settings = SchedulerSettings(**common, scheduler_id="s0", registry_refresh_ms=20,
+                                           **internal("scheduler", "s0"))
         scheduler = await stack.enter_async_context(GrpcApp(SchedulerService(sched_settings), sched_settings))
         # The limiter's 15 ms Redis deadline is for production; here every service shares a
         # loaded test process, and these tests are not about limiter latency.
         overrides = {"ratelimit_timeout_ms": 1000.0} | (gateway_overrides or {})
-        gw_settings = GatewaySettings(**common, api_keys=[f"t1={API_KEY}", "t2=other-key"], **overrides)
+        gw_settings = GatewaySettings(**common, api_keys=[f"t1={API_KEY}", "t2=other-key"], **overrides,
+                                      **internal("gateway", "g0"))
         gateway = await stack.enter_async_context(
             GrpcApp(GatewayService(gw_settings, catalog=catalog), gw_settings))
         yield Stack(gateway, scheduler, workers)

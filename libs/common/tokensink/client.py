@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.tokensink.v1 import token_sink_pb2 as pb
 from llmserve.common.tokensink.v1 import token_sink_pb2_grpc
@@ -69,8 +70,9 @@ class _GatewayLink:
     #: unreachable for thousands of steps, so its clients are gone).
     MAX_PENDING = 4096
 
-    def __init__(self, address: str, sender_id: str, on_cancel: Callable[[str], None]):
+    def __init__(self, address: str, sender_id: str, on_cancel: Callable[[str], None], auth: InternalAuth):
         self.address = address
+        self.auth = auth
         self.sender_id = sender_id
         self.on_cancel = on_cancel
         self.link_id = f"{sender_id}/{uuid.uuid4().hex[:12]}"
@@ -98,7 +100,7 @@ class _GatewayLink:
         backoff = 0.05
         while True:
             self._attempt += 1  # the attempt this stream's request generator belongs to
-            channel = grpc.aio.insecure_channel(self.address)
+            channel = self.auth.aio_channel(self.address)
             try:
                 stub = token_sink_pb2_grpc.TokenSinkServiceStub(channel)
                 call = stub.StreamTokens(self._requests(self._attempt))
@@ -140,15 +142,18 @@ class _GatewayLink:
 class SinkClient:
     """Sends token chunks to the gateways that own the requests."""
 
-    def __init__(self, sender_id: str, on_cancel: Callable[[str], None] = lambda _rid: None):
+    def __init__(self, sender_id: str, on_cancel: Callable[[str], None] = lambda _rid: None,
+                 auth: InternalAuth | None = None):
         self.sender_id = sender_id
+        #: This process's internal credential, attached to every call into a gateway's sink.
+        self.auth = auth or InternalAuth()
         self.on_cancel = on_cancel
         self._links: dict[str, _GatewayLink] = {}
 
     def send(self, reply_to: str, chunks: list[OutChunk]) -> None:
         link = self._links.get(reply_to)
         if link is None or link.task.done():
-            link = self._links[reply_to] = _GatewayLink(reply_to, self.sender_id, self.on_cancel)
+            link = self._links[reply_to] = _GatewayLink(reply_to, self.sender_id, self.on_cancel, self.auth)
         link.put(pb.StreamTokensRequest(chunks=[c.to_pb(self.sender_id) for c in chunks]))
 
     async def flush(self, timeout: float = 2.0) -> None:
@@ -176,11 +181,12 @@ class Progress:
     text: str
 
 
-async def fence(address: str, request_id: str, attempt: int, timeout: float = 2.0) -> Progress | None:
+async def fence(address: str, request_id: str, attempt: int, timeout: float = 2.0,
+                auth: InternalAuth | None = None) -> Progress | None:
     """Start `attempt` of a request at its gateway; None when no client waits for it any more
-    (or the gateway is gone, which is the same thing for the request)."""
+    (or the gateway is gone, or refused us, which is the same thing for the request)."""
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with (auth or InternalAuth()).aio_channel(address) as channel:
             stub = token_sink_pb2_grpc.TokenSinkServiceStub(channel)
             reply = await stub.Fence(pb.FenceRequest(request_id=request_id, attempt=attempt), timeout=timeout)
     except grpc.aio.AioRpcError as e:

@@ -71,7 +71,7 @@ class Handoff:
         (another path moved the entry first). `item` is updated in place."""
         request = keys.request_key(item.request_id)
         attempt = item.attempt + 1
-        progress = await fence(item.reply_to, item.request_id, attempt)
+        progress = await fence(item.reply_to, item.request_id, attempt, auth=self.sink.auth)
         if progress is None:
             moved = await self._forget(keys=[stream, request], args=[entry_id, ABANDONED, keys.WORKER_GROUP])
             return ABANDONED if moved else GONE

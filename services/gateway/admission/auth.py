@@ -42,6 +42,10 @@ class Identity:
     models: frozenset[str] | None = None
     limits: Limits = Limits()
 
+    def may_see(self, model: str) -> bool:
+        """Whether the model is listed to this caller (ListModels, /v1/models)."""
+        return self.models is None or model in self.models
+
     def check_model(self, model: str) -> None:
         if self.models is not None and model not in self.models:
             raise PermissionDenied(f"tenant {self.tenant!r} may not use model {echo(model)}")
@@ -99,6 +103,21 @@ class Authenticator:
             tenant, models = self.jwt.verify(token)
             return Identity(tenant, models)
         raise Unauthenticated("invalid API key")
+
+
+#: Longest `authorization` value accepted (JWTs with many claims fit); longer is refused unread.
+MAX_AUTHORIZATION_BYTES = 4096
+
+
+def single_authorization(values: list[str]) -> str | None:
+    """The one `authorization` value of a request. Two are ambiguous (a proxy and a client may
+    disagree on which counts), and an oversized one is refused before any lookup: both are
+    UNAUTHENTICATED, decided here without touching Redis."""
+    if len(values) > 1:
+        raise Unauthenticated("more than one `authorization` header; send exactly one")
+    if values and len(values[0].encode()) > MAX_AUTHORIZATION_BYTES:
+        raise Unauthenticated(f"`authorization` longer than {MAX_AUTHORIZATION_BYTES} bytes")
+    return values[0] if values else None
 
 
 def bearer_token(authorization: str | None) -> str:

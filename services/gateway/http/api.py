@@ -28,6 +28,7 @@ from llmserve.common.errors import (
 )
 from llmserve.common.logging import get_logger
 
+from ..admission.auth import single_authorization
 from ..generation import GenerationService
 from ..routing.model_list import ModelStatus
 from ..streams.inflight import TokenEvent
@@ -102,7 +103,7 @@ class _Api:
 
     async def models(self, request: Request):
         try:
-            identity = await self.service.identify(request.headers.get("authorization"))
+            identity = await self.service.identify(single_authorization(request.headers.getlist("authorization")))
         except LLMServeError as e:
             return error_response(e)
         models = await self.service.list_models()
@@ -118,7 +119,7 @@ class _Api:
                 **(_registry_fields(m) if m.registry else {}),
             }
             for m in models
-            if identity.models is None or m.name in identity.models
+            if identity.may_see(m.name)
         ]
         return JSONResponse({"object": "list", "data": data})
 
@@ -134,7 +135,8 @@ class _Api:
         try:
             parsed = parse_body(body, chat=chat)
             timeout = _timeout(request.headers.get(_TIMEOUT_HEADER))
-            job = await self.service.admit(request.headers.get("authorization"), parsed.params)
+            job = await self.service.admit(single_authorization(request.headers.getlist("authorization")),
+                                           parsed.params)
         except LLMServeError as e:
             return error_response(e)
         builder = ResponseBuilder(parsed, job.request_id, job.model)

@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from llmserve.common.errors import RETRY_AFTER_KEY, InvalidArgument, LLMServeError
 
+from ..admission.auth import single_authorization
 from ..generation import GenerationService
 from ..streams.inflight import TokenEvent
 from .openai_format import error_body, json_object, parse_request, usage
@@ -25,7 +26,12 @@ from .openai_format import error_body, json_object, parse_request, usage
 async def websocket_endpoint(ws: WebSocket, service: GenerationService) -> None:
     """Serve one WebSocket connection until the client closes it."""
     await ws.accept()
-    authorization = ws.headers.get("authorization")
+    try:
+        authorization = single_authorization(ws.headers.getlist("authorization"))
+    except LLMServeError as e:
+        await ws.send_json(_error(e))
+        await ws.close()
+        return
     conn = _Connection(ws)
     reader = asyncio.create_task(conn.read())
     try:

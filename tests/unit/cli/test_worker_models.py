@@ -28,7 +28,7 @@ async def _cli(capsys, *argv: str) -> tuple[int, str, str]:
 async def test_load_list_and_unload_through_the_cli(redis_url, tmp_path, model_path, capsys):
     tiny = save_tiny_llama(tmp_path / "tiny-cli", 0, model_path)
     async with model_worker(redis_url, "w0", {"other": ScriptedEngine()}, kv_cache_bytes=1 << 20,
-                            device="cpu") as app:  # fmt: skip
+                            device="cpu", model_dirs=[str(tmp_path)]) as app:  # fmt: skip
         worker = f"127.0.0.1:{app.port}"
         code, out, _ = await _cli(capsys, "models", "load", "--worker", worker, str(tiny))
         assert code == 0 and out.startswith(f"loaded tiny-cli on {worker} (")

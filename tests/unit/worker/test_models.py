@@ -54,7 +54,7 @@ async def _load(stub, ref):
 async def test_load_model_over_the_budget_is_refused_before_loading(redis_url, tiny_dir):
     # The tiny model's estimate is its weights (~12.6 MB fp32) plus the 1 MiB KV budget.
     async with model_worker(redis_url, "w0", {"other": ScriptedEngine()}, model_memory_bytes=8 * MIB,
-                            kv_cache_bytes=MIB, device="cpu") as app, \
+                            kv_cache_bytes=MIB, device="cpu", model_dirs=[str(tiny_dir.parent)]) as app, \
             grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = worker_pb2_grpc.WorkerServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -140,3 +140,22 @@ async def test_work_for_a_model_not_held_is_handed_back_to_its_queue(redis_url):
     assert await client.xlen(stream) == 0 and engine.seen == []  # never taken, never dropped
     assert await client.hget(keys.request_key("r-ghost"), "state") == b"requeued"
     await client.aclose()
+
+
+async def test_load_model_only_from_configured_directories(redis_url, tiny_dir, tmp_path):
+    """A directory outside LLMSERVE_WORKER_MODEL_DIRS is refused, whether named directly, through
+    `..`, or through a symlink inside an allowed directory; nothing is loaded."""
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "link").symlink_to(tiny_dir, target_is_directory=True)
+    async with model_worker(redis_url, "w0", {"other": ScriptedEngine()}, kv_cache_bytes=MIB, device="cpu",
+                            model_dirs=[str(allowed)]) as app, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+        for ref in (str(tiny_dir), str(allowed / ".." / ".." / tiny_dir.relative_to(tmp_path.parent)),
+                    str(allowed / "link"), "/etc", "../../../../etc"):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await _load(stub, ref)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, ref
+            assert "LLMSERVE_WORKER_MODEL_DIRS" in err.value.details()
+        assert app.service.runtime.models.serving_ids() == ["other"]
