@@ -6,10 +6,9 @@ import asyncio
 import socket
 
 import grpc
-import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2
 
-from llmserve.common import internal_policy
+from llmserve.common import internal_policy, redis_client
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.server import bind_internal, internal_server
@@ -48,10 +47,7 @@ class GatewayService:
     def __init__(self, settings: GatewaySettings, catalog: ModelCatalog | None = None):
         self.settings = settings
         self.catalog = catalog or ModelCatalog.load(settings.models)
-        self.redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-        )
+        self.redis = redis_client.connect(settings.redis_url, socket_timeout=settings.redis_timeout_s)
         self.inflight = InflightRegistry()
         self.keys = ApiKeyStore(self.redis, settings.api_key_cache_s)
         jwt = JwtVerifier(settings) if settings.jwt_algorithms else None

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-from llmserve.common import internal_policy
+from llmserve.common import internal_policy, redis_client
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.models.registry import ModelRegistry
@@ -139,9 +139,7 @@ class MonitorService:
         )
         self._tasks.append(asyncio.create_task(self.core.evaluate_forever()))
         if self.settings.registry_poll_s > 0:
-            self.redis = aioredis.Redis.from_url(
-                self.settings.redis_url, socket_timeout=2, socket_connect_timeout=1
-            )
+            self.redis = redis_client.connect(self.settings.redis_url, socket_timeout=2, connect_timeout=1)
             await check_credentials(self.redis, self.settings.redis_url)
             probe = RegistryProbe(self.redis, self.core.store, tuple(self.settings.models))
             self._tasks.append(asyncio.create_task(self._poll_registry(probe)))

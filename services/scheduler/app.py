@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import redis.asyncio as aioredis
-
-from llmserve.common import internal_policy
+from llmserve.common import internal_policy, redis_client
 from llmserve.common import redis_keys as keys
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -37,7 +35,7 @@ class SchedulerService:
     def __init__(self, settings: SchedulerSettings):
         self.settings = settings
         self.internal_auth = InternalAuth.from_settings(settings, "scheduler", settings.scheduler_id)
-        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        self.redis = redis_client.connect(settings.redis_url, socket_timeout=5, connect_timeout=2)
         self.core = SchedulerCore(settings, self.redis)
         self._task: asyncio.Task | None = None
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-
-from llmserve.common import internal_policy
+from llmserve.common import internal_policy, redis_client
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.worker.v1 import worker_pb2, worker_pb2_grpc
@@ -40,7 +38,7 @@ class WorkerService:
         models = ModelSet(settings.model_memory_bytes or default_budget(settings))
         for served_id, e in (engines or {}).items():
             models.add(ServedModel(served_id, e, engine_memory_bytes(e), served_id))
-        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        self.redis = redis_client.connect(settings.redis_url, socket_timeout=5, connect_timeout=2)
         self.runtime = WorkerRuntime(settings, self.redis, models)
         self.admin = ModelAdmin(self.runtime, settings)
 

@@ -23,10 +23,9 @@ import uuid
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
+from llmserve.common import redis_client
 from llmserve.common.errors import RateLimited, Unavailable
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import GatewayMetrics
@@ -64,12 +63,7 @@ class RateLimiter:
         # The socket waits longer than the deadline: a late answer is still read, so what
         # Redis did for a caller that gave up can be undone (the deadline is the sender's).
         socket_timeout = max(self._timeout, settings.redis_timeout_s)
-        self._redis = redis or aioredis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._redis = redis or redis_client.connect(settings.redis_url, socket_timeout=socket_timeout)
         self.defaults = Limits(
             settings.requests_per_minute, settings.tokens_per_minute, settings.max_concurrent_streams
         )
