@@ -22,6 +22,7 @@ from llmserve.common.workers import registry_snapshot
 from .dispatch import CANCELLED, DISPATCHED, Dispatcher
 from .placement import Placement
 from .recovery import WorkerRecovery
+from .redis_liveness import RedisLiveness
 from .settings import SchedulerSettings
 from .waiting import Pending, WaitingQueue
 
@@ -52,6 +53,7 @@ class SchedulerCore:
         self.recovery = WorkerRecovery(redis, self.sink, settings.scheduler_id,
                                        max_attempts=settings.max_attempts)
         self._recovery_task: asyncio.Task | None = None
+        self.liveness = RedisLiveness(redis, settings.redis_restart_grace_ms / 1000)
         self.dispatched = 0
         self.metrics = SchedulerMetrics()
         self._streams: set[str] = set()
@@ -101,7 +103,8 @@ class SchedulerCore:
         self.metrics.set_workers({m: sum(m in w.models for w in serving) for m in self.placement.models()},
                                  live=len(serving), draining=len(live) - len(serving))
         self._record_queue_depth()
-        if dead and (self._recovery_task is None or self._recovery_task.done()):
+        if dead and (self._recovery_task is None or self._recovery_task.done()) \
+                and await self.liveness.heartbeats_trusted():
             # In the background: fencing asks gateways, and dispatch must not wait for that.
             self._recovery_task = asyncio.create_task(self.recovery.recover(dead))
         models = set(self.settings.models) | self.placement.models()

@@ -33,6 +33,10 @@ class SchedulerSettings(ServiceSettings):
     reclaim_idle_ms: int = Field(
         30_000, ge=1000, description="Entries held this long by another (dead) scheduler are taken over."
     )
+    redis_restart_grace_ms: int = Field(
+        5_000, ge=0, description="After Redis restarts or fails over, missing worker heartbeats are not "
+        "taken as deaths for this long (workers re-announce within their heartbeat TTL, default 3 s).",
+    )
     max_attempts: int = Field(
         3, ge=1, description="Workers a request may take down before it is dead-lettered."
     )
