@@ -8,6 +8,7 @@ import grpc
 import redis.asyncio as aioredis
 
 from llmserve.common.logging import get_logger
+from llmserve.common.metrics_http import HealthState
 from llmserve.common.server import server_options
 from llmserve.common.tokensink.v1 import token_sink_pb2, token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2, generation_pb2_grpc
@@ -60,7 +61,10 @@ class GatewayService:
                                             self.redis, self.limiter)
         #: Read by the gRPC bootstrap: TLS for the public port when certificates are configured.
         self.server_credentials = grpc_server_credentials(settings)
-        self.http = HttpServer(build_app(self.generation), settings)
+        #: Moved by the gRPC bootstrap with grpc health; the HTTP port's /health reads it.
+        self.health_state = HealthState()
+        self.serves_metrics = True  # /metrics is on the HTTP API port, not a metrics_port
+        self.http = HttpServer(build_app(self.generation, self.health_state), settings)
         self.http_port = 0
         self._internal: grpc.aio.Server | None = None
         self._internal_port = 0

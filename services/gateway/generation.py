@@ -68,7 +68,8 @@ class GenerationService:
         try:
             return await self._admit(authorization, params)
         except LLMServeError as e:
-            self.metrics.request_finished(params.model, "", status_label(status_code_for(e)), 0.0)
+            # Refused before it started: counted by status, but never active, so not "finished".
+            self.metrics.request_refused(params.model, status_label(status_code_for(e)))
             if isinstance(e, RateLimited):
                 self.metrics.rate_limited("", "admission")
             raise
@@ -113,7 +114,10 @@ class GenerationService:
             clock.status = status_label(status_code_for(e))
             raise
         except (GeneratorExit, asyncio.CancelledError):
-            clock.status = "cancelled"
+            # A caller that stops right after the FinishEvent (a whole completion returning
+            # from inside its `async for`) closes us too: it got everything, so that is ok.
+            if not clock.finished:
+                clock.status = "cancelled"
             raise
         finally:
             # Closed between events (an HTTP or WebSocket writer gone), `events` is suspended at
@@ -176,8 +180,11 @@ class _Clock:
         self.started = job.received_at or time.monotonic()  # the client's clock starts at its call
         self.last: float | None = None
         self.status = "ok"
+        self.finished = False  # the FinishEvent went out
 
     def observe(self, event: Event) -> None:
+        if isinstance(event, FinishEvent):
+            self.finished = True
         if not isinstance(event, TokenEvent) or not event.token_ids:
             return
         now = time.monotonic()

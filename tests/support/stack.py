@@ -28,25 +28,28 @@ class Stack:
         return f"127.0.0.1:{self.gateway.port}"
 
 
-def running_worker(redis_url: str, engine, worker_id: str, model: str = MODEL) -> GrpcApp:
+def running_worker(redis_url: str, engine, worker_id: str, model: str = MODEL, **overrides) -> GrpcApp:
     """One worker serving `model` (a served model id such as `smol@v2`) with `engine`."""
     settings = WorkerSettings(redis_url=redis_url, port=0, drain_seconds=2, worker_id=worker_id,
-                              heartbeat_interval_ms=100)  # fmt: skip
+                              heartbeat_interval_ms=100, **overrides)  # fmt: skip
     return GrpcApp(WorkerService(settings, engine=engine, model_name=model), settings)
 
 
 @contextlib.asynccontextmanager
-async def running_stack(redis_url: str, engines: list, catalog=None, gateway_overrides=None, models=None):
+async def running_stack(redis_url: str, engines: list, catalog=None, gateway_overrides=None, models=None,
+                        metrics_port: int | None = None):
     """Start worker(s) with the given engines, a scheduler and a gateway; stop them after.
 
-    `models` names the served model of each worker (default: MODEL for all)."""
+    `models` names the served model of each worker (default: MODEL for all); `metrics_port`
+    (0: a free one) gives the scheduler and workers their own /metrics."""
     common = {"redis_url": redis_url, "port": 0, "drain_seconds": 2}
+    own = {"metrics_port": metrics_port}
     async with contextlib.AsyncExitStack() as stack:
         workers = []
         for i, engine in enumerate(engines):
             model = models[i] if models else MODEL
-            workers.append(await stack.enter_async_context(running_worker(redis_url, engine, f"w{i}", model)))
-        sched_settings = SchedulerSettings(**common, scheduler_id="s0", registry_refresh_ms=20)
+            workers.append(await stack.enter_async_context(running_worker(redis_url, engine, f"w{i}", model, **own)))
+        sched_settings = SchedulerSettings(**common, **own, scheduler_id="s0", registry_refresh_ms=20)
         scheduler = await stack.enter_async_context(GrpcApp(SchedulerService(sched_settings), sched_settings))
         # The limiter's 15 ms Redis deadline is for production; here every service shares a
         # loaded test process, and these tests are not about limiter latency.

@@ -20,11 +20,13 @@ from starlette.routing import Route, WebSocketRoute
 
 from llmserve.common.errors import RETRY_AFTER_KEY, InvalidArgument, LLMServeError
 from llmserve.common.logging import get_logger
+from llmserve.common.metrics_http import HealthState
 
 from ..generation import GenerationService
 from ..routing.model_list import ModelStatus
 from ..streams.inflight import TokenEvent
 from .openai_format import OpenAIRequest, ResponseBuilder, error_body, parse_body
+from .ops import ops_routes
 from .websocket import websocket_endpoint
 
 log = get_logger(__name__)
@@ -51,14 +53,15 @@ def retry_headers(error: LLMServeError) -> dict[str, str]:
     }
 
 
-def build_app(service: GenerationService) -> Starlette:
-    """The Starlette app serving `service` over HTTP and WebSocket."""
+def build_app(service: GenerationService, health: HealthState | None = None) -> Starlette:
+    """The Starlette app serving `service` over HTTP and WebSocket (and /metrics, /health)."""
     api = _Api(service)
     routes = [
         Route("/v1/chat/completions", api.chat, methods=["POST"]),
         Route("/v1/completions", api.completions, methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
         WebSocketRoute("/v1/ws", lambda ws: websocket_endpoint(ws, service)),
+        *ops_routes(health or HealthState(serving=True)),
     ]
     return Starlette(
         routes=routes, exception_handlers={HTTPException: _http_error, Exception: _internal_error}
