@@ -90,7 +90,7 @@ class PrometheusReader(MetricReader):
         return [attrs.get(n, "") for n in labels]
 
 
-class _Scrape(Collector):
+class ReaderCollector(Collector):
     """prometheus_client's side: every scrape reads the reader afresh."""
 
     def __init__(self, reader: PrometheusReader):
@@ -118,7 +118,7 @@ def install_reader(service: str) -> PrometheusReader:
     global _reader
     if _reader is None:
         _reader = PrometheusReader(service)
-        _registry.register(_Scrape(_reader))
+        _registry.register(ReaderCollector(_reader))
     return _reader
 
 

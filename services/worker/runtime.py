@@ -29,6 +29,7 @@ from .engine_thread import EngineThread
 from .resume import owed_text
 from .served_models import ModelSet, ServedModel
 from .settings import WorkerSettings
+from .step_metrics import record_step
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer("llmserve.worker")
@@ -67,6 +68,7 @@ class WorkerRuntime:
         """Give a model its own step thread (at start, or once a LoadModel finished)."""
         if self._loop is None:
             return  # not started yet: start() gives every model its thread
+        self.metrics.model_started(model.served_id)
         model.thread = EngineThread(model.engine, self._loop, self._publish,
                                     functools.partial(self._record_step, model), name=f"engine-{model.served_id}")
         model.thread.start()
@@ -228,11 +230,8 @@ class WorkerRuntime:
             self.sink.send(reply_to, chunks)
 
     def _record_step(self, model: ServedModel, seconds: float, outputs: list[TokenOutput]) -> None:
-        tokens = sum(len(o.token_ids) for o in outputs)
-        self.metrics.step(model.served_id, len(outputs), 0, tokens, seconds)
-        timings = getattr(model.engine, "last_step_timings", None)
-        if timings:
-            self.metrics.step_phases(model.served_id, timings)
+        """Metrics of one step, from the engine's own account of it (on the engine thread)."""
+        record_step(self.metrics, model.served_id, model.engine, seconds, outputs)
 
     async def _flush_acks(self) -> None:
         if not self._to_ack:
