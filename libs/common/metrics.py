@@ -299,10 +299,12 @@ def install_process_metrics(meter: Meter | None = None) -> None:
 
     m.create_observable_gauge("llmserve.process.cpu.utilization", [cpu], "1", "CPU use, in cores.")
     m.create_observable_gauge("llmserve.process.memory.rss", [rss], "By", "Resident memory.")
-    _install_gpu_metrics(m)
+    install_gpu_metrics(m)
 
 
-def _install_gpu_metrics(m: Meter) -> None:
+def install_gpu_metrics(m: Meter) -> None:
+    """NVIDIA GPU gauges (utilization, memory, power) per GPU, read through NVML (nvidia-ml-py,
+    the `gpu` extra); nothing when the package, the driver or a GPU is missing."""
     try:
         import pynvml  # nvidia-ml-py; optional
 
