@@ -19,7 +19,7 @@ from llmserve.common.errors import (
     Unavailable,
     status_code_for,
 )
-from llmserve.common.logging import get_logger
+from llmserve.common.logging import bind_request, get_logger, trace_id_of
 from llmserve.common.metrics import GatewayMetrics, status_label
 
 from .admission.auth import Authenticator, Identity
@@ -103,6 +103,8 @@ class GenerationService:
         span = _tracer.start_span("gateway.generate", attributes={
             "llmserve.request_id": job.request_id, "llmserve.model": job.model, "llmserve.tenant": job.tenant,
             "llmserve.prompt_tokens": len(job.prompt_token_ids)})
+        # Every later line of this request's task (servicer, HTTP handler) carries these.
+        bind_request(job.request_id, trace_id_of(span=span), job.tenant, job.model)
         clock = _Clock(self.metrics, job)
         events = self._events(job, timeout_s, trace.set_span_in_context(span))
         try:
@@ -195,8 +197,9 @@ class _Clock:
         self.last = now
 
     def finish(self) -> None:
-        self.metrics.request_finished(self.job.model, self.job.tenant, self.status,
-                                      time.monotonic() - self.started)
+        e2e_s = time.monotonic() - self.started
+        self.metrics.request_finished(self.job.model, self.job.tenant, self.status, e2e_s)
+        log.info("request finished", status=self.status, e2e_s=round(e2e_s, 4))
 
 
 class _Usage:

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from llmserve.common.logging import request_context, trace_id_of
 from llmserve.common.v1 import work_pb2
 
 from .engine.types import EngineRequest, FinishReason, SamplingParams, TokenOutput
@@ -23,6 +24,11 @@ class Active:
     owed_text: str = ""  # decoded by a previous attempt, never delivered: goes out first
     span: Any = None  # the request's "worker.generate" span, in the gateway's trace
     item: work_pb2.WorkItem | None = None  # as read: a forced unload requeues it to resume elsewhere
+
+
+def log_context(item: work_pb2.WorkItem):
+    """Lines logged while handling `item` carry its request fields (one loop serves them all)."""
+    return request_context(item.request_id, trace_id_of(dict(item.trace_context)), item.tenant, item.model)
 
 
 def engine_request(item: work_pb2.WorkItem) -> EngineRequest:

@@ -23,7 +23,7 @@ from llmserve.common.tokensink.handoff import Handoff
 from llmserve.common.v1 import work_pb2
 from llmserve.common.workers import WorkerLoad, publish_heartbeat, withdraw
 
-from .active import Active, engine_request, outcome_of
+from .active import Active, engine_request, log_context, outcome_of
 from .engine.types import TokenOutput
 from .engine_thread import EngineThread
 from .resume import owed_text
@@ -105,7 +105,8 @@ class WorkerRuntime:
         try:
             return await self.handoff.resume_elsewhere(self.stream, active.entry_id, item)
         except RedisError as e:  # it cannot move: tell the client to retry rather than leave it waiting
-            log.warning("hand-off failed", request_id=item.request_id, error=type(e).__name__)
+            with log_context(item):
+                log.warning("hand-off failed", error=type(e).__name__)
             self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt + 1, 0, [], "", outcome="error",
                                                     error=f"{item.model} was unloaded and the request could not "
                                                           f"be moved to another worker; retry it")])  # fmt: skip
@@ -205,6 +206,9 @@ class WorkerRuntime:
                         "llmserve.prompt_tokens": len(item.prompt_token_ids)})
         self.active[item.request_id] = active
         model.engine.add_request(engine_request(item))
+        with log_context(item):
+            log.info("request started", worker=self.settings.worker_id, attempt=item.attempt,
+                     prompt_tokens=len(item.prompt_token_ids))
 
     def _publish(self, outputs: list[TokenOutput]) -> None:
         """Called on the event loop after each engine step."""
@@ -221,6 +225,9 @@ class WorkerRuntime:
                 completion_tokens=out.completion_tokens, error=out.error or "",
             ))
             if out.finished:
+                if active.item is not None:
+                    with log_context(active.item):
+                        log.info("request finished", outcome=outcome, completion_tokens=out.completion_tokens)
                 del self.active[out.request_id]
                 active.span.set_attribute("llmserve.completion_tokens", out.completion_tokens)
                 active.span.set_attribute("llmserve.finish_reason", outcome)
