@@ -103,7 +103,9 @@ class Scheduler:
                     seq.num_computed_tokens = 0
                     break
             self.waiting.popleft()
-            out.prefix_hit_tokens += hit
+            # Only first-time hits: a preempted sequence finding its own blocks again saves
+            # recompute, and its tokens were already counted when first computed.
+            out.prefix_hit_tokens += max(0, hit - seq.max_computed_tokens)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append(ScheduledSeq(seq, num_new, num_new == seq.num_uncomputed_tokens))

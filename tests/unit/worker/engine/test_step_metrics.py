@@ -121,3 +121,19 @@ def test_prefix_cache_hits_are_counted_and_not_prefilled(tokenizer):
     registry.register(ReaderCollector(reader))
     s = parse(generate_latest(registry))
     assert value(s, "llmserve_kv_prefix_hits_total", model=MODEL) == 16
+
+
+def test_prompt_tokens_count_once_with_prefix_hits_and_preemption(tokenizer):
+    """Identical prompts under a tiny KV budget: every prompt token is either prefilled or a
+    first-time prefix hit, never both and never twice, however often sequences are preempted."""
+    engine = LLMEngine.from_model(
+        EngineConfig(model="unused", block_size=4, num_kv_blocks=20, max_num_batched_tokens=64,
+                     enable_prefix_caching=True), tiny_llama(0), tokenizer)
+    prompt = list(range(200, 222))  # five full blocks and a bit
+    for i in range(6):
+        engine.add_request(EngineRequest(f"r{i}", prompt, greedy(NEW, ignore_eos=True)))
+    while engine.has_unfinished():
+        engine.step()
+    totals = engine.step_totals
+    assert totals.preempted > 0 and totals.prefix_hit_tokens > 0
+    assert totals.prefill_tokens + totals.prefix_hit_tokens == 6 * len(prompt)
