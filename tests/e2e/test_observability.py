@@ -77,7 +77,7 @@ def _load(suite: LocalSuite, until: float) -> dict[str, int]:
             ThreadPoolExecutor(6) as pool:
         def one(i: int) -> None:
             if i % 2:
-                list(client.stream(DEFAULT_MODEL, messages=messages, max_tokens=24, temperature=0.0))
+                list(client.stream(DEFAULT_MODEL, messages=messages, max_tokens=32, temperature=0.0))
             else:
                 client.generate(DEFAULT_MODEL, messages=messages, max_tokens=12, temperature=0.0)
             with lock:
@@ -99,7 +99,7 @@ def watched(tmp_path_factory):
     with RedisServer() as redis:
         suite = LocalSuite(ports=Ports.free(), redis_url=redis.url, log_dir=tmp / "logs", env={
             "LLMSERVE_LOG_FORMAT": "json",
-            "LLMSERVE_WORKER_NUM_KV_BLOCKS": "14",  # 224 tokens for 6 streams of ~60: preemption
+            "LLMSERVE_WORKER_NUM_KV_BLOCKS": "10",  # 160 tokens; 6 requests of 47..67 tokens: preemption
             "LLMSERVE_WORKER_MAX_NUM_SEQS": "6",
         })
         prometheus = None
