@@ -24,7 +24,7 @@ dashboards refer to the names below, so a name changes only together with them.
 | llmserve.step.duration           | histogram     | s         | model, worker              | worker      |
 | llmserve.step.phase.duration     | histogram     | s         | model, worker, phase       | worker      |
 | llmserve.engine.tokens           | counter       | token     | model, worker, phase       | worker      |
-| llmserve.engine.sequences        | gauge         | sequence  | model, worker, state       | worker      |
+| llmserve.engine.sequences        | gauge         | sequence  | model, worker, state, priority | worker  |
 | llmserve.kv.blocks.used / .free  | gauge         | block     | model, worker              | worker      |
 | llmserve.kv.prefix_hits          | counter       | token     | model, worker              | worker      |
 | llmserve.preemptions             | counter       | sequence  | model, worker              | worker      |
@@ -63,6 +63,8 @@ LATENCY_BUCKETS = _geometric(0.0005, 120.0, 1.1)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 #: Tokens-per-step bucket bounds (a step's whole token budget: prefill chunks plus decodes).
 TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+#: Priority classes (llmserve.gateway.v1.Priority LOW, NORMAL, HIGH), always exported.
+PRIORITY_CLASSES = (1, 2, 3)
 #: The `phase` of `llmserve.engine.tokens`: first-time prompt KV, generated tokens' KV, and
 #: KV computed again after a preemption.
 ENGINE_PHASES = ("prefill", "decode", "recompute")
@@ -195,6 +197,7 @@ class WorkerMetrics:
     def __init__(self, worker_id: str, meter: Meter | None = None):
         m = _meter(meter)
         self.worker_id = worker_id
+        self._priorities: set[int] = set(PRIORITY_CLASSES)
         self.batch = m.create_histogram(
             "llmserve.batch.size",
             "{sequence}",
@@ -218,7 +221,7 @@ class WorkerMetrics:
             "llmserve.kv.prefix_hits", "{token}", "Prompt tokens served from the prefix cache."
         )
         self.sequences = m.create_gauge(
-            "llmserve.engine.sequences", "{sequence}", "Sequences in the engine, by state (running, waiting)."
+            "llmserve.engine.sequences", "{sequence}", "Sequences in the engine, by state (running, waiting) and priority."
         )
 
     def _attrs(self, model: str) -> dict[str, str]:
@@ -266,11 +269,16 @@ class WorkerMetrics:
         if tokens:
             self.prefix_hits.add(tokens, self._attrs(model))
 
-    def set_sequences(self, model: str, running: int, waiting: int) -> None:
-        """Sequences in the engine after a step: in the batch, and waiting (queued or preempted)."""
+    def set_sequences(self, model: str, counts: dict[tuple[str, int], int]) -> None:
+        """Sequences in the engine after a step by (state, priority): in the batch, and waiting
+        (preempted or not yet scheduled). Every priority class is set, 0 included, so a class
+        that empties reads 0 rather than its last value."""
         attrs = self._attrs(model)
-        self.sequences.set(running, {**attrs, "state": "running"})
-        self.sequences.set(waiting, {**attrs, "state": "waiting"})
+        self._priorities.update(p for _, p in counts)  # once seen, a class is set (to 0) ever after
+        for state in ("running", "waiting"):
+            for priority in sorted(self._priorities):
+                self.sequences.set(counts.get((state, priority), 0),
+                                   {**attrs, "state": state, "priority": str(priority)})
 
 
 _process_installed = False

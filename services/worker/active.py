@@ -43,6 +43,7 @@ def engine_request(item: work_pb2.WorkItem) -> EngineRequest:
         ),
         resume_token_ids=list(item.resume_token_ids),
         deadline=item.deadline_unix_ms / 1000 if item.deadline_unix_ms else None,
+        priority=item.priority,
     )
 
 

@@ -35,7 +35,9 @@ def record_step(
     metrics.prefix_hit(model, step.prefix_hit_tokens)
     stats = engine.stats()
     metrics.set_kv_blocks(model, stats.total_kv_blocks - stats.free_kv_blocks, stats.free_kv_blocks)
-    metrics.set_sequences(model, stats.running, stats.waiting)
+    counts = getattr(engine, "sequence_counts", None)  # an engine without it: all NORMAL (2)
+    by_priority = counts() if counts else {("running", 2): stats.running, ("waiting", 2): stats.waiting}
+    metrics.set_sequences(model, by_priority)
     timings = getattr(engine, "last_step_timings", None)
     if timings:
         metrics.step_phases(model, timings)

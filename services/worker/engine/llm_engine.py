@@ -48,6 +48,7 @@ class LLMEngine:
         self._live_ids: set[str] = set()  # ids queued or live, under the lock
         self._seeds: dict[int, int] = {}
         self._stats = self._snapshot()
+        self._by_priority: dict[tuple[str, int], int] = {}
         self.last_step = StepStats()  # what the latest step computed (engine thread)
         self.step_totals = StepStats()  # the sum over every step so far
 
@@ -88,6 +89,12 @@ class LLMEngine:
         """True while any request is queued, waiting or running."""
         with self._lock:
             return bool(self._live_ids)
+
+    def sequence_counts(self) -> dict[tuple[str, int], int]:
+        """Sequences by (state, priority) as of the last step boundary; state is running or
+        waiting (queued requests not yet admitted are not counted)."""
+        with self._lock:
+            return dict(self._by_priority)
 
     def stats(self) -> EngineStats:
         """KV and queue accounting as of the last step boundary (plus requests queued since)."""
@@ -227,8 +234,12 @@ class LLMEngine:
 
     def _end_step(self, outputs: list[TokenOutput]) -> None:
         snapshot = self._snapshot()
+        counts: dict[tuple[str, int], int] = {}
+        for state, seqs in (("running", self.scheduler.running), ("waiting", self.scheduler.waiting)):
+            for seq in seqs:
+                counts[(state, seq.priority)] = counts.get((state, seq.priority), 0) + 1
         with self._lock:
-            self._stats = snapshot
+            self._stats, self._by_priority = snapshot, counts
 
     def _snapshot(self) -> EngineStats:
         bm = self.block_manager

@@ -31,6 +31,7 @@ class Sequence:
         self.request_id = request.request_id
         self.sampling: SamplingParams = request.sampling
         self.deadline = request.deadline
+        self.priority = request.priority
         self.num_prompt_tokens = len(request.prompt_token_ids)
         self.token_ids: list[int] = list(request.prompt_token_ids) + list(request.resume_token_ids)
         self.num_resume_tokens = len(request.resume_token_ids)

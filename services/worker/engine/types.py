@@ -44,6 +44,7 @@ class EngineRequest:
     sampling: SamplingParams
     resume_token_ids: list[int] = field(default_factory=list)
     deadline: float | None = None  # time.time() seconds; the engine finishes it with CANCELLED past it
+    priority: int = 0  # the request's priority class (llmserve.gateway.v1.Priority); accounting only
 
 
 @dataclass

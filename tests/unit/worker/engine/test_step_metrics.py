@@ -137,3 +137,24 @@ def test_prompt_tokens_count_once_with_prefix_hits_and_preemption(tokenizer):
     totals = engine.step_totals
     assert totals.preempted > 0 and totals.prefix_hit_tokens > 0
     assert totals.prefill_tokens + totals.prefix_hit_tokens == 6 * len(prompt)
+
+
+def test_running_and_waiting_by_priority_after_a_step(tokenizer):
+    reader = PrometheusReader("worker")
+    metrics = WorkerMetrics("w1", MeterProvider(metric_readers=[reader]).get_meter("llmserve"))
+    engine = LLMEngine.from_model(EngineConfig(model="unused", block_size=4, num_kv_blocks=64, max_num_seqs=3),
+                                  tiny_llama(0), tokenizer)
+    priorities = [3, 3, 1, 2, 2, 2]
+    for i, priority in enumerate(priorities):
+        engine.add_request(EngineRequest(f"r{i}", list(range(300, 310)), greedy(NEW, ignore_eos=True),
+                                         priority=priority))
+    record_step(metrics, MODEL, engine, 0.001, engine.step())
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ReaderCollector(reader))
+    s = parse(generate_latest(registry))
+    seqs = "llmserve_engine_sequences"
+    assert value(s, seqs, state="running") == 3 and value(s, seqs, state="waiting") == 3  # max_num_seqs=3
+    for priority in (1, 2, 3):
+        both = value(s, seqs, state="running", priority=str(priority)) + value(
+            s, seqs, state="waiting", priority=str(priority))
+        assert both == priorities.count(priority)
