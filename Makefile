@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 BUF := .tools/node_modules/.bin/buf
-.PHONY: help install protos model run compose-env test buf-lint buf-breaking docs docs-check schemas test-unit test-integration test-e2e lint format typecheck bench bench-engine chaos clean
+.PHONY: help install protos model run compose-env test test-tools buf-lint buf-breaking docs docs-check schemas test-unit test-integration test-e2e lint format typecheck bench bench-engine chaos clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -39,8 +39,11 @@ compose-env: install ## write .env for docker compose: a random internal secret 
 	  umask 077; printf 'LLMSERVE_INTERNAL_SECRET=%s\nLLMSERVE_OTEL_COLLECTOR_TOKEN=%s\n' "$$secret" "$$token" >> .env; \
 	  echo "wrote .env (keep it private)"; fi
 
-test: model $(BUF) ## set up and run every test
+test: model $(BUF) test-tools ## set up and run every test
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-tools: ## install the system tools tests drive (promtool, prometheus, chromium) via apt when missing
+	@scripts/install_test_tools.sh
 
 test-unit: install ## unit tests only
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

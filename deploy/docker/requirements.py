@@ -12,8 +12,11 @@ import tomllib
 from pathlib import Path
 
 
-def pinned(pyproject: Path, without: set[str]) -> list[str]:
-    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+def pinned(pyproject: Path, without: set[str], extras: tuple[str, ...] = ()) -> list[str]:
+    project = tomllib.loads(pyproject.read_text())["project"]
+    deps = list(project["dependencies"])
+    for extra in extras:
+        deps += project["optional-dependencies"][extra]
     return [d for d in deps if re.split(r"[=<>!~\[ ;]", d, maxsplit=1)[0].lower() not in without]
 
 
@@ -21,10 +24,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pyproject", type=Path, default=Path("pyproject.toml"))
     parser.add_argument("--without", default="", help="comma-separated distribution names to leave out")
+    parser.add_argument("--extra", action="append", default=[], help="add an optional-dependencies group")
     args = parser.parse_args()
-    print(
-        "\n".join(pinned(args.pyproject, {n.strip().lower() for n in args.without.split(",") if n.strip()}))
-    )
+    without = {n.strip().lower() for n in args.without.split(",") if n.strip()}
+    print("\n".join(pinned(args.pyproject, without, tuple(args.extra))))
 
 
 if __name__ == "__main__":

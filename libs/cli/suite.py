@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import grpc
@@ -31,10 +31,14 @@ class Ports:
     worker: int = 50053
     monitor: int = 50054
     monitor_http: int = 9464
+    # Each process's own /metrics and /health (the gateway's are on `http`); next workers +10.
+    scheduler_metrics: int = 9465
+    worker_metrics: int = 9466
+    monitor_metrics: int = 9467
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(6)))
+        return cls(*(free_port() for _ in fields(cls)))
 
 
 @dataclass
@@ -43,6 +47,7 @@ class ServiceProcess:
     port: int
     process: subprocess.Popen
     log_path: Path
+    metrics_port: int = 0  # where its own /metrics is served (0: none)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -93,6 +98,9 @@ class LocalSuite:
             "LLMSERVE_WORKER_WORKER_ID": f"worker-{self.ports.worker}",
             "LLMSERVE_MONITOR_PORT": str(self.ports.monitor),
             "LLMSERVE_MONITOR_HTTP_PORT": str(self.ports.monitor_http),
+            "LLMSERVE_SCHEDULER_METRICS_PORT": str(self.ports.scheduler_metrics),
+            "LLMSERVE_WORKER_METRICS_PORT": str(self.ports.worker_metrics),
+            "LLMSERVE_MONITOR_METRICS_PORT": str(self.ports.monitor_metrics),
             "PYTHONUNBUFFERED": "1",
             # Locally every service shares the same cores with the worker's matmuls: give the
             # limiter's Redis call more than the production 15 ms before it counts as an outage.
@@ -115,14 +123,15 @@ class LocalSuite:
         path.write_text(self.operator_auth().token or "")
         return path
 
-    def spawn(self, name: str, module: str, port: int, extra_env: dict[str, str] | None = None) -> ServiceProcess:
+    def spawn(self, name: str, module: str, port: int, extra_env: dict[str, str] | None = None,
+              metrics_port: int = 0) -> ServiceProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         env = self.base_env() | self.service_env.get(name.rstrip("0123456789"), {}) | (extra_env or {})
         with open(log_path, "ab") as log:
             process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
-        service = ServiceProcess(name, port, process, log_path)
+        service = ServiceProcess(name, port, process, log_path, metrics_port)
         self.services.append(service)
         return service
 
@@ -134,18 +143,22 @@ class LocalSuite:
             port = free_port()
         worker_id = f"worker-{port}" + (f"-{generation}" if generation else "")
         name = "worker" if index == 0 else f"worker{index}"
+        metrics = self.ports.worker_metrics + 10 * index if index else self.ports.worker_metrics
+        if index and not port_free(metrics):
+            metrics = free_port()
         return self.spawn(name, "llmserve.worker", port,
-                          {"LLMSERVE_WORKER_PORT": str(port), "LLMSERVE_WORKER_WORKER_ID": worker_id})
+                          {"LLMSERVE_WORKER_PORT": str(port), "LLMSERVE_WORKER_WORKER_ID": worker_id,
+                           "LLMSERVE_WORKER_METRICS_PORT": str(metrics)}, metrics_port=metrics)
 
     def start(self, timeout: float = 180.0) -> None:
         self.start_redis()
         self.write_operator_token()
         if self.with_monitor:
-            self.spawn("monitor", "llmserve.monitor", self.ports.monitor)
+            self.spawn("monitor", "llmserve.monitor", self.ports.monitor, metrics_port=self.ports.monitor_metrics)
         for index in range(self.workers):
             self.spawn_worker(index)
-        self.spawn("scheduler", "llmserve.scheduler", self.ports.scheduler)
-        self.spawn("gateway", "llmserve.gateway", self.ports.gateway)
+        self.spawn("scheduler", "llmserve.scheduler", self.ports.scheduler, metrics_port=self.ports.scheduler_metrics)
+        self.spawn("gateway", "llmserve.gateway", self.ports.gateway, metrics_port=self.ports.http)
         self.wait_serving(timeout)
 
     def wait_serving(self, timeout: float) -> None:

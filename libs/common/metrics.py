@@ -22,9 +22,13 @@ dashboards refer to the names below, so a name changes only together with them.
 | llmserve.queue.wait              | histogram     | s         | model, priority            | scheduler   |
 | llmserve.workers                 | gauge         | worker    | model, state               | scheduler (and the monitor, from the registry) |
 | llmserve.batch.size              | histogram     | sequence  | model, worker              | worker      |
+| llmserve.batch.tokens            | histogram     | token     | model, worker              | worker      |
 | llmserve.step.duration           | histogram     | s         | model, worker              | worker      |
+| llmserve.step.phase.duration     | histogram     | s         | model, worker, phase       | worker      |
 | llmserve.engine.tokens           | counter       | token     | model, worker, phase       | worker      |
+| llmserve.engine.sequences        | gauge         | sequence  | model, worker, state, priority | worker  |
 | llmserve.kv.blocks.used / .free  | gauge         | block     | model, worker              | worker      |
+| llmserve.kv.prefix_hits          | counter       | token     | model, worker              | worker      |
 | llmserve.preemptions             | counter       | sequence  | model, worker              | worker      |
 | llmserve.process.cpu.utilization | observable    | 1         | (resource: service)        | every service |
 | llmserve.process.memory.rss      | observable    | By        | (resource: service)        | every service |
@@ -59,6 +63,13 @@ def _geometric(lo: float, hi: float, ratio: float) -> tuple[float, ...]:
 LATENCY_BUCKETS = _geometric(0.0005, 120.0, 1.1)
 #: Batch-size bucket bounds (sequences per engine step).
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+#: Tokens-per-step bucket bounds (a step's whole token budget: prefill chunks plus decodes).
+TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+#: Priority classes (llmserve.gateway.v1.Priority LOW, NORMAL, HIGH), always exported.
+PRIORITY_CLASSES = (1, 2, 3)
+#: The `phase` of `llmserve.engine.tokens`: first-time prompt KV, generated tokens' KV, and
+#: KV computed again after a preemption.
+ENGINE_PHASES = ("prefill", "decode", "recompute")
 
 #: Server-side failures: what the error-rate alert counts (client mistakes and cancels are not).
 SERVER_ERROR_STATUSES = ("internal", "unavailable", "aborted", "deadline_exceeded", "unknown", "data_loss")
@@ -109,6 +120,10 @@ class GatewayMetrics:
         self.revoked = m.create_counter(
             "llmserve.ratelimit.revoked", "{request}", "Admissions undone because their caller never got them."
         )
+        # Exported at 0 from the start: a counter that appears only on its first increase
+        # leaves rate() panels and absent()-free alert rules with no data on a healthy system.
+        self.rejections.add(0, {"tenant": "", "limit": "admission"})
+        self.fail_open.add(0, {"tenant": ""})
 
     def request_started(self, model: str, tenant: str, prompt_tokens: int) -> None:
         """A request passed auth, limits and validation and was enqueued."""
@@ -139,6 +154,13 @@ class GatewayMetrics:
         attrs = {"model": model, "tenant": tenant, "status": status}
         self.requests.add(1, attrs)
         self.e2e.record(e2e_s, attrs)
+
+    def request_refused(self, model: str, status: str) -> None:
+        """A request was refused at admission (auth, validation, limits): it never started,
+        so it is counted by status but never entered the active gauge."""
+        attrs = {"model": model, "tenant": "", "status": status}
+        self.requests.add(1, attrs)
+        self.e2e.record(0.0, attrs)
 
     def rate_limited(self, tenant: str, limit: str) -> None:
         """A request was refused by `limit` (requests, tokens or streams)."""
@@ -191,11 +213,16 @@ class WorkerMetrics:
     def __init__(self, worker_id: str, meter: Meter | None = None):
         m = _meter(meter)
         self.worker_id = worker_id
+        self._priorities: set[int] = set(PRIORITY_CLASSES)
         self.batch = m.create_histogram(
             "llmserve.batch.size",
             "{sequence}",
             "Sequences in one engine step.",
             explicit_bucket_boundaries_advisory=BATCH_BUCKETS,
+        )
+        self.batch_tokens = m.create_histogram(
+            "llmserve.batch.tokens", "{token}", "Tokens computed in one engine step (all phases).",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
         )
         self.step_time = _latency(m, "llmserve.step.duration", "Wall time of one engine step.")
         self.tokens = m.create_counter("llmserve.engine.tokens", "{token}", "Tokens computed, by phase.")
@@ -206,21 +233,37 @@ class WorkerMetrics:
         self.preempts = m.create_counter(
             "llmserve.preemptions", "{sequence}", "Sequences preempted because KV ran out."
         )
+        self.prefix_hits = m.create_counter(
+            "llmserve.kv.prefix_hits", "{token}", "Prompt tokens served from the prefix cache."
+        )
+        self.sequences = m.create_gauge(
+            "llmserve.engine.sequences", "{sequence}", "Sequences in the engine, by state (running, waiting) and priority."
+        )
 
     def _attrs(self, model: str) -> dict[str, str]:
         return {"model": model, "worker": self.worker_id}
 
-    def step(
-        self, model: str, batch_size: int, prefill_tokens: int, decode_tokens: int, seconds: float
-    ) -> None:
-        """One engine step ran `batch_size` sequences in `seconds`."""
+    def model_started(self, model: str) -> None:
+        """Export this model's counters at 0 now, so they have data before their first event."""
         attrs = self._attrs(model)
-        self.batch.record(batch_size, attrs)
+        self.preempts.add(0, attrs)
+        self.prefix_hits.add(0, attrs)
+        for phase in ENGINE_PHASES:
+            self.tokens.add(0, {**attrs, "phase": phase})
+
+    def step(self, model: str, batch_size: int, prefill_tokens: int, decode_tokens: int, seconds: float,
+             recompute_tokens: int = 0) -> None:
+        """One engine step ran `batch_size` scheduled sequences in `seconds`, computing KV for
+        that many tokens per phase (see `ENGINE_PHASES`)."""
+        attrs = self._attrs(model)
         self.step_time.record(seconds, attrs)
-        if prefill_tokens:
-            self.tokens.add(prefill_tokens, {**attrs, "phase": "prefill"})
-        if decode_tokens:
-            self.tokens.add(decode_tokens, {**attrs, "phase": "decode"})
+        if batch_size <= 0:
+            return  # a step that ran nothing (only preempted) is no batch
+        self.batch.record(batch_size, attrs)
+        self.batch_tokens.record(prefill_tokens + decode_tokens + recompute_tokens, attrs)
+        for phase, count in zip(ENGINE_PHASES, (prefill_tokens, decode_tokens, recompute_tokens), strict=True):
+            if count:
+                self.tokens.add(count, {**attrs, "phase": phase})
 
     def step_phases(self, model: str, seconds_by_phase: dict[str, float]) -> None:
         """The per-phase breakdown of one step, so the next optimization starts from evidence."""
@@ -236,6 +279,22 @@ class WorkerMetrics:
     def preempted(self, model: str, count: int = 1) -> None:
         """`count` sequences were preempted (recompute) to free KV blocks."""
         self.preempts.add(count, self._attrs(model))
+
+    def prefix_hit(self, model: str, tokens: int) -> None:
+        """`tokens` prompt tokens were taken from the prefix cache instead of computed."""
+        if tokens:
+            self.prefix_hits.add(tokens, self._attrs(model))
+
+    def set_sequences(self, model: str, counts: dict[tuple[str, int], int]) -> None:
+        """Sequences in the engine after a step by (state, priority): in the batch, and waiting
+        (preempted or not yet scheduled). Every priority class is set, 0 included, so a class
+        that empties reads 0 rather than its last value."""
+        attrs = self._attrs(model)
+        self._priorities.update(p for _, p in counts)  # once seen, a class is set (to 0) ever after
+        for state in ("running", "waiting"):
+            for priority in sorted(self._priorities):
+                self.sequences.set(counts.get((state, priority), 0),
+                                   {**attrs, "state": state, "priority": str(priority)})
 
 
 _process_installed = False
@@ -264,10 +323,12 @@ def install_process_metrics(meter: Meter | None = None) -> None:
 
     m.create_observable_gauge("llmserve.process.cpu.utilization", [cpu], "1", "CPU use, in cores.")
     m.create_observable_gauge("llmserve.process.memory.rss", [rss], "By", "Resident memory.")
-    _install_gpu_metrics(m)
+    install_gpu_metrics(m)
 
 
-def _install_gpu_metrics(m: Meter) -> None:
+def install_gpu_metrics(m: Meter) -> None:
+    """NVIDIA GPU gauges (utilization, memory, power) per GPU, read through NVML (nvidia-ml-py,
+    the `gpu` extra); nothing when the package, the driver or a GPU is missing."""
     try:
         import pynvml  # nvidia-ml-py; optional
 

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .internal_auth import InternalAuth, InternalAuthInterceptor, Policy
 from .logging import get_logger
+from .metrics_http import HealthState, MetricsServer
 from .redis_acl import check_credentials
 from .settings import ServiceSettings
 
@@ -88,6 +89,12 @@ class GrpcApp:
         # TLS for the port: given here, or offered by the service as `server_credentials`.
         self.credentials = credentials or getattr(service, "server_credentials", None)
         self.health = HealthServicer()
+        # /health over HTTP follows grpc health; a service with its own HTTP port serving
+        # /metrics (the gateway) offers its state, the others get `metrics_port`.
+        self.health_state: HealthState = getattr(service, "health_state", None) or HealthState()
+        self.metrics_http: MetricsServer | None = None
+        if settings.metrics_port is not None and not getattr(service, "serves_metrics", False):
+            self.metrics_http = MetricsServer(settings.host, settings.metrics_port, self.health_state)
         # An internal service (one declaring `internal_policy`) authenticates every call.
         auth: InternalAuth | None = getattr(service, "internal_auth", None)
         policy = getattr(service, "internal_policy", None)
@@ -124,6 +131,9 @@ class GrpcApp:
         await self.service.start(self.port)
         for name in ("", *self.service.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.health_state.serving = True
+        if self.metrics_http is not None:
+            await self.metrics_http.start()
         log.info("serving", address=f"{self.settings.host}:{self.port}")
         return self.port
 
@@ -133,6 +143,7 @@ class GrpcApp:
             return
         self._stopped.set()
         await self.health.enter_graceful_shutdown()
+        self.health_state.serving = False
         log.info("draining", seconds=self.settings.drain_seconds)
         try:
             await asyncio.wait_for(self.service.drain(), self.settings.drain_seconds)
@@ -140,6 +151,8 @@ class GrpcApp:
             log.warning("drain timed out; stopping with work in flight")
         await self.server.stop(grace=1.0)
         await self.service.close()
+        if self.metrics_http is not None:
+            await self.metrics_http.stop()
         log.info("stopped")
 
     async def __aenter__(self) -> GrpcApp:

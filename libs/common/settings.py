@@ -87,6 +87,12 @@ class ServiceSettings(InternalAuthSettings):
         validation_alias=AliasChoices("LLMSERVE_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
         description="OTLP/gRPC endpoint (the monitor, host:port); empty: no export.",
     )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="Port of this process's own Prometheus `/metrics` and `/health` (HTTP); unset: "
+        "none (the monitor aggregates every service anyway); 0 picks a free one. The gateway serves "
+        "both on its HTTP API port instead.",
+    )
     drain_seconds: float = Field(
         10.0, ge=0, description="On SIGTERM, how long in-flight work may take before stopping."
     )

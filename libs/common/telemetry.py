@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from .internal_auth import InternalAuth
+from .prom_endpoint import install_reader
 
 _configured = False
 
@@ -23,13 +24,15 @@ def configure_telemetry(service: str, otlp_endpoint: str, *, export_interval_ms:
     """Install global meter and tracer providers; export over OTLP/gRPC when an endpoint is set.
 
     The monitor's OTLP receiver is internal: `auth` gives the exporters this service's
-    credential (a token in metadata, or the mutual-TLS certificate)."""
+    credential (a token in metadata, or the mutual-TLS certificate). The same instruments are
+    always readable as this process's Prometheus `/metrics` (`prom_endpoint.render`), whether
+    or not a monitor is configured."""
     global _configured
     if _configured:
         return
     _configured = True
     resource = Resource.create({"service.name": f"llmserve-{service}"})
-    readers = []
+    readers: list = [install_reader(service)]
     tracer_provider = TracerProvider(resource=resource)
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter

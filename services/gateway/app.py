@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2
 from llmserve.common import internal_policy, redis_client
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
+from llmserve.common.metrics_http import HealthState
 from llmserve.common.server import bind_internal, internal_server
 from llmserve.common.tokensink.v1 import token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2, generation_pb2_grpc
@@ -64,7 +65,10 @@ class GatewayService:
                                           settings.admission_stall_s)
         #: Read by the gRPC bootstrap: TLS for the public port when certificates are configured.
         self.server_credentials = grpc_server_credentials(settings)
-        self.http = HttpServer(build_app(self.generation), settings)
+        #: Moved by the gRPC bootstrap with grpc health; the HTTP port's /health reads it.
+        self.health_state = HealthState()
+        self.serves_metrics = True  # /metrics is on the HTTP API port, not a metrics_port
+        self.http = HttpServer(build_app(self.generation, self.health_state), settings)
         self.http_port = 0
         self.internal_auth = InternalAuth.from_settings(settings, "gateway", socket.gethostname())
         self._internal: grpc.aio.Server | None = None

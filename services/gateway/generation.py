@@ -19,7 +19,7 @@ from llmserve.common.errors import (
     Unavailable,
     status_code_for,
 )
-from llmserve.common.logging import get_logger
+from llmserve.common.logging import bind_request, get_logger, trace_id_of
 from llmserve.common.metrics import GatewayMetrics, status_label
 
 from .admission.auth import Authenticator, Identity
@@ -68,7 +68,8 @@ class GenerationService:
         try:
             return await self._admit(authorization, params)
         except LLMServeError as e:
-            self.metrics.request_finished(params.model, "", status_label(status_code_for(e)), 0.0)
+            # Refused before it started: counted by status, but never active, so not "finished".
+            self.metrics.request_refused(params.model, status_label(status_code_for(e)))
             if isinstance(e, RateLimited):
                 self.metrics.rate_limited("", "admission")
             raise
@@ -102,6 +103,8 @@ class GenerationService:
         span = _tracer.start_span("gateway.generate", attributes={
             "llmserve.request_id": job.request_id, "llmserve.model": job.model, "llmserve.tenant": job.tenant,
             "llmserve.prompt_tokens": len(job.prompt_token_ids)})
+        # Every later line of this request's task (servicer, HTTP handler) carries these.
+        bind_request(job.request_id, trace_id_of(span=span), job.tenant, job.model)
         clock = _Clock(self.metrics, job)
         events = self._events(job, timeout_s, trace.set_span_in_context(span))
         try:
@@ -113,7 +116,10 @@ class GenerationService:
             clock.status = status_label(status_code_for(e))
             raise
         except (GeneratorExit, asyncio.CancelledError):
-            clock.status = "cancelled"
+            # A caller that stops right after the FinishEvent (a whole completion returning
+            # from inside its `async for`) closes us too: it got everything, so that is ok.
+            if not clock.finished:
+                clock.status = "cancelled"
             raise
         finally:
             # Closed between events (an HTTP or WebSocket writer gone), `events` is suspended at
@@ -180,8 +186,11 @@ class _Clock:
         self.started = job.received_at or time.monotonic()  # the client's clock starts at its call
         self.last: float | None = None
         self.status = "ok"
+        self.finished = False  # the FinishEvent went out
 
     def observe(self, event: Event) -> None:
+        if isinstance(event, FinishEvent):
+            self.finished = True
         if not isinstance(event, TokenEvent) or not event.token_ids:
             return
         now = time.monotonic()
@@ -192,8 +201,9 @@ class _Clock:
         self.last = now
 
     def finish(self) -> None:
-        self.metrics.request_finished(self.job.model, self.job.tenant, self.status,
-                                      time.monotonic() - self.started)
+        e2e_s = time.monotonic() - self.started
+        self.metrics.request_finished(self.job.model, self.job.tenant, self.status, e2e_s)
+        log.info("request finished", status=self.status, e2e_s=round(e2e_s, 4))
 
 
 class _Usage:

@@ -2,7 +2,9 @@
 
 Every series received over OTLP is re-exposed under its Prometheus name (dots to
 underscores, unit suffix such as `_seconds`, counters `_total`), with `service` and
-`instance` labels; histograms keep their buckets so Grafana can run histogram_quantile.
+`service_instance` labels (not `instance`: Prometheus sets that to the scrape target and
+would rename ours `exported_instance`); histograms keep their buckets so Grafana can run
+histogram_quantile.
 Gauges whose exporter stopped reporting are left out. Derived series are added: the
 autoscaling signal, alerts, and the windowed percentiles and rates of the latest summary.
 """
@@ -13,29 +15,33 @@ import re
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from .alerts import AlertEngine
+from llmserve.common.prom_endpoint import prom_name
+
+from .alerts import AlertEngine, State
 from .series import HistSample, Kind, Series, as_float
 from .store import MetricStore
 from .summary import Summary
 
-_UNIT_SUFFIX = {"s": "seconds", "ms": "milliseconds", "By": "bytes", "W": "watts"}
+__all__ = ["StoreCollector", "make_registry", "prom_name", "render"]
 _BAD = re.compile(r"[^a-zA-Z0-9_]")
+# Store labels renamed on the way out: Prometheus owns `instance` (the scrape target).
+_RENAMED = {"instance": "service_instance"}
 
 
-def prom_name(name: str, unit: str = "") -> str:
-    base = _BAD.sub("_", name)
-    suffix = _UNIT_SUFFIX.get(unit)
-    return f"{base}_{suffix}" if suffix and not base.endswith(suffix) else base
+def _label(key: str) -> str:
+    name = _BAD.sub("_", key)
+    return _RENAMED.get(name, name)
+
 
 
 def _label_names(series: list[Series]) -> list[str]:
-    return sorted({_BAD.sub("_", k) for s in series for k, _ in s.labels})
+    return sorted({_label(k) for s in series for k, _ in s.labels})
 
 
 def _values(s: Series, names: list[str]) -> list[str]:
-    labels = {_BAD.sub("_", k): v for k, v in s.labels}
+    labels = {_label(k): v for k, v in s.labels}
     return [labels.get(n, "") for n in names]
 
 
@@ -103,21 +109,14 @@ class StoreCollector:
         recommended = GaugeMetricFamily(
             "llmserve_recommended_workers", "Workers the autoscaling signal recommends now."
         )
-        alerts = GaugeMetricFamily(
-            "llmserve_alerts", "Alerts pending or firing (1 each).", labels=["alertname", "severity", "state"]
-        )
-        for a in self.alerts.alerts():
-            alerts.add_metric([a.name, a.rule.severity, a.state.value], 1.0)
-        yield alerts
+        yield self._alerts()
         if summary is None:
             return
         recommended.add_metric([], summary.recommended_workers)
         yield recommended
-        latency = GaugeMetricFamily(
-            "llmserve_window_latency_seconds",
-            f"Latency percentiles over the last {summary.window_s:g}s.",
-            labels=["model", "metric", "quantile"],
-        )
+        # A summary (quantiles only): Prometheus' linter refuses `quantile` on any other type.
+        latency = Metric("llmserve_window_latency_seconds",
+                         f"Latency percentiles over the last {summary.window_s:g}s.", "summary")
         rates = GaugeMetricFamily(
             "llmserve_window_rate",
             f"Per-second rates over the last {summary.window_s:g}s.",
@@ -131,7 +130,7 @@ class StoreCollector:
                 ("queue_wait", m.queue_wait),
             ):
                 for q, v in (("0.5", p.p50), ("0.95", p.p95), ("0.99", p.p99)):
-                    latency.add_metric([m.model, metric, q], v)
+                    latency.add_sample(latency.name, {"model": m.model, "metric": metric, "quantile": q}, v)
             for metric, v in (
                 ("requests", m.request_rate),
                 ("tokens_out", m.tokens_out_rate),
@@ -141,6 +140,25 @@ class StoreCollector:
                 rates.add_metric([m.model, metric], v)
         yield latency
         yield rates
+
+
+    def _alerts(self) -> GaugeMetricFamily:
+        """Pending and firing alerts counted per rule, every rule present (0 when quiet), so
+        a panel or a rule on this series has data on a healthy system too."""
+        family = GaugeMetricFamily(
+            "llmserve_alerts", "Alerts pending or firing, per rule (0 when none).",
+            labels=["alertname", "severity", "state"],
+        )
+        counts: dict[tuple[str, str, str], int] = {}
+        for rule in self.alerts.rules:
+            for state in (State.PENDING, State.FIRING):
+                counts[(rule.name, rule.severity, state.value)] = 0
+        for a in self.alerts.alerts():
+            key = (a.name, a.rule.severity, a.state.value)
+            counts[key] = counts.get(key, 0) + 1
+        for key, count in sorted(counts.items()):
+            family.add_metric(list(key), float(count))
+        return family
 
 
 def make_registry(collector: StoreCollector) -> CollectorRegistry:

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from llmserve.common import redis_keys as keys
 from llmserve.common.internal_auth import InternalAuth
-from llmserve.common.logging import get_logger
+from llmserve.common.logging import get_logger, request_context, trace_id_of
 from llmserve.common.metrics import SchedulerMetrics
 from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending, reclaim_stale
 from llmserve.common.telemetry import extract_context
@@ -39,6 +39,16 @@ def pending_from_entry(entry: StreamEntry) -> Pending:
         need_tokens=len(item.prompt_token_ids) + item.sampling.max_tokens, payload=entry.payload,
         enqueued_unix_ms=item.enqueued_unix_ms, trace_context=dict(item.trace_context),
     )
+
+
+def _log_context(p: Pending):
+    """Lines logged while handling `p` carry its request fields (one loop serves them all)."""
+    return request_context(p.request_id, trace_id_of(p.trace_context), p.tenant, p.model)
+
+
+def _log_context(p: Pending):
+    """Lines logged while handling `p` carry its request fields (one loop serves them all)."""
+    return request_context(p.request_id, trace_id_of(p.trace_context), p.tenant, p.model)
 
 
 class SchedulerCore:
@@ -150,15 +160,17 @@ class SchedulerCore:
                     blocked_models.add(p.model)
                     continue
                 self.waiting.pop(p)
-                result = await self.dispatcher.dispatch(p, worker.worker_id)
-                if result == DISPATCHED:
-                    self.placement.reserve(worker, p.need_tokens, p.model)
-                    self.dispatched += 1
-                    waited = max(0.0, time.time() - p.enqueued_unix_ms / 1000) if p.enqueued_unix_ms else 0.0
-                    self.metrics.dispatched(p.model, p.priority, waited)
-                    self._trace_dispatch(p, worker.worker_id)
-                elif result == CANCELLED:
-                    self._notify(p, "cancelled")
+                with _log_context(p):
+                    result = await self.dispatcher.dispatch(p, worker.worker_id)
+                    if result == DISPATCHED:
+                        self.placement.reserve(worker, p.need_tokens, p.model)
+                        self.dispatched += 1
+                        waited = max(0.0, time.time() - p.enqueued_unix_ms / 1000) if p.enqueued_unix_ms else 0.0
+                        self.metrics.dispatched(p.model, p.priority, waited)
+                        self._trace_dispatch(p, worker.worker_id)
+                        log.info("dispatched", worker=worker.worker_id, waited_s=round(waited, 4))
+                    elif result == CANCELLED:
+                        self._notify(p, "cancelled")
                 progress = True
                 break  # the order changed: start again from the best candidate
 
@@ -178,7 +190,8 @@ class SchedulerCore:
             self.metrics.set_queue_depth(model, priority, n)
 
     def _notify(self, p: Pending, outcome: str) -> None:
-        log.info("request dropped before dispatch", request_id=p.request_id, outcome=outcome)
+        with _log_context(p):
+            log.info("request dropped before dispatch", outcome=outcome)
         self.sink.send(p.reply_to, [OutChunk(p.request_id, p.attempt, 0, [], "", outcome=outcome)])
 
     async def close(self) -> None:

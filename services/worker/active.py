@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from llmserve.common.logging import request_context, trace_id_of
 from llmserve.common.v1 import work_pb2
 
 from .engine.types import EngineRequest, FinishReason, SamplingParams, TokenOutput
@@ -25,6 +26,11 @@ class Active:
     item: work_pb2.WorkItem | None = None  # as read: a forced unload requeues it to resume elsewhere
 
 
+def log_context(item: work_pb2.WorkItem):
+    """Lines logged while handling `item` carry its request fields (one loop serves them all)."""
+    return request_context(item.request_id, trace_id_of(dict(item.trace_context)), item.tenant, item.model)
+
+
 def engine_request(item: work_pb2.WorkItem) -> EngineRequest:
     s = item.sampling
     return EngineRequest(
@@ -37,6 +43,7 @@ def engine_request(item: work_pb2.WorkItem) -> EngineRequest:
         ),
         resume_token_ids=list(item.resume_token_ids),
         deadline=item.deadline_unix_ms / 1000 if item.deadline_unix_ms else None,
+        priority=item.priority,
     )
 
 

@@ -24,12 +24,13 @@ from llmserve.common.tokensink.handoff import Handoff
 from llmserve.common.v1 import work_pb2
 from llmserve.common.workers import WorkerLoad, publish_heartbeat, withdraw
 
-from .active import Active, engine_request, outcome_of
+from .active import Active, engine_request, log_context, outcome_of
 from .engine.types import TokenOutput
 from .engine_thread import EngineThread
 from .resume import owed_text
 from .served_models import ModelSet, ServedModel
 from .settings import WorkerSettings
+from .step_metrics import record_step
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer("llmserve.worker")
@@ -69,6 +70,7 @@ class WorkerRuntime:
         """Give a model its own step thread (at start, or once a LoadModel finished)."""
         if self._loop is None:
             return  # not started yet: start() gives every model its thread
+        self.metrics.model_started(model.served_id)
         model.thread = EngineThread(model.engine, self._loop, self._publish,
                                     functools.partial(self._record_step, model), name=f"engine-{model.served_id}")
         model.thread.start()
@@ -105,7 +107,8 @@ class WorkerRuntime:
         try:
             return await self.handoff.resume_elsewhere(self.stream, active.entry_id, item)
         except RedisError as e:  # it cannot move: tell the client to retry rather than leave it waiting
-            log.warning("hand-off failed", request_id=item.request_id, error=type(e).__name__)
+            with log_context(item):
+                log.warning("hand-off failed", error=type(e).__name__)
             self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt + 1, 0, [], "", outcome="error",
                                                     error=f"{item.model} was unloaded and the request could not "
                                                           f"be moved to another worker; retry it")])  # fmt: skip
@@ -205,6 +208,9 @@ class WorkerRuntime:
                         "llmserve.prompt_tokens": len(item.prompt_token_ids)})
         self.active[item.request_id] = active
         model.engine.add_request(engine_request(item))
+        with log_context(item):
+            log.info("request started", worker=self.settings.worker_id, attempt=item.attempt,
+                     prompt_tokens=len(item.prompt_token_ids))
 
     def _publish(self, outputs: list[TokenOutput]) -> None:
         """Called on the event loop after each engine step."""
@@ -221,6 +227,9 @@ class WorkerRuntime:
                 completion_tokens=out.completion_tokens, error=out.error or "",
             ))
             if out.finished:
+                if active.item is not None:
+                    with log_context(active.item):
+                        log.info("request finished", outcome=outcome, completion_tokens=out.completion_tokens)
                 del self.active[out.request_id]
                 active.span.set_attribute("llmserve.completion_tokens", out.completion_tokens)
                 active.span.set_attribute("llmserve.finish_reason", outcome)
@@ -230,11 +239,8 @@ class WorkerRuntime:
             self.sink.send(reply_to, chunks)
 
     def _record_step(self, model: ServedModel, seconds: float, outputs: list[TokenOutput]) -> None:
-        tokens = sum(len(o.token_ids) for o in outputs)
-        self.metrics.step(model.served_id, len(outputs), 0, tokens, seconds)
-        timings = getattr(model.engine, "last_step_timings", None)
-        if timings:
-            self.metrics.step_phases(model.served_id, timings)
+        """Metrics of one step, from the engine's own account of it (on the engine thread)."""
+        record_step(self.metrics, model.served_id, model.engine, seconds, outputs)
 
     async def _flush_acks(self) -> None:
         if not self._to_ack:

@@ -23,7 +23,7 @@ def find_buf() -> str | None:
 
 
 BUF = find_buf()
-pytestmark = pytest.mark.skipif(BUF is None, reason="buf not installed (make buf-lint installs it)")
+pytestmark = pytest.mark.skipif(BUF is None, reason="buf not installed (`make test` and `make buf-lint` install it with npm)")
 
 
 def buf(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:

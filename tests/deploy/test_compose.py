@@ -146,6 +146,9 @@ def test_the_requirements_filter_drops_exactly_what_it_is_told():
     assert any(d.startswith("torch==") for d in everything)
     assert not any(d.startswith(("torch==", "transformers==")) for d in slim)
     assert len(everything) - len(slim) == 2
+    with_gpu = module.pinned(ROOT / "pyproject.toml", set(), ("gpu",))
+    assert [d for d in with_gpu if d not in everything] == ["nvidia-ml-py==13.615.71"]
+    assert "requirements.py --extra gpu" in image_text("worker")  # the worker image has GPU metrics
     assert Path(ROOT / ".dockerignore").read_text().count(".venv") == 1
 
 

@@ -37,16 +37,20 @@ def running_worker(redis_url: str, engine, worker_id: str, model: str = MODEL, *
 
 @contextlib.asynccontextmanager
 async def running_stack(redis_url: str, engines: list, catalog=None, gateway_overrides=None, models=None,
-                        internal_secret: str = "", internal_tls=None):
+                        internal_secret: str = "", internal_tls=None, metrics_port: int | None = None):
     """Start worker(s) with the given engines, a scheduler and a gateway; stop them after.
 
     `models` names the served model of each worker (default: MODEL for all); `internal_secret`
     turns internal authentication on for all of them, or `internal_tls(role, id)` gives each
-    its mutual-TLS settings."""
+    its mutual-TLS settings; `metrics_port` (0: a free one) gives the scheduler and workers
+    their own /metrics."""
     def internal(role: str, ident: str) -> dict:
         if internal_tls is not None:
-            return internal_tls(role, ident)
-        return {"internal_secret": internal_secret} if internal_secret else {}
+            return internal_tls(role, ident) | {"metrics_port": metrics_port}
+        own = {"metrics_port": metrics_port}
+        if internal_secret:
+            own["internal_secret"] = internal_secret
+        return own
 
     common = {"redis_url": redis_url, "port": 0, "drain_seconds": 2}
     async with contextlib.AsyncExitStack() as stack:

@@ -27,12 +27,14 @@ from llmserve.common.errors import (
     echo,
 )
 from llmserve.common.logging import get_logger
+from llmserve.common.metrics_http import HealthState
 
 from ..admission.auth import single_authorization
 from ..generation import GenerationService
 from ..routing.model_list import ModelStatus
 from ..streams.inflight import TokenEvent
 from .openai_format import OpenAIRequest, ResponseBuilder, error_body, parse_body
+from .ops import ops_routes
 from .tokenize import TokenizeApi
 from .websocket import websocket_endpoint
 
@@ -54,8 +56,8 @@ def retry_headers(error: LLMServeError) -> dict[str, str]:
     }
 
 
-def build_app(service: GenerationService) -> Starlette:
-    """The Starlette app serving `service` over HTTP and WebSocket."""
+def build_app(service: GenerationService, health: HealthState | None = None) -> Starlette:
+    """The Starlette app serving `service` over HTTP and WebSocket (and /metrics, /health)."""
     api = _Api(service)
     tokens = TokenizeApi(service, api.read_body, error_response)
     routes = [
@@ -65,6 +67,7 @@ def build_app(service: GenerationService) -> Starlette:
         Route("/v1/completions", api.completions, methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
         WebSocketRoute("/v1/ws", lambda ws: websocket_endpoint(ws, service)),
+        *ops_routes(health or HealthState(serving=True)),
     ]
     return Starlette(
         routes=routes, exception_handlers={HTTPException: _http_error, Exception: _internal_error}

@@ -19,7 +19,7 @@ from .profiling import StepTimer, TraceRecorder
 from .sampler import Sampler, SampleRow, new_request_seed
 from .scheduler import Scheduler
 from .sequence import Sequence
-from .types import EngineRequest, EngineStats, FinishReason, TokenOutput
+from .types import EngineRequest, EngineStats, FinishReason, StepStats, TokenOutput
 
 
 class LLMEngine:
@@ -48,6 +48,9 @@ class LLMEngine:
         self._live_ids: set[str] = set()  # ids queued or live, under the lock
         self._seeds: dict[int, int] = {}
         self._stats = self._snapshot()
+        self._by_priority: dict[tuple[str, int], int] = {}
+        self.last_step = StepStats()  # what the latest step computed (engine thread)
+        self.step_totals = StepStats()  # the sum over every step so far
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
@@ -87,6 +90,12 @@ class LLMEngine:
         with self._lock:
             return bool(self._live_ids)
 
+    def sequence_counts(self) -> dict[tuple[str, int], int]:
+        """Sequences by (state, priority) as of the last step boundary; state is running or
+        waiting (queued requests not yet admitted are not counted)."""
+        with self._lock:
+            return dict(self._by_priority)
+
     def stats(self) -> EngineStats:
         """KV and queue accounting as of the last step boundary (plus requests queued since)."""
         with self._lock:
@@ -116,17 +125,20 @@ class LLMEngine:
             self._expire_deadlines(outputs)
             sched = self.scheduler.schedule()
             self.timer.mark("schedule")
+            # A plan that only preempted runs nothing, but its preemptions still count.
+            step = StepStats(preempted=len(sched.preempted))
             if not sched.is_empty:
-                self._run(sched, outputs)
+                step = self._run(sched, outputs)
                 self.tracer.after_step()
                 self.timer.finish(sched.num_tokens)
+            self.last_step, self.step_totals = step, self.step_totals + step
             self._end_step(outputs)
             return outputs
 
-    def _run(self, sched, outputs: list[TokenOutput]) -> None:
+    def _run(self, sched, outputs: list[TokenOutput]) -> StepStats:
         logits = self.runner.execute(sched)
         self.timer.mark("forward")
-        self.scheduler.update_after_step(sched)
+        step = self.scheduler.update_after_step(sched)
         sampling = [item.seq for item in sched.scheduled if item.sample]
         rows = [self._sample_row(seq) for seq in sampling]
         tokens = self.sampler(logits, rows) if rows else []
@@ -134,6 +146,7 @@ class LLMEngine:
         for seq, token in zip(sampling, tokens, strict=True):
             self._append_token(seq, token, outputs)
         self.timer.mark("detokenize")
+        return step
 
     def _sample_row(self, seq: Sequence) -> SampleRow:
         seen = seq.token_ids if seq.sampling.repetition_penalty != 1.0 else []
@@ -221,8 +234,12 @@ class LLMEngine:
 
     def _end_step(self, outputs: list[TokenOutput]) -> None:
         snapshot = self._snapshot()
+        counts: dict[tuple[str, int], int] = {}
+        for state, seqs in (("running", self.scheduler.running), ("waiting", self.scheduler.waiting)):
+            for seq in seqs:
+                counts[(state, seq.priority)] = counts.get((state, seq.priority), 0) + 1
         with self._lock:
-            self._stats = snapshot
+            self._stats, self._by_priority = snapshot, counts
 
     def _snapshot(self) -> EngineStats:
         bm = self.block_manager

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .block_manager import BlockManager
 from .sequence import Sequence, SequenceStatus
+from .types import StepStats
 
 
 @dataclass
@@ -33,6 +34,7 @@ class SchedulerOutput:
 
     scheduled: list[ScheduledSeq] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    prefix_hit_tokens: int = 0  # tokens the admitted sequences took from the prefix cache
 
     @property
     def num_tokens(self) -> int:
@@ -90,7 +92,7 @@ class Scheduler:
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            self.block_manager.match_prefix(seq)
+            hit = self.block_manager.match_prefix(seq)
             num_new = min(seq.num_uncomputed_tokens, budget)
             if not self.block_manager.allocate(seq, num_new):
                 if not self.running:
@@ -101,6 +103,9 @@ class Scheduler:
                     seq.num_computed_tokens = 0
                     break
             self.waiting.popleft()
+            # Only first-time hits: a preempted sequence finding its own blocks again saves
+            # recompute, and its tokens were already counted when first computed.
+            out.prefix_hit_tokens += max(0, hit - seq.max_computed_tokens)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append(ScheduledSeq(seq, num_new, num_new == seq.num_uncomputed_tokens))
@@ -118,11 +123,22 @@ class Scheduler:
         out.preempted.append(seq)
         self.num_preemptions += 1
 
-    def update_after_step(self, out: SchedulerOutput) -> None:
-        """Record the KV the step computed (before sampling appends new tokens)."""
+    def update_after_step(self, out: SchedulerOutput) -> StepStats:
+        """Record the KV the step computed (before sampling appends new tokens); what it was."""
+        prefill = decode = recompute = 0
         for item in out.scheduled:
-            item.seq.num_computed_tokens += item.num_new_tokens
-            self.block_manager.cache_full_blocks(item.seq)
+            seq = item.seq
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + item.num_new_tokens
+            fresh = max(start, seq.max_computed_tokens)  # below the high-water mark: recompute
+            recompute += max(0, min(end, fresh) - start)
+            new_prefill = max(0, min(end, seq.num_context_tokens) - fresh)
+            prefill += new_prefill
+            decode += max(0, end - fresh) - new_prefill
+            seq.num_computed_tokens = end
+            seq.max_computed_tokens = max(seq.max_computed_tokens, end)
+            self.block_manager.cache_full_blocks(seq)
+        return StepStats(len(out.scheduled), prefill, decode, recompute, len(out.preempted),
+                         out.prefix_hit_tokens)
 
     def finish(self, seq: Sequence) -> None:
         """Remove a finished/cancelled sequence and free its blocks at once."""

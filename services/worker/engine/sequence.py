@@ -31,10 +31,13 @@ class Sequence:
         self.request_id = request.request_id
         self.sampling: SamplingParams = request.sampling
         self.deadline = request.deadline
+        self.priority = request.priority
         self.num_prompt_tokens = len(request.prompt_token_ids)
         self.token_ids: list[int] = list(request.prompt_token_ids) + list(request.resume_token_ids)
         self.num_resume_tokens = len(request.resume_token_ids)
         self.num_computed_tokens = 0
+        # The most tokens ever computed: below it, computing again is recompute (preemption).
+        self.max_computed_tokens = 0
         # Tokens already handed out in a TokenOutput (resume tokens count as delivered).
         self.num_emitted_tokens = self.num_resume_tokens
         self.block_table: list[int] = []
@@ -63,6 +66,11 @@ class Sequence:
     @property
     def num_uncomputed_tokens(self) -> int:
         return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def num_context_tokens(self) -> int:
+        """Tokens the request came with (prompt plus resumed ones): what prefill computes."""
+        return self.num_prompt_tokens + self.num_resume_tokens
 
     @property
     def last_token_id(self) -> int:

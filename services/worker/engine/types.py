@@ -44,6 +44,7 @@ class EngineRequest:
     sampling: SamplingParams
     resume_token_ids: list[int] = field(default_factory=list)
     deadline: float | None = None  # time.time() seconds; the engine finishes it with CANCELLED past it
+    priority: int = 0  # the request's priority class (llmserve.gateway.v1.Priority); accounting only
 
 
 @dataclass
@@ -70,3 +71,33 @@ class EngineStats:
     block_size: int
     running: int
     waiting: int
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one engine step really computed, from the scheduler's own plan.
+
+    Every token a step computes KV for is counted once, in one of three phases: `prefill`
+    (prompt and resume tokens computed for the first time), `decode` (generated tokens'
+    KV), `recompute` (tokens computed again after their sequence was preempted). Prompt
+    tokens served from the prefix cache are not computed; they count in `prefix_hit_tokens`.
+    """
+
+    scheduled_seqs: int = 0  # sequences in the step's batch (0: nothing ran)
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    recompute_tokens: int = 0
+    preempted: int = 0  # sequences preempted (KV freed, to recompute) while planning it
+    prefix_hit_tokens: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prefill_tokens + self.decode_tokens + self.recompute_tokens
+
+    def __add__(self, other: StepStats) -> StepStats:
+        return StepStats(*(a + b for a, b in zip(_fields(self), _fields(other), strict=True)))
+
+
+def _fields(stats: StepStats) -> tuple[int, ...]:
+    return (stats.scheduled_seqs, stats.prefill_tokens, stats.decode_tokens, stats.recompute_tokens,
+            stats.preempted, stats.prefix_hit_tokens)

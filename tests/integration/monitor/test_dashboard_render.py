@@ -37,7 +37,7 @@ async def chromium(*args: str) -> str:
     return out.decode()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`make test-tools` installs it with apt)")
 def test_dashboard_renders_with_data_in_headless_chromium(tmp_path):
     shot = Path(os.environ.get("LLMSERVE_SCREENSHOT_DIR", tmp_path)) / "monitor-dashboard.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
