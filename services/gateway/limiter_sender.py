@@ -132,14 +132,23 @@ class BatchSender:
                 call.future.set_exception(RedisDown("the rate limiter is closing"))
 
     def _expire(self, call: Call, due: float, may_extend: bool) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
         if call.future.done():
             return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         if may_extend and now - due > STALL_S:
-            # The timer itself fired late: this process was busy, and Redis may well have
-            # answered meanwhile. One more full deadline, then it counts.
-            call.timer = loop.call_at(now + self.timeout, self._expire, call, now + self.timeout, False)
+            self._extend(call)  # the timer itself fired late: this process was busy
+            return
+        # One loop turn before the verdict: an answer read off the socket in this very turn
+        # is parsed first, and a turn longer than STALL_S means this process (a busy loop,
+        # not Redis) is what is slow.
+        loop.call_soon(self._confirm, call, now, may_extend)
+
+    def _confirm(self, call: Call, fired: float, may_extend: bool) -> None:
+        if call.future.done():
+            return
+        if may_extend and asyncio.get_running_loop().time() - fired > STALL_S:
+            self._extend(call)
             return
         call.expired = True
         call.future.set_exception(RedisDown(f"no answer from Redis within {self.timeout * 1000:.0f} ms"))
@@ -148,6 +157,12 @@ class BatchSender:
             self._late.add(id(batch))
             if self._on_late is not None:
                 self._on_late(batch)
+
+    def _extend(self, call: Call) -> None:
+        """Redis may well have answered while we were busy: one more full deadline, then it counts."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.timeout
+        call.timer = loop.call_at(due, self._expire, call, due, False)
 
     def _settled(self, call: Call) -> None:
         self._open.pop(call, None)
