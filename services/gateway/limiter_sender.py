@@ -10,7 +10,10 @@ away answers Redis had already acted on (issue 22: phantom leases and window ent
 
 So nothing here is cancelled to enforce a deadline:
 - every call carries its own timer; when it fires, the call's future gets `RedisDown` (the
-  limiter's policy decides then), whatever the sending task does, or whether it still lives;
+  limiter's policy decides then), whatever the sending task does, or whether it still lives.
+  A timer that fires late, or a loop turn longer than STALL_S, means this process is the slow
+  one, not Redis: the call gets another deadline, up to `max_wait` (the socket timeout), so
+  our own CPU saturation does not turn into 503s while Redis is up;
 - each batch is sent by a short task of its own (at most `max_in_flight` at once); a batch
   task that raises or is cancelled is counted and logged, its open calls fail at once, and the
   next batch is dispatched as usual: there is no long-lived task that can wedge the queue;
@@ -68,8 +71,10 @@ class BatchSender:
 
     def __init__(self, send: Callable[[list[Call]], Coroutine[None, None, None]], timeout: float, *,
                  on_lost: Callable[[list[Call], BaseException], None],
-                 on_late: Callable[[list[Call]], None] | None = None, max_in_flight: int = 4):
+                 on_late: Callable[[list[Call]], None] | None = None, max_in_flight: int = 4,
+                 max_wait: float = 1.0):
         self._send = send
+        self.max_wait = max(max_wait, timeout)  # no call waits longer, however busy we are
         self._on_lost = on_lost
         self._on_late = on_late
         self.timeout = timeout
@@ -90,7 +95,7 @@ class BatchSender:
         now = loop.time()
         call = Call(script, tenant, args, now)
         due = now + (budget if budget is not None else self.timeout + (len(self._queue) + 1) * PER_CALL_S)
-        call.timer = loop.call_at(due, self._expire, call, due, True)
+        call.timer = loop.call_at(due, self._expire, call, due)
         self._open[call] = None
         call.future.add_done_callback(lambda _: self._settled(call))
         self._queue.append(call)
@@ -131,25 +136,38 @@ class BatchSender:
             if not call.future.done():
                 call.future.set_exception(RedisDown("the rate limiter is closing"))
 
-    def _expire(self, call: Call, due: float, may_extend: bool) -> None:
+    def _expire(self, call: Call, due: float) -> None:
         if call.future.done():
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if may_extend and now - due > STALL_S:
+        if now - due > STALL_S:
             self._extend(call)  # the timer itself fired late: this process was busy
             return
         # One loop turn before the verdict: an answer read off the socket in this very turn
         # is parsed first, and a turn longer than STALL_S means this process (a busy loop,
         # not Redis) is what is slow.
-        loop.call_soon(self._confirm, call, now, may_extend)
+        loop.call_soon(self._confirm, call, now)
 
-    def _confirm(self, call: Call, fired: float, may_extend: bool) -> None:
+    def _confirm(self, call: Call, fired: float) -> None:
         if call.future.done():
             return
-        if may_extend and asyncio.get_running_loop().time() - fired > STALL_S:
+        if asyncio.get_running_loop().time() - fired > STALL_S:
             self._extend(call)
             return
+        self._expired(call)
+
+    def _extend(self, call: Call) -> None:
+        """Redis may well have answered while we were busy: another deadline, up to max_wait."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now - call.enqueued >= self.max_wait:
+            self._expired(call)
+            return
+        due = min(now + self.timeout, call.enqueued + self.max_wait)
+        call.timer = loop.call_at(due, self._expire, call, due)
+
+    def _expired(self, call: Call) -> None:
         call.expired = True
         call.future.set_exception(RedisDown(f"no answer from Redis within {self.timeout * 1000:.0f} ms"))
         batch = call.batch
@@ -157,12 +175,6 @@ class BatchSender:
             self._late.add(id(batch))
             if self._on_late is not None:
                 self._on_late(batch)
-
-    def _extend(self, call: Call) -> None:
-        """Redis may well have answered while we were busy: one more full deadline, then it counts."""
-        loop = asyncio.get_running_loop()
-        due = loop.time() + self.timeout
-        call.timer = loop.call_at(due, self._expire, call, due, False)
 
     def _settled(self, call: Call) -> None:
         self._open.pop(call, None)

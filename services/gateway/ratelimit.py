@@ -78,7 +78,7 @@ class RateLimiter:
         self.tenants = TenantAdmissions(settings.admission_max_waiting_per_tenant)
         self.metrics: GatewayMetrics | None = None  # set by the service that owns the instruments
         self.sender = BatchSender(self._send_batch, self._timeout, on_lost=self._sender_died,
-                                  on_late=self._late)
+                                  on_late=self._late, max_wait=socket_timeout)
         self._window_ms = int(settings.rate_window_s * 1000)
         self._lease_ms = int(settings.stream_lease_s * 1000)
         self._shas: dict[str, str] = {}
