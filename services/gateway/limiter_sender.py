@@ -51,7 +51,9 @@ class Call:
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     expired: bool = False  # its deadline passed before the answer came
     timer: asyncio.TimerHandle | None = None
+    budget: float | None = None  # its deadline once sent; None: the sender's for its batch
     batch: list[Call] | None = None  # the batch it went out in, once sent
+    sent: float = 0.0  # loop time its batch went out
 
     @property
     def abandoned(self) -> bool:
@@ -88,14 +90,15 @@ class BatchSender:
         self._closed = False
 
     def submit(self, script: str, tenant: str, args: list, *, budget: float | None = None) -> Call:
-        """Queue one call; its future resolves by its deadline (`timeout` plus its share of the queue)."""
+        """Queue one call. Its future resolves by its deadline, which starts when its batch goes out
+        (`budget`, default `timeout` plus the batch's size at PER_CALL_S); a call still queued
+        after `max_wait` (every batch slot held by a Redis that does not answer) fails then."""
         if self._closed:
             raise RedisDown("the rate limiter is closed")
         loop = asyncio.get_running_loop()
         now = loop.time()
-        call = Call(script, tenant, args, now)
-        due = now + (budget if budget is not None else self.timeout + (len(self._queue) + 1) * PER_CALL_S)
-        call.timer = loop.call_at(due, self._expire, call, due)
+        call = Call(script, tenant, args, now, budget=budget)
+        call.timer = loop.call_at(now + self.max_wait, self._expired, call)
         self._open[call] = None
         call.future.add_done_callback(lambda _: self._settled(call))
         self._queue.append(call)
@@ -161,10 +164,10 @@ class BatchSender:
         """Redis may well have answered while we were busy: another deadline, up to max_wait."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if now - call.enqueued >= self.max_wait:
+        if now - call.sent >= self.max_wait:
             self._expired(call)
             return
-        due = min(now + self.timeout, call.enqueued + self.max_wait)
+        due = min(now + self.timeout, call.sent + self.max_wait)
         call.timer = loop.call_at(due, self._expire, call, due)
 
     def _expired(self, call: Call) -> None:
@@ -195,8 +198,14 @@ class BatchSender:
                 if not (call.script == "acquire" and call.abandoned):
                     batch.append(call)
             if batch:
+                now = loop.time()
+                wire = self.timeout + len(batch) * PER_CALL_S
                 for call in batch:
-                    call.batch = batch
+                    call.batch, call.sent = batch, now
+                    due = now + (call.budget if call.budget is not None else wire)
+                    if call.timer is not None:
+                        call.timer.cancel()
+                    call.timer = loop.call_at(due, self._expire, call, due)
                 task = loop.create_task(self._send(batch))
                 self._in_flight[task] = batch
                 task.add_done_callback(self._batch_done)

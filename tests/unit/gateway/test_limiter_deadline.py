@@ -115,3 +115,26 @@ async def test_a_busy_loop_gets_one_more_deadline():
         assert await sender_for(Answering(0.03)).submit("acquire", "t", []).future == "answer"
     finally:
         busy[0] = False
+
+
+async def test_time_queued_behind_other_batches_is_not_counted_against_redis():
+    async def send(batch):  # each batch takes 10 ms of a 20 ms deadline
+        await asyncio.sleep(0.01)
+        for call in batch:
+            call.future.set_result("answer")
+
+    sender = BatchSender(send, TIMEOUT, on_lost=lambda batch, error: None, max_in_flight=1)
+    answers = await asyncio.gather(*(sender.submit("acquire", "t", []).future for _ in range(2000)))
+    assert answers == ["answer"] * 2000  # 9 batches one after another, ~90 ms for the last
+
+
+async def test_a_call_that_never_goes_out_fails_after_max_wait():
+    sender = BatchSender(Answering(5), TIMEOUT, on_lost=lambda batch, error: None, max_in_flight=1,
+                         max_wait=0.1)  # fmt: skip
+    sender.submit("release", "t", [])  # holds the only batch slot for 5 s
+    queued = sender.submit("release", "t", [])
+    started = time.perf_counter()
+    with pytest.raises(RedisDown):
+        await queued.future
+    assert 0.09 < time.perf_counter() - started < 0.5
+    await sender.close()
