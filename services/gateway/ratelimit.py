@@ -239,7 +239,7 @@ class RateLimiter:
                 self.metrics.limiter_revoked(tenant, len(ids))
             with contextlib.suppress(RedisDown):  # closing: the leases expire on their own
                 # Not behind the breaker: a revoke is how a flaky Redis is left with no debt.
-                self.sender.submit("revoke", tenant, ids, budget=self.settings.redis_timeout_s)
+                self.sender.submit("revoke", tenant, ids, detached=True)
 
     async def warm_up(self) -> None:
         """Connect and load the scripts before the first request (not on its deadline)."""
