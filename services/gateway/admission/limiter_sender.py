@@ -9,11 +9,18 @@ died, and every later call, queued behind it, waited for ever. Cancelling mid-re
 away answers Redis had already acted on (issue 22: phantom leases and window entries).
 
 So nothing here is cancelled to enforce a deadline:
-- every call carries its own timer; when it fires, the call's future gets `RedisDown` (the
-  limiter's policy decides then), whatever the sending task does, or whether it still lives;
-- each batch is sent by a short task of its own (at most `max_in_flight` at once); a batch
-  task that raises or is cancelled is counted and logged, its open calls fail at once, and the
-  next batch is dispatched as usual: there is no long-lived task that can wedge the queue;
+- each batch on the wire has a timer (one per batch, not per call: timers cost a burst more
+  than Redis does); when it fires, the batch's open calls get `RedisDown` (the limiter's
+  policy decides then), whatever the sending task does, or whether it still lives. A timer
+  that fires late, or a loop turn longer than STALL_S, means this process is the slow one,
+  not Redis: the batch gets another deadline, up to `max_wait` (the socket timeout), so our
+  own CPU saturation does not turn into 503s while Redis is up;
+- a batch past its deadline gives up its slot (its task still reads the late answer), and a
+  call still queued after `max_wait` fails then;
+- each batch is sent by a short task of its own (at most `max_in_flight` at once: Redis runs
+  them one after another anyway); a batch task that raises or is cancelled is counted and
+  logged, its open calls fail at once, and the next batch is dispatched as usual: there is no
+  long-lived task that can wedge the queue;
 - a batch keeps waiting for its answer after the deadline (bounded by the socket timeout), so
   the limiter learns what Redis did for callers that had already given up, and undoes it.
 """
@@ -47,7 +54,6 @@ class Call:
     enqueued: float  # loop time
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     expired: bool = False  # its deadline passed before the answer came
-    timer: asyncio.TimerHandle | None = None
     batch: list[Call] | None = None  # the batch it went out in, once sent
 
     @property
@@ -68,32 +74,36 @@ class BatchSender:
 
     def __init__(self, send: Callable[[list[Call]], Coroutine[None, None, None]], timeout: float, *,
                  on_lost: Callable[[list[Call], BaseException], None],
-                 on_late: Callable[[list[Call]], None] | None = None, max_in_flight: int = 4):
+                 on_late: Callable[[list[Call]], None] | None = None, max_in_flight: int = 2,
+                 max_wait: float = 1.0):
         self._send = send
         self._on_lost = on_lost
         self._on_late = on_late
         self.timeout = timeout
+        self.max_wait = max(max_wait, timeout)  # no call waits longer, however busy we are
         self.max_in_flight = max_in_flight
         self.deaths = 0
         self._queue: collections.deque[Call] = collections.deque()
         self._in_flight: dict[asyncio.Task, list[Call]] = {}
-        self._open: dict[Call, None] = {}  # unanswered calls, oldest first
-        self._late: set[int] = set()  # ids of batches on the wire past their deadline
+        self._late: set[int] = set()  # batches past their deadline: still read, no longer a slot
+        self._sweeper: asyncio.TimerHandle | None = None  # the queue's max_wait bound
         self._dispatch_soon = False
         self._closed = False
 
-    def submit(self, script: str, tenant: str, args: list, *, budget: float | None = None) -> Call:
-        """Queue one call; its future resolves by its deadline (`timeout` plus its share of the queue)."""
+    def submit(self, script: str, tenant: str, args: list, *, detached: bool = False) -> Call:
+        """Queue one call; its future resolves by its batch's deadline (see the module docstring).
+
+        `detached`: nobody awaits it (a revoke); its outcome is read here so none goes unheard.
+        """
         if self._closed:
             raise RedisDown("the rate limiter is closed")
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        call = Call(script, tenant, args, now)
-        due = now + (budget if budget is not None else self.timeout + (len(self._queue) + 1) * PER_CALL_S)
-        call.timer = loop.call_at(due, self._expire, call, due, True)
-        self._open[call] = None
-        call.future.add_done_callback(lambda _: self._settled(call))
+        call = Call(script, tenant, args, loop.time())
+        if detached:
+            call.future.add_done_callback(_consume)
         self._queue.append(call)
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(call.enqueued + self.max_wait, self._sweep)
         if not self._in_flight:
             self._dispatch()  # idle: send at once, no extra loop turn for a lone call
         elif not self._dispatch_soon:
@@ -104,10 +114,11 @@ class BatchSender:
 
     @property
     def oldest_open_s(self) -> float:
-        """How long the oldest unanswered call has waited (0 when none)."""
-        for call in self._open:
-            return asyncio.get_running_loop().time() - call.enqueued
-        return 0.0
+        """How long the oldest unanswered call has waited (0 when none): the admission pulse."""
+        oldest = [c.enqueued for c in self._queue if not c.future.done()][:1]
+        for batch in self._in_flight.values():
+            oldest += [c.enqueued for c in batch if not c.future.done()][:1]
+        return asyncio.get_running_loop().time() - min(oldest) if oldest else 0.0
 
     @property
     def queued(self) -> int:
@@ -122,45 +133,33 @@ class BatchSender:
 
     async def close(self) -> None:
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         self.fail_queued(RedisDown("the rate limiter is closing"))
-        tasks = list(self._in_flight)
-        for task in tasks:
+        batches = list(self._in_flight.values())
+        for task in list(self._in_flight):
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for call in list(self._open):
-            if not call.future.done():
-                call.future.set_exception(RedisDown("the rate limiter is closing"))
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        for batch in batches:
+            _fail(batch, RedisDown("the rate limiter is closing"))
 
-    def _expire(self, call: Call, due: float, may_extend: bool) -> None:
+    def _sweep(self) -> None:
+        """Fail the calls queued longer than max_wait; re-arm for the next oldest."""
+        self._sweeper = None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if call.future.done():
-            return
-        if may_extend and now - due > STALL_S:
-            # The timer itself fired late: this process was busy, and Redis may well have
-            # answered meanwhile. One more full deadline, then it counts.
-            call.timer = loop.call_at(now + self.timeout, self._expire, call, now + self.timeout, False)
-            return
-        call.expired = True
-        call.future.set_exception(RedisDown(f"no answer from Redis within {self.timeout * 1000:.0f} ms"))
-        batch = call.batch
-        if batch is not None and id(batch) not in self._late and not self._closed:
-            self._late.add(id(batch))
-            if self._on_late is not None:
-                self._on_late(batch)
-
-    def _settled(self, call: Call) -> None:
-        self._open.pop(call, None)
-        if call.timer is not None:
-            call.timer.cancel()
-        # Nobody may be left to read it (an expired call's caller has moved on).
-        if not call.future.cancelled():
-            call.future.exception()
+        while self._queue and (self._queue[0].future.done() or now - self._queue[0].enqueued >= self.max_wait):
+            call = self._queue.popleft()
+            if not call.future.done():
+                call.expired = True
+                call.future.set_exception(RedisDown(f"not sent to Redis within {self.max_wait:.1f} s"))
+        if self._queue and not self._closed:
+            self._sweeper = loop.call_at(self._queue[0].enqueued + self.max_wait, self._sweep)
 
     def _dispatch(self) -> None:
         self._dispatch_soon = False
         loop = asyncio.get_running_loop()
-        while self._queue and len(self._in_flight) < self.max_in_flight and not self._closed:
+        while self._queue and len(self._in_flight) - len(self._late) < self.max_in_flight and not self._closed:
             batch: list[Call] = []
             while self._queue and len(batch) < BATCH:
                 call = self._queue.popleft()
@@ -168,11 +167,64 @@ class BatchSender:
                 if not (call.script == "acquire" and call.abandoned):
                     batch.append(call)
             if batch:
-                for call in batch:
-                    call.batch = batch
-                task = loop.create_task(self._send(batch))
-                self._in_flight[task] = batch
-                task.add_done_callback(self._batch_done)
+                self._launch(batch, loop)
+
+    def _launch(self, batch: list[Call], loop: asyncio.AbstractEventLoop) -> None:
+        sent = loop.time()
+        # Redis runs one batch at a time: one already on the wire is ahead of this one.
+        ahead = sum(len(b) for b in self._in_flight.values())
+        due = sent + self.timeout + (ahead + len(batch)) * PER_CALL_S
+        for call in batch:
+            call.batch = batch
+        loop.call_at(due, self._expire, batch, sent, due)
+        task = loop.create_task(self._send(batch))
+        self._in_flight[task] = batch
+        task.add_done_callback(self._batch_done)
+
+    def _expire(self, batch: list[Call], sent: float, due: float) -> None:
+        if all(call.future.done() for call in batch):
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now - due > STALL_S:
+            self._extend(batch, sent)  # the timer itself fired late: this process was busy
+            return
+        # One loop turn before the verdict: an answer read off the socket in this very turn
+        # is parsed first, and a turn longer than STALL_S means this process (a busy loop,
+        # not Redis) is what is slow.
+        loop.call_soon(self._confirm, batch, sent, now)
+
+    def _confirm(self, batch: list[Call], sent: float, fired: float) -> None:
+        if asyncio.get_running_loop().time() - fired > STALL_S:
+            self._extend(batch, sent)
+        else:
+            self._expired(batch)
+
+    def _extend(self, batch: list[Call], sent: float) -> None:
+        """Redis may well have answered while we were busy: another deadline, up to max_wait."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now - sent >= self.max_wait:
+            self._expired(batch)
+            return
+        due = min(now + self.timeout, sent + self.max_wait)
+        loop.call_at(due, self._expire, batch, sent, due)
+
+    def _expired(self, batch: list[Call]) -> None:
+        open_calls = [call for call in batch if not call.future.done()]
+        if not open_calls:
+            return
+        for call in open_calls:
+            call.expired = True
+        _fail(open_calls, RedisDown(f"no answer from Redis within {self.timeout * 1000:.0f} ms"))
+        if self._closed:
+            return
+        # Its task goes on reading the late answer, but the batch no longer holds a slot: the
+        # calls behind it are not made to wait for a Redis that may never answer.
+        self._late.add(id(batch))
+        if self._on_late is not None:
+            self._on_late(batch)
+        self._dispatch()
 
     def _batch_done(self, task: asyncio.Task) -> None:
         batch = self._in_flight.pop(task)
@@ -184,3 +236,14 @@ class BatchSender:
                       error=repr(error), calls=len(batch), deaths=self.deaths)
             self._on_lost(batch, error)
         self._dispatch()
+
+
+def _fail(calls: list[Call], error: Exception) -> None:
+    for call in calls:
+        if not call.future.done():
+            call.future.set_exception(error)
+
+
+def _consume(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -72,7 +72,7 @@ class RateLimiter:
         self.tenants = TenantAdmissions(settings.admission_max_waiting_per_tenant)
         self.metrics: GatewayMetrics | None = None  # set by the service that owns the instruments
         self.sender = BatchSender(self._send_batch, self._timeout, on_lost=self._sender_died,
-                                  on_late=self._late)
+                                  on_late=self._late, max_wait=socket_timeout)
         self._window_ms = int(settings.rate_window_s * 1000)
         self._lease_ms = int(settings.stream_lease_s * 1000)
         self._shas: dict[str, str] = {}
@@ -233,7 +233,7 @@ class RateLimiter:
                 self.metrics.limiter_revoked(tenant, len(ids))
             with contextlib.suppress(RedisDown):  # closing: the leases expire on their own
                 # Not behind the breaker: a revoke is how a flaky Redis is left with no debt.
-                self.sender.submit("revoke", tenant, ids, budget=self.settings.redis_timeout_s)
+                self.sender.submit("revoke", tenant, ids, detached=True)
 
     async def warm_up(self) -> None:
         """Connect and load the scripts before the first request (not on its deadline)."""

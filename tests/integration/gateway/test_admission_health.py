@@ -15,8 +15,8 @@ from llmserve.gateway.admission.validation import GenerateParams
 from llmserve.gateway.app import GatewayService
 from llmserve.gateway.routing.catalog import ModelCatalog
 from llmserve.gateway.settings import GatewaySettings
-from tests.integration.gateway.test_limiter_sender import slow_redis
 from tests.support.polling import wait_for
+from tests.support.slow_redis import slow_redis
 from tests.support.stack import API_KEY, MODEL
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING

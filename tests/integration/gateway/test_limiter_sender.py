@@ -17,18 +17,9 @@ from llmserve.gateway.admission.auth import Limits
 from llmserve.gateway.admission.ratelimit import Lease, RateLimiter
 from llmserve.gateway.admission.ratelimit_scripts import tenant_keys
 from llmserve.gateway.settings import GatewaySettings
+from tests.support.slow_redis import slow_redis
 
 UNLIMITED = Limits(0, 0, 0)
-# Redis runs one script at a time: while this one spins, every other client waits.
-SPIN = """
-local t = redis.call('TIME')
-local start = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-while true do
-  local n = redis.call('TIME')
-  if tonumber(n[1]) * 1000 + tonumber(n[2]) / 1000 - start > tonumber(ARGV[1]) then break end
-end
-return 1
-"""
 
 
 @contextlib.asynccontextmanager
@@ -42,27 +33,6 @@ async def limiter_on(redis_url, **overrides):
         yield limiter
     finally:
         await limiter.close()
-
-
-@contextlib.asynccontextmanager
-async def slow_redis(redis_url, spin_ms: int, pause_s: float = 0.005):
-    """Keep Redis busy in `spin_ms` stretches (past the limiter's deadline) until the block ends."""
-    client = aioredis.Redis.from_url(redis_url)
-    stop = asyncio.Event()
-
-    async def spin():
-        while not stop.is_set():
-            await client.eval(SPIN, 0, spin_ms)
-            await asyncio.sleep(pause_s)
-
-    task = asyncio.create_task(spin())
-    await asyncio.sleep(0.01)  # the first stretch is running
-    try:
-        yield
-    finally:
-        stop.set()
-        await task
-        await client.aclose()
 
 
 async def settle(limiter: RateLimiter, timeout: float = 5.0) -> None:

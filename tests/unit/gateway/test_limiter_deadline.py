@@ -97,3 +97,60 @@ async def test_the_oldest_open_call_is_the_admission_pulse():
     assert 0.005 < sender.oldest_open_s < 0.05
     await call.future
     assert sender.oldest_open_s == 0.0
+
+
+async def test_a_busy_loop_gets_one_more_deadline():
+    # Not one long stall but many short callbacks: the timer fires about on time, yet every
+    # loop turn takes longer than the stall bound, so this process is the slow one, not Redis.
+    loop, busy = asyncio.get_running_loop(), [True]
+
+    def work() -> None:
+        time.sleep(0.001)
+        if busy[0]:
+            loop.call_soon(work)
+
+    for _ in range(8):
+        loop.call_soon(work)
+    try:
+        assert await sender_for(Answering(0.03)).submit("acquire", "t", []).future == "answer"
+    finally:
+        busy[0] = False
+
+
+async def test_time_queued_behind_other_batches_is_not_counted_against_redis():
+    async def send(batch):  # each batch takes 10 ms of a 50 ms deadline
+        await asyncio.sleep(0.01)
+        for call in batch:
+            call.future.set_result("answer")
+
+    sender = BatchSender(send, 0.05, on_lost=lambda batch, error: None, max_in_flight=1)
+    answers = await asyncio.gather(*(sender.submit("acquire", "t", []).future for _ in range(5000)))
+    assert answers == ["answer"] * 5000  # 20 batches one after another: the last waits ~200 ms
+
+
+async def test_a_batch_past_its_deadline_gives_up_its_slot():
+    answered: list[Call] = []
+
+    async def send(batch):  # the first batch never hears back; the others do at once
+        if not answered:
+            answered.append(batch[0])
+            await asyncio.sleep(5)
+        for call in batch:
+            call.future.set_result("answer")
+
+    sender = BatchSender(send, TIMEOUT, on_lost=lambda batch, error: None, max_in_flight=1)
+    hung = sender.submit("release", "t", [])
+    behind = sender.submit("release", "t", [])
+    with pytest.raises(RedisDown):
+        await hung.future
+    assert await asyncio.wait_for(behind.future, 0.5) == "answer"
+    await sender.close()
+
+
+async def test_a_call_nothing_sends_still_fails_after_max_wait():
+    sender = BatchSender(Answering(0), TIMEOUT, on_lost=lambda batch, error: None, max_in_flight=0,
+                         max_wait=0.1)  # fmt: skip
+    started = time.perf_counter()
+    with pytest.raises(RedisDown):
+        await sender.submit("release", "t", []).future
+    assert 0.09 < time.perf_counter() - started < 0.5
