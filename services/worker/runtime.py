@@ -49,6 +49,11 @@ class WorkerRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
         self._to_ack: list[str] = []
+        # Request ids released here whose engine sequence has not finished yet, and the newer
+        # attempt of each that waits for it (the engine holds one sequence per request id).
+        self._retiring: set[str] = set()
+        self._deferred: dict[str, tuple[StreamEntry, work_pb2.WorkItem, ServedModel]] = {}
+        self._hand_backs: set[asyncio.Future] = set()
         self.metrics = WorkerMetrics(settings.worker_id)
 
     async def start(self, address: str) -> None:
@@ -92,6 +97,7 @@ class WorkerRuntime:
         active = self.active.pop(request_id)
         model = self.models.find(active.model)
         if model is not None:
+            self._retiring.add(request_id)
             model.engine.abort_request(request_id)
             model.thread and model.thread.wake()
         active.span.set_attribute("llmserve.finish_reason", "handed_off")
@@ -172,6 +178,8 @@ class WorkerRuntime:
                     log.info("handed back work for a model not served here", request_id=item.request_id,
                              model=item.model)
                 continue
+            if not self._admit_duplicate(entry, item, model):
+                continue
             self._start(entry, item, model)
             woken[model.served_id] = model
             started.append(item.request_id)
@@ -185,6 +193,45 @@ class WorkerRuntime:
             for request_id, flag in zip(started, flags, strict=True):
                 if flag is not None:
                     self.cancel(request_id)
+
+    def _admit_duplicate(self, entry: StreamEntry, item: work_pb2.WorkItem, model: ServedModel) -> bool:
+        """True if `item` may start now. A second delivery of a request held here (a Redis
+        restart, a copied entry) is acknowledged and dropped when its attempt is not newer; a
+        newer attempt replaces the old sequence, and starts once the engine has let it go."""
+        rid = item.request_id
+        held = self.active.get(rid)
+        if held is None and rid not in self._retiring:
+            return True
+        if held is not None and item.attempt <= held.attempt:
+            if entry.entry_id != held.entry_id:
+                log.warning("duplicate delivery ignored", request_id=rid, attempt=item.attempt,
+                            held_attempt=held.attempt)
+                self._to_ack.append(entry.entry_id)
+            return False
+        if held is not None:
+            log.warning("newer attempt replaces the one held here", request_id=rid, attempt=item.attempt,
+                        held_attempt=held.attempt)
+            self._to_ack.append(self._release(rid).entry_id)
+        superseded = self._deferred.pop(rid, None)
+        if superseded is not None:
+            self._to_ack.append(superseded[0].entry_id)
+        self._deferred[rid] = (entry, item, model)
+        return False
+
+    def _start_deferred(self, request_id: str) -> None:
+        """The engine let go of `request_id`: start the attempt that waited for it."""
+        self._retiring.discard(request_id)
+        waiting = self._deferred.pop(request_id, None)
+        if waiting is None:
+            return
+        entry, item, model = waiting
+        if self.models.serving(model.served_id) is not model:  # unloaded meanwhile: the queue takes it
+            task = asyncio.ensure_future(self.handoff.hand_back(self.stream, entry.entry_id, item, entry.payload))
+            self._hand_backs.add(task)
+            task.add_done_callback(self._hand_backs.discard)
+            return
+        self._start(entry, item, model)
+        model.thread and model.thread.wake()
 
     def _refuse(self, entry: StreamEntry, item: work_pb2.WorkItem, outcome: str) -> None:
         self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt, len(item.resume_token_ids), [], "",
@@ -210,6 +257,8 @@ class WorkerRuntime:
         for out in outputs:
             active = self.active.get(out.request_id)
             if active is None:
+                if out.finished and out.request_id in self._retiring:
+                    self._start_deferred(out.request_id)
                 continue
             text, active.owed_text = active.owed_text + out.text, ""
             outcome = outcome_of(out, active)

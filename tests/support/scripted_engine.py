@@ -27,7 +27,8 @@ class ScriptedEngine:
 
     def abort_request(self, request_id: str) -> None:
         with self._lock:
-            self._aborted.add(request_id)
+            if request_id in self._running:  # unknown ids are ignored, as the interface says
+                self._aborted.add(request_id)
 
     def has_unfinished(self) -> bool:
         with self._lock:
@@ -46,6 +47,7 @@ class ScriptedEngine:
                 if rid in self._aborted:
                     outputs.append(self._out(req, [], done, FinishReason.CANCELLED))
                     del self._running[rid]
+                    self._aborted.discard(rid)  # the id may be added again (a newer attempt)
                     continue
                 token = (req.prompt_token_ids[-1] + done + 1) % 1000
                 done += 1
