@@ -65,6 +65,14 @@ class HttpServer:
         log.info("serving HTTP", address=f"{scheme}://{self.settings.host}:{self.port}")
         return self.port
 
+    async def serve_until_stopped(self) -> None:
+        """Until the server ends; raises if it ended without `stop` (a supervised task)."""
+        if self._task is None:
+            return
+        await asyncio.shield(self._task)  # raises what ended it
+        if not self.server.should_exit:
+            raise RuntimeError("the HTTP server stopped on its own")
+
     async def stop(self) -> None:
         if self._task is None:
             return

@@ -26,6 +26,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from llmserve.common.errors import RateLimited, Unavailable
 from llmserve.common.logging import get_logger
+from llmserve.common.supervise import Supervisor
 
 from . import ratelimit_scripts as scripts
 from .auth import Limits
@@ -115,8 +116,14 @@ class RateLimiter:
         self._sending = 0  # batches on the wire
         self._tasks: list[asyncio.Task] = []
 
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run_batches()), asyncio.create_task(self._renew_forever())]
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start the batch sender and the lease renewal (restarted by `supervisor` after a bug:
+        without the sender no admission would ever get its verdict)."""
+        if supervisor is None:
+            self._tasks = [asyncio.create_task(self._run_batches()), asyncio.create_task(self._renew_forever())]
+            return
+        self._tasks = [supervisor.spawn("ratelimit-batches", self._run_batches),
+                       supervisor.spawn("ratelimit-renew", self._renew_forever)]
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 import redis.asyncio as aioredis
@@ -13,6 +14,7 @@ from llmserve.common import redis_keys as keys
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import SchedulerMetrics
 from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending, reclaim_stale
+from llmserve.common.supervise import Supervisor
 from llmserve.common.telemetry import extract_context
 from llmserve.common.v1 import work_pb2
 from llmserve.common.workers import registry_snapshot
@@ -40,8 +42,9 @@ def pending_from_entry(entry: StreamEntry) -> Pending:
 
 
 class SchedulerCore:
-    def __init__(self, settings: SchedulerSettings, redis: aioredis.Redis):
+    def __init__(self, settings: SchedulerSettings, redis: aioredis.Redis, supervisor: Supervisor | None = None):
         self.settings = settings
+        self.supervisor = supervisor or Supervisor("scheduler")
         self.redis = redis
         self.waiting = WaitingQueue(settings.tenant_weights)
         self.placement = Placement(settings.max_worker_backlog)
@@ -49,7 +52,6 @@ class SchedulerCore:
         self.sink = SinkClient(f"scheduler/{settings.scheduler_id}")
         self.recovery = WorkerRecovery(redis, self.sink, settings.scheduler_id,
                                        max_attempts=settings.max_attempts)
-        self._recovery_task: asyncio.Task | None = None
         self.dispatched = 0
         self.metrics = SchedulerMetrics()
         self._streams: set[str] = set()
@@ -99,9 +101,10 @@ class SchedulerCore:
         self.metrics.set_workers({m: sum(m in w.models for w in serving) for m in self.placement.models()},
                                  live=len(serving), draining=len(live) - len(serving))
         self._record_queue_depth()
-        if dead and (self._recovery_task is None or self._recovery_task.done()):
+        if dead and not self.supervisor.running("recovery"):
             # In the background: fencing asks gateways, and dispatch must not wait for that.
-            self._recovery_task = asyncio.create_task(self.recovery.recover(dead))
+            # Restarted after a failure: every move is guarded, so a second pass moves nothing twice.
+            self.supervisor.spawn("recovery", functools.partial(self.recovery.recover, dead))
         models = set(self.settings.models) | self.placement.models()
         for model in models:
             stream = keys.request_stream(model)
@@ -177,6 +180,4 @@ class SchedulerCore:
         self.sink.send(p.reply_to, [OutChunk(p.request_id, p.attempt, 0, [], "", outcome=outcome)])
 
     async def close(self) -> None:
-        if self._recovery_task:
-            self._recovery_task.cancel()
         await self.sink.close()

@@ -39,6 +39,7 @@ class WorkerService:
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
         self.runtime = WorkerRuntime(settings, self.redis, models)
         self.admin = ModelAdmin(self.runtime, settings)
+        self.supervisor = self.runtime.supervisor  # its fatal failures stop the server (GrpcApp)
 
     def register(self, server) -> None:
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(
@@ -52,6 +53,9 @@ class WorkerService:
 
     async def drain(self) -> None:
         await self.runtime.drain()
+
+    async def fail(self) -> None:
+        await self.runtime.fail()
 
     async def close(self) -> None:
         await self.runtime.close()

@@ -17,9 +17,10 @@ from llmserve.common import redis_keys as keys
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import WorkerMetrics
 from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending
+from llmserve.common.supervise import Supervisor
 from llmserve.common.telemetry import extract_context
 from llmserve.common.v1 import work_pb2
-from llmserve.common.workers import WorkerLoad, publish_heartbeat, withdraw
+from llmserve.common.workers import WorkerLoad, expire_heartbeat, publish_heartbeat, withdraw
 from llmserve.gateway.handoff import Handoff
 from llmserve.gateway.sink_client import OutChunk, SinkClient
 
@@ -47,7 +48,8 @@ class WorkerRuntime:
         self.address = ""
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: list[asyncio.Task] = []
+        self.supervisor = Supervisor("worker")
+        self.failed = False
         self._to_ack: list[str] = []
         # Request ids released here whose engine sequence has not finished yet, and the newer
         # attempt of each that waits for it (the engine holds one sequence per request id).
@@ -59,6 +61,7 @@ class WorkerRuntime:
     async def start(self, address: str) -> None:
         self.address = address
         self._loop = asyncio.get_running_loop()
+        self.supervisor.watch(self._loop)
         for model in self.models.all():
             self.start_model(model)
         await ensure_group(self.redis, self.stream, keys.WORKER_GROUP)
@@ -66,14 +69,20 @@ class WorkerRuntime:
         await self._admit(await read_own_pending(self.redis, keys.WORKER_GROUP, self.settings.worker_id,
                                                  self.stream))
         await self._heartbeat()
-        self._tasks = [asyncio.create_task(self._intake_loop()), asyncio.create_task(self._heartbeat_loop())]
+        # A dead intake leaves a worker that heartbeats but never reads: fatal. A heartbeat is
+        # only a write; restarting it loses nothing.
+        self.supervisor.spawn("intake", self._intake_loop, "fatal")
+        self.supervisor.spawn("heartbeat", self._heartbeat_loop, "restart")
 
     def start_model(self, model: ServedModel) -> None:
         """Give a model its own step thread (at start, or once a LoadModel finished)."""
         if self._loop is None:
             return  # not started yet: start() gives every model its thread
+        name = f"engine-{model.served_id}"
         model.thread = EngineThread(model.engine, self._loop, self._publish,
-                                    functools.partial(self._record_step, model), name=f"engine-{model.served_id}")
+                                    functools.partial(self._record_step, model), name=name,
+                                    on_failure=functools.partial(self.supervisor.fail_threadsafe, name),
+                                    fail_step_after=self.settings.fail_step_after)
         model.thread.start()
 
     def cancel(self, request_id: str) -> bool:
@@ -297,6 +306,8 @@ class WorkerRuntime:
             raise
 
     async def _heartbeat(self) -> None:
+        if self.failed:  # out of service for good: recovery is moving our work
+            return
         load = self.load()
         for served_id, m in load.model_loads.items():
             self.metrics.set_kv_blocks(served_id, m.total_kv_blocks - m.free_kv_blocks, m.free_kv_blocks)
@@ -319,15 +330,29 @@ class WorkerRuntime:
             await asyncio.sleep(0.02)
         await self._flush_acks()
 
+    async def fail(self) -> None:
+        """A fatal failure (an engine or the intake died): take no more work and leave what is
+        held here to the schedulers' recovery, which resumes each request on another worker
+        from what its client has (and dead-letters one that keeps killing workers). Deleting
+        the heartbeat, not the registration, is what makes this worker dead to them at once."""
+        self.failed = self.draining = True
+        await self.supervisor.stop()
+        for model in self.models.all():
+            model.serving = False
+        try:
+            await expire_heartbeat(self.redis, self.settings.worker_id)
+        except RedisError as e:  # it expires by its TTL instead
+            log.warning("could not withdraw the heartbeat", error=type(e).__name__)
+
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        await self.supervisor.stop()
         for model in self.models.all():
             model.thread and model.thread.stop()
         await self.sink.close()
         try:
             await self._flush_acks()
-            if not self.active:  # leftovers stay registered so the scheduler recovers them
+            # Leftovers (and everything after a failure) stay registered for recovery.
+            if not self.active and not self.failed:
                 await withdraw(self.redis, self.settings.worker_id)
         except RedisError:
             pass

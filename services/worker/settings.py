@@ -55,3 +55,6 @@ class WorkerSettings(ServiceSettings):
     heartbeat_interval_ms: int = Field(500, ge=50)
     heartbeat_ttl_ms: int = Field(3000, ge=200, description="A worker silent this long counts as dead.")
     profile_dir: str = Field("bench/traces", description="Where StartProfile writes traces.")
+    fail_step_after: int | None = Field(
+        None, ge=0, description="Test hook, off when unset: every engine's step raises once it has run this "
+        "many steps, to exercise the engine-failure path (NOT_SERVING, hand-over, exit 1).")
