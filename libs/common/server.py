@@ -133,9 +133,11 @@ class GrpcApp:
                 await asyncio.wait_for(hand_over(), self.settings.drain_seconds)
             except Exception as e:  # still exit: the orchestrator restarts us
                 log.warning("hand-over after a fatal failure failed", error=f"{type(e).__name__}: {e}")
-        await self.server.stop(grace=0.5)
-        await self.service.close()
-        self._failed.set()
+        try:
+            await self.server.stop(grace=0.5)
+            await self.service.close()
+        finally:
+            self._failed.set()  # exit whatever closing raised
         log.info("stopped")
 
     async def wait_failed(self) -> None:

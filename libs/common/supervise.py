@@ -109,11 +109,16 @@ class Supervisor:
         task = self._tasks.get(name)
         return task is not None and not task.done()
 
-    async def stop(self) -> None:
-        """Cancel every task and wait for them to end."""
-        tasks, self._tasks = list(self._tasks.values()), {}
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Cancel every task and wait (bounded: a shutdown must not hang on one) for them to end."""
         current = asyncio.current_task()
+        tasks = [t for t in self._tasks.values() if t is not current]
+        self._tasks = {}
         for task in tasks:
-            if task is not current:
-                task.cancel()
-        await asyncio.gather(*(t for t in tasks if t is not current), return_exceptions=True)
+            task.cancel()
+        if not tasks:
+            return
+        _done, stuck = await asyncio.wait(tasks, timeout=timeout)
+        for task in stuck:
+            log.warning("background task did not stop", task=task.get_name(),
+                        at=[f"{f.f_code.co_filename}:{f.f_lineno}" for f in task.get_stack()])

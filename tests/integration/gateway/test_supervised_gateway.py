@@ -1,0 +1,55 @@
+"""The gateway's supervised loops with an injected exception: the limiter's batch sender and
+lease renewal are counted and restarted (admission keeps working); the HTTP server dying is
+fatal: NOT_SERVING, exit 1."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from llmserve.gateway.catalog import ModelCatalog
+from llmserve.gateway.ratelimit import RateLimiter
+from llmserve.gateway.v1 import generation_pb2 as pb
+from llmserve.gateway.v1 import generation_pb2_grpc
+from tests.support.polling import wait_for
+from tests.support.scripted_engine import ScriptedEngine
+from tests.support.stack import API_KEY, MODEL, running_stack
+from tests.support.supervision import count_failures, fail_once
+
+AUTH = (("authorization", f"Bearer {API_KEY}"),)
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return ModelCatalog.load([MODEL])
+
+
+@pytest.mark.parametrize("loop", ["_run_batches", "_renew_forever"])
+async def test_a_failed_limiter_loop_is_counted_and_restarted(redis_url, catalog, monkeypatch, loop):
+    monkeypatch.setattr(RateLimiter, loop, fail_once(getattr(RateLimiter, loop)))
+    task = {"_run_batches": "ratelimit-batches", "_renew_forever": "ratelimit-renew"}[loop]
+    # The counter is read after start; the failure happens at start, so count from the logged total.
+    async with running_stack(redis_url, [ScriptedEngine()], catalog) as stack:
+        supervisor = stack.gateway.service.supervisor
+        await wait_for(lambda: supervisor.failure_counts.get(task) == 1)
+        failures = count_failures(supervisor)
+        await wait_for(lambda: supervisor.running(task))
+        async with grpc.aio.insecure_channel(stack.gateway_address) as channel:
+            stub = generation_pb2_grpc.GenerationServiceStub(channel)
+            # Concurrent admissions go through the batch sender.
+            replies = await asyncio.gather(*(
+                stub.Generate(pb.GenerateRequest(model=MODEL, prompt="hi", max_tokens=2), metadata=AUTH, timeout=10)
+                for _ in range(20)))
+        assert all(r.usage.completion_tokens == 2 for r in replies)
+        assert failures(task) == 0 and stack.gateway.exit_code == 0
+
+
+async def test_the_http_server_dying_is_fatal(redis_url, catalog):
+    async with running_stack(redis_url, [ScriptedEngine()], catalog) as stack:
+        service = stack.gateway.service
+        failures = count_failures(service.supervisor)
+        service.http._task.cancel()  # uvicorn's serve task ends without being asked to stop
+        await asyncio.wait_for(stack.gateway.wait_failed(), 10)
+        assert failures("http") == 1 and stack.gateway.exit_code == 1
