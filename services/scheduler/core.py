@@ -20,7 +20,7 @@ from llmserve.common.v1 import work_pb2
 from llmserve.common.workers import registry_snapshot
 from llmserve.gateway.sink_client import OutChunk, SinkClient
 
-from .dispatch import CANCELLED, DISPATCHED, Dispatcher
+from .dispatch import CANCELLED, DISPATCHED, WORKER_GONE, Dispatcher
 from .placement import Placement
 from .recovery import WorkerRecovery
 from .settings import SchedulerSettings
@@ -157,6 +157,9 @@ class SchedulerCore:
                     self._trace_dispatch(p, worker.worker_id)
                 elif result == CANCELLED:
                     self._notify(p, "cancelled")
+                elif result == WORKER_GONE:  # its heartbeat ended since our last registry read
+                    self.waiting.push(p)
+                    self.placement.forget(worker.worker_id)
                 progress = True
                 break  # the order changed: start again from the best candidate
 
