@@ -28,8 +28,7 @@ class ScriptedEngine:
 
     def abort_request(self, request_id: str) -> None:
         with self._lock:
-            if request_id in self._running:  # unknown ids are ignored, as the interface says
-                self._aborted.add(request_id)
+            self._aborted.add(request_id)
             if request_id in self._running:  # unknown ids are ignored, as the interface says
                 self._to_abort.add(request_id)
 
@@ -51,7 +50,6 @@ class ScriptedEngine:
                     outputs.append(self._out(req, [], done, FinishReason.CANCELLED))
                     del self._running[rid]
                     self._to_abort.discard(rid)  # the id may be added again (a newer attempt)
-                    self._aborted.discard(rid)  # the id may be added again (a newer attempt)
                     continue
                 token = (req.prompt_token_ids[-1] + done + 1) % 1000
                 done += 1
