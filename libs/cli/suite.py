@@ -100,16 +100,18 @@ class LocalSuite:
         self.services.append(service)
         return service
 
-    def spawn_worker(self, index: int, generation: int = 0) -> ServiceProcess:
+    def spawn_worker(self, index: int, generation: int = 0, extra_env: dict[str, str] | None = None) -> ServiceProcess:
         """Worker `index` listens on the worker port + 10*index (50053, 50063, ...); a restarted
-        worker (generation > 0) takes a new id, as a replacement pod would."""
+        worker (generation > 0) takes a new id, as a replacement pod would. `extra_env`: settings
+        for this worker only."""
         port = self.ports.worker + 10 * index if index else self.ports.worker
         if index and not port_free(port):
             port = free_port()
         worker_id = f"worker-{port}" + (f"-{generation}" if generation else "")
         name = "worker" if index == 0 else f"worker{index}"
         return self.spawn(name, "llmserve.worker", port,
-                          {"LLMSERVE_WORKER_PORT": str(port), "LLMSERVE_WORKER_WORKER_ID": worker_id})
+                          {"LLMSERVE_WORKER_PORT": str(port), "LLMSERVE_WORKER_WORKER_ID": worker_id,
+                           **(extra_env or {})})
 
     def start(self, timeout: float = 180.0) -> None:
         self.start_redis()

@@ -92,6 +92,9 @@ class GrpcApp:
             self.port = self.server.add_insecure_port(self.settings.address)
         if self.port == 0:
             raise RuntimeError(f"could not bind {self.settings.address}")
+        # grpc_health answers SERVING for "" until told otherwise: not while models still load.
+        for name in ("", *self.service.service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         await self.service.start(self.port)
         for name in ("", *self.service.service_names):
