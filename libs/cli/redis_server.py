@@ -11,6 +11,8 @@ from pathlib import Path
 
 import redis
 
+from .orphans import die_with_parent
+
 
 def free_port() -> int:
     """A local TCP port nothing listens on now (the OS picks it)."""
@@ -55,6 +57,7 @@ class RedisServer:
              "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.data_dir),
              "--protected-mode", "yes", "--logfile", str(self.data_dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(),  # never outlive whoever started it
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout

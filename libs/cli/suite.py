@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .orphans import die_with_parent
 from .redis_server import RedisServer, free_port, port_free
 
 
@@ -94,8 +95,11 @@ class LocalSuite:
         log_path = self.log_dir / f"{name}.log"
         env = self.base_env() | (extra_env or {})
         with open(log_path, "ab") as log:
+            # Own session: a terminal's Ctrl-C reaches `up`, which stops us in order. Parent-death
+            # signal: if `up` itself is killed, we go too.
             process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                       preexec_fn=die_with_parent())
         service = ServiceProcess(name, port, process, log_path)
         self.services.append(service)
         return service
