@@ -4,6 +4,7 @@ of it is left 15 s later. Each test starts the real suite (without the monitor).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -63,10 +64,8 @@ def wait_gone(mark: str, port: int, seconds: float = 15.0) -> list[int]:
 
 def kill_all(pids: list[int]) -> None:
     for pid in pids:  # leave nothing behind for the next test, whatever happened
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def read_until_banner(up: subprocess.Popen, timeout: float = 240.0) -> list[str]:
