@@ -65,3 +65,23 @@ async def test_a_thread_reports_a_fatal_failure_to_the_event_loop():
     thread.join()
     await asyncio.wait_for(escalated.wait(), 5)
     assert failures("engine-m") == 1 and sup.fatal[0] == "engine-m"
+
+
+def test_the_failure_counter_reaches_the_monitors_metrics_endpoint():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from llmserve.monitor.alerts import AlertEngine
+    from llmserve.monitor.otlp import MetricsIngest
+    from llmserve.monitor.prometheus import StoreCollector, make_registry, render
+    from llmserve.monitor.store import MetricStore
+    from tests.unit.monitor.helpers import FakeClock, sdk_meter
+
+    meter, export = sdk_meter("worker")
+    sup = Supervisor("worker", meter=meter)
+    sup.count("intake", InjectedFailure("boom"), "fatal")
+    store = MetricStore(clock=FakeClock())
+    MetricsIngest(store).ingest(export())
+    registry = make_registry(StoreCollector(store, AlertEngine((), store, lambda n: None), lambda: None, 30))
+    samples = [s for f in text_string_to_metric_families(render(registry).decode()) for s in f.samples
+               if s.name == "llmserve_background_task_failures_total"]
+    assert [(s.labels["service"], s.labels["task"], s.value) for s in samples] == [("worker", "intake", 1.0)]
