@@ -53,7 +53,7 @@ class WorkerRuntime:
         self._to_ack: list[str] = []
         # Request ids released here whose engine sequence has not finished yet, and the newer
         # attempt of each that waits for it (the engine holds one sequence per request id).
-        self._retiring: set[str] = set()
+        self._retiring: dict[str, int] = {}  # request id -> the attempt released
         self._deferred: dict[str, tuple[StreamEntry, work_pb2.WorkItem, ServedModel]] = {}
         self._hand_backs: set[asyncio.Future] = set()
         self.metrics = WorkerMetrics(settings.worker_id)
@@ -106,7 +106,7 @@ class WorkerRuntime:
         active = self.active.pop(request_id)
         model = self.models.find(active.model)
         if model is not None:
-            self._retiring.add(request_id)
+            self._retiring[request_id] = active.attempt
             model.engine.abort_request(request_id)
             model.thread and model.thread.wake()
         active.span.set_attribute("llmserve.finish_reason", "handed_off")
@@ -211,10 +211,13 @@ class WorkerRuntime:
         held = self.active.get(rid)
         if held is None and rid not in self._retiring:
             return True
-        if held is not None and item.attempt <= held.attempt:
-            if entry.entry_id != held.entry_id:
+        newest = held.attempt if held is not None else self._retiring[rid]
+        if rid in self._deferred:
+            newest = max(newest, self._deferred[rid][1].attempt)
+        if item.attempt <= newest:
+            if held is None or entry.entry_id != held.entry_id:
                 log.warning("duplicate delivery ignored", request_id=rid, attempt=item.attempt,
-                            held_attempt=held.attempt)
+                            held_attempt=newest)
                 self._to_ack.append(entry.entry_id)
             return False
         if held is not None:
@@ -229,7 +232,7 @@ class WorkerRuntime:
 
     def _start_deferred(self, request_id: str) -> None:
         """The engine let go of `request_id`: start the attempt that waited for it."""
-        self._retiring.discard(request_id)
+        self._retiring.pop(request_id, None)
         waiting = self._deferred.pop(request_id, None)
         if waiting is None:
             return
