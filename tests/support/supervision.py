@@ -22,20 +22,32 @@ def count_failures(supervisor: Supervisor) -> Callable[[str], int]:
     meter = MeterProvider(metric_readers=[reader]).get_meter("llmserve")
     supervisor.failures = Supervisor(supervisor.service, meter=meter).failures
 
-    def value(task: str) -> int:
-        data = reader.get_metrics_data()
-        total = 0
-        for rm in data.resource_metrics if data else ():
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    if metric.name != "llmserve.background_task.failures":
-                        continue
-                    for point in metric.data.data_points:
-                        if point.attributes == {"service": supervisor.service, "task": task}:
-                            total += int(point.value)
-        return total
+    return lambda task: _read(reader, supervisor.service, task)
 
-    return value
+
+def failures_from_start(monkeypatch) -> Callable[[str, str], int]:
+    """Every Supervisor made from now on counts into an SDK meter (for failures that happen
+    while a service starts); the returned function reads the count of (service, task)."""
+    from llmserve.common import supervise
+
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("llmserve")
+    monkeypatch.setattr(supervise.metrics, "get_meter", lambda *_a, **_k: meter)
+    return lambda service, task: _read(reader, service, task)
+
+
+def _read(reader: InMemoryMetricReader, service: str, task: str) -> int:
+    data = reader.get_metrics_data()
+    total = 0
+    for rm in data.resource_metrics if data else ():
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name != "llmserve.background_task.failures":
+                    continue
+                for point in metric.data.data_points:
+                    if point.attributes == {"service": service, "task": task}:
+                        total += int(point.value)
+    return total
 
 
 def fail_once(method):

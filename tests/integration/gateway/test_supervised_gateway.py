@@ -16,7 +16,7 @@ from llmserve.gateway.v1 import generation_pb2_grpc
 from tests.support.polling import wait_for
 from tests.support.scripted_engine import ScriptedEngine
 from tests.support.stack import API_KEY, MODEL, running_stack
-from tests.support.supervision import count_failures, fail_once
+from tests.support.supervision import count_failures, fail_once, failures_from_start
 
 AUTH = (("authorization", f"Bearer {API_KEY}"),)
 
@@ -30,11 +30,10 @@ def catalog():
 async def test_a_failed_limiter_loop_is_counted_and_restarted(redis_url, catalog, monkeypatch, loop):
     monkeypatch.setattr(RateLimiter, loop, fail_once(getattr(RateLimiter, loop)))
     task = {"_run_batches": "ratelimit-batches", "_renew_forever": "ratelimit-renew"}[loop]
-    # The counter is read after start; the failure happens at start, so count from the logged total.
+    failures = failures_from_start(monkeypatch)  # the loop fails as soon as the gateway starts it
     async with running_stack(redis_url, [ScriptedEngine()], catalog) as stack:
         supervisor = stack.gateway.service.supervisor
-        await wait_for(lambda: supervisor.failure_counts.get(task) == 1)
-        failures = count_failures(supervisor)
+        await wait_for(lambda: failures("gateway", task) == 1)
         await wait_for(lambda: supervisor.running(task))
         async with grpc.aio.insecure_channel(stack.gateway_address) as channel:
             stub = generation_pb2_grpc.GenerationServiceStub(channel)
@@ -43,7 +42,7 @@ async def test_a_failed_limiter_loop_is_counted_and_restarted(redis_url, catalog
                 stub.Generate(pb.GenerateRequest(model=MODEL, prompt="hi", max_tokens=2), metadata=AUTH, timeout=10)
                 for _ in range(20)))
         assert all(r.usage.completion_tokens == 2 for r in replies)
-        assert failures(task) == 0 and stack.gateway.exit_code == 0
+        assert failures("gateway", task) == 1 and stack.gateway.exit_code == 0
 
 
 async def test_the_http_server_dying_is_fatal(redis_url, catalog):

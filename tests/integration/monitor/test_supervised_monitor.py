@@ -6,7 +6,7 @@ from __future__ import annotations
 from llmserve.monitor.registry import RegistryProbe
 from tests.integration.monitor.harness import running_monitor
 from tests.support.polling import wait_for
-from tests.support.supervision import count_failures, fail_once, fail_once_sync
+from tests.support.supervision import count_failures, fail_once, fail_once_sync, failures_from_start
 
 
 async def test_a_failed_evaluation_round_is_counted_and_evaluation_goes_on():
@@ -30,8 +30,9 @@ async def test_a_failed_registry_poll_is_counted_and_restarted(redis_url, monkey
         return await original(self)
 
     monkeypatch.setattr(RegistryProbe, "poll", fail_once(counted))
+    failures = failures_from_start(monkeypatch)  # the first poll runs as the monitor starts
     async with running_monitor(registry_poll_s=0.05, redis_url=redis_url) as monitor:
         supervisor = monitor.service.supervisor
-        await wait_for(lambda: supervisor.failure_counts.get("registry") == 1)
+        await wait_for(lambda: failures("monitor", "registry") == 1)
         await wait_for(lambda: len(polls) >= 3)  # polling again after the backoff
         assert supervisor.running("registry") and monitor.app.exit_code == 0
