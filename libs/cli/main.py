@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the local suite (Redis, gateway, scheduler, worker, monitor)")
     up.add_argument("--workers", type=int, default=1, help="number of workers")
     up.add_argument("--no-monitor", action="store_true")
+    up.add_argument("--free-ports", action="store_true",
+                    help="pick free ports (and a private Redis port) instead of the defaults")
     up.set_defaults(func=cmd_up)
 
     chat = sub.add_parser("chat", help="stream a chat answer to the terminal")

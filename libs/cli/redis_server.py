@@ -11,6 +11,8 @@ from pathlib import Path
 
 import redis
 
+from .orphans import die_with_parent
+
 
 def free_port() -> int:
     """A local TCP port nothing listens on now (the OS picks it)."""
@@ -71,6 +73,7 @@ class RedisServer:
              "--protected-mode", "yes", "--logfile", str(self.data_dir / "redis.log"),
              *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(),  # never outlive whoever started it
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2, password=self.password)
         deadline = time.monotonic() + timeout

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmserve.common.internal_auth import InternalAuth, mint_token
 
+from .orphans import die_with_parent
 from .redis_server import RedisServer, free_port, port_free
 
 
@@ -129,15 +130,19 @@ class LocalSuite:
         log_path = self.log_dir / f"{name}.log"
         env = self.base_env() | self.service_env.get(name.rstrip("0123456789"), {}) | (extra_env or {})
         with open(log_path, "ab") as log:
+            # Own session: a terminal's Ctrl-C reaches `up`, which stops us in order. Parent-death
+            # signal: if `up` itself is killed, we go too.
             process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                       preexec_fn=die_with_parent())
         service = ServiceProcess(name, port, process, log_path, metrics_port)
         self.services.append(service)
         return service
 
-    def spawn_worker(self, index: int, generation: int = 0) -> ServiceProcess:
+    def spawn_worker(self, index: int, generation: int = 0, extra_env: dict[str, str] | None = None) -> ServiceProcess:
         """Worker `index` listens on the worker port + 10*index (50053, 50063, ...); a restarted
-        worker (generation > 0) takes a new id, as a replacement pod would."""
+        worker (generation > 0) takes a new id, as a replacement pod would. `extra_env`: settings
+        for this worker only."""
         port = self.ports.worker + 10 * index if index else self.ports.worker
         if index and not port_free(port):
             port = free_port()
@@ -148,7 +153,8 @@ class LocalSuite:
             metrics = free_port()
         return self.spawn(name, "llmserve.worker", port,
                           {"LLMSERVE_WORKER_PORT": str(port), "LLMSERVE_WORKER_WORKER_ID": worker_id,
-                           "LLMSERVE_WORKER_METRICS_PORT": str(metrics)}, metrics_port=metrics)
+                           "LLMSERVE_WORKER_METRICS_PORT": str(metrics), **(extra_env or {})},
+                          metrics_port=metrics)
 
     def start(self, timeout: float = 180.0) -> None:
         self.start_redis()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -18,7 +19,8 @@ S = TypeVar("S", bound=ServiceSettings)
 
 
 def run_service(name: str, settings_cls: type[S], make_service: Callable[[S], Service]) -> None:
-    """Validate settings, set up logging and telemetry, serve until SIGTERM, drain."""
+    """Validate settings, set up logging and telemetry, serve until SIGTERM, drain. A fatal
+    failure of a supervised task exits with status 1, so the orchestrator restarts us."""
     settings = settings_cls()
     configure_logging(name, settings.log_format, settings.log_level)
     ident = getattr(settings, f"{name}_id", "") or socket.gethostname()
@@ -26,10 +28,12 @@ def run_service(name: str, settings_cls: type[S], make_service: Callable[[S], Se
     configure_telemetry(name, settings.otlp_endpoint, auth=auth)
     install_process_metrics()
 
-    async def serve() -> None:
-        await GrpcApp(make_service(settings), settings).run_until_signalled()
+    async def serve() -> int:
+        return await GrpcApp(make_service(settings), settings).run_until_signalled()
 
     try:
-        asyncio.run(serve())
+        code = asyncio.run(serve())
     finally:
         shutdown_telemetry()
+    if code:
+        sys.exit(code)

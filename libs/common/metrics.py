@@ -30,6 +30,7 @@ dashboards refer to the names below, so a name changes only together with them.
 | llmserve.kv.blocks.used / .free  | gauge         | block     | model, worker              | worker      |
 | llmserve.kv.prefix_hits          | counter       | token     | model, worker              | worker      |
 | llmserve.preemptions             | counter       | sequence  | model, worker              | worker      |
+| llmserve.background_task.failures | counter      | failure   | service, task              | every service (`supervise.Supervisor`) |
 | llmserve.process.cpu.utilization | observable    | 1         | (resource: service)        | every service |
 | llmserve.process.memory.rss      | observable    | By        | (resource: service)        | every service |
 | llmserve.gpu.utilization / .memory.used / .power | observable | 1 / By / W | gpu          | worker (NVIDIA GPU only) |

@@ -45,6 +45,10 @@ class Service(Protocol):
     async def close(self) -> None:
         """Release connections; the server is stopped by now."""
 
+    # Optional: `supervisor` (a `supervise.Supervisor` whose fatal failures stop the server with
+    # exit code 1) and `async fail()` (on such a failure, instead of drain: stop taking work and
+    # let peers take over what is held here).
+
 
 def internal_server(settings: ServiceSettings, auth: InternalAuth, policy: Policy) -> grpc.aio.Server:
     """A gRPC server for internal services: every call authenticated against `policy`."""
@@ -105,6 +109,13 @@ class GrpcApp:
             self.server = grpc.aio.server(options=server_options(settings))
         self.port = 0
         self._stopped = asyncio.Event()
+        #: 1 once a supervised task failed fatally: the process should exit non-zero.
+        self.exit_code = 0
+        self._failed = asyncio.Event()
+        self._failing: asyncio.Task | None = None
+        supervisor = getattr(service, "supervisor", None)
+        if supervisor is not None:
+            supervisor.on_fatal = self._on_fatal
 
     async def start(self) -> int:
         redis = getattr(self.service, "redis", None)
@@ -124,6 +135,9 @@ class GrpcApp:
             self.port = self.server.add_insecure_port(self.settings.address)
         if self.port == 0:
             raise RuntimeError(f"could not bind {self.settings.address}")
+        # grpc_health answers SERVING for "" until told otherwise: not while models still load.
+        for name in ("", *self.service.service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         bind_health = getattr(self.service, "bind_health", None)
         if bind_health is not None:  # a service whose own checks can turn it NOT_SERVING
@@ -155,23 +169,64 @@ class GrpcApp:
             await self.metrics_http.stop()
         log.info("stopped")
 
+    def _on_fatal(self, task: str, error: BaseException) -> None:
+        if self._failing is None:
+            self._failing = asyncio.ensure_future(self.fail(f"{task}: {type(error).__name__}: {error}"))
+
+    async def fail(self, reason: str) -> None:
+        """A fatal failure: NOT_SERVING at once, the service hands its work on (no drain: what
+        failed may be what a drain waits for), stop, exit code 1."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.exit_code = 1
+        log.error("fatal failure; stopping", reason=reason)
+        await self.health.enter_graceful_shutdown()
+        hand_over = getattr(self.service, "fail", None)
+        if hand_over is not None:
+            try:
+                await asyncio.wait_for(hand_over(), self.settings.drain_seconds)
+            except Exception as e:  # still exit: the orchestrator restarts us
+                log.warning("hand-over after a fatal failure failed", error=f"{type(e).__name__}: {e}")
+        try:
+            await self.server.stop(grace=0.5)
+            await self.service.close()
+        finally:
+            self._failed.set()  # exit whatever closing raised
+        log.info("stopped")
+
+    async def wait_failed(self) -> None:
+        """Until a fatal failure has stopped this app (tests)."""
+        await self._failed.wait()
+
     async def __aenter__(self) -> GrpcApp:
         await self.start()
         return self
 
     async def __aexit__(self, *exc) -> None:
+        if self._failing is not None:
+            await self._failing
         await self.stop()
 
-    async def run_until_signalled(self) -> None:
-        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    async def run_until_signalled(self) -> int:
+        """Serve until SIGTERM or SIGINT, then stop gracefully; or until a fatal failure.
+        Returns the exit code (0, or 1 after a fatal failure)."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
-        await stop.wait()
-        log.info("signal received")
+        signalled = asyncio.ensure_future(stop.wait())
+        failed = asyncio.ensure_future(self._failed.wait())
+        await asyncio.wait([signalled, failed], return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (signalled, failed):
+            waiter.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-        await self.stop()
+        if self._failing is not None:
+            await self._failing
+        else:
+            log.info("signal received")
+            await self.stop()
+        return self.exit_code

@@ -75,6 +75,12 @@ async def withdraw(r: aioredis.Redis, worker_id: str) -> None:
     await pipe.execute()
 
 
+async def expire_heartbeat(r: aioredis.Redis, worker_id: str) -> None:
+    """End the heartbeat but keep the registration: schedulers see a dead worker at once and
+    recover the work in its stream (a worker going down on a fatal failure)."""
+    await r.delete(keys.heartbeat_key(worker_id))
+
+
 async def registry_snapshot(r: aioredis.Redis) -> tuple[list[WorkerLoad], list[str]]:
     """(live workers, ids of registered workers whose heartbeat expired)."""
     ids = sorted(x.decode() if isinstance(x, bytes) else x for x in await r.smembers(keys.WORKERS_SET))

@@ -13,6 +13,7 @@ from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics_http import HealthState
 from llmserve.common.server import bind_internal, internal_server
+from llmserve.common.supervise import Supervisor
 from llmserve.common.tokensink.v1 import token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2, generation_pb2_grpc
 
@@ -56,6 +57,7 @@ class GatewayService:
         if not settings.api_keys and not (jwt and jwt.configured):
             log.info("no static API keys or JWT keys configured: only keys from `llmserve keys create` work")
         self.limiter = RateLimiter(settings)
+        self.supervisor = Supervisor("gateway")
         self.queue = RequestQueue(self.redis, settings.max_queue_len)
         self.generation = GenerationService(settings, self.auth, self.catalog, self.queue, self.inflight,
                                             self.redis, self.limiter)
@@ -103,10 +105,12 @@ class GatewayService:
         await self._internal.start()
         sink_port = self._internal_port
         self.queue.reply_to = f"{self.settings.advertise_host or self.settings.host}:{sink_port}"
-        self.limiter.start()
+        self.limiter.start(self.supervisor)
         await self.limiter.warm_up()
         self.watchdog.start()
         self.http_port = await self.http.start()
+        # The HTTP API gone while gRPC says SERVING would be a quiet death: fatal.
+        self.supervisor.spawn("http", self.http.serve_until_stopped, "fatal")
 
     async def drain(self) -> None:
         self.generation.draining = True
@@ -116,6 +120,7 @@ class GatewayService:
     async def close(self) -> None:
         await self.watchdog.stop()
         await self.http.stop()
+        await self.supervisor.stop()
         if self._internal is not None:
             await self._internal.stop(grace=1.0)
         await self.limiter.close()

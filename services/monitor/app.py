@@ -8,7 +8,7 @@ writes to it only to take a regressed version out of a traffic split (rollout.py
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import time
 from collections.abc import Callable
 
@@ -21,6 +21,7 @@ from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.models.registry import ModelRegistry
 from llmserve.common.redis_acl import check_credentials
+from llmserve.common.supervise import Supervisor
 from llmserve.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 
 from .alerts import AlertEngine, Notification, Silence
@@ -62,6 +63,9 @@ class MonitorCore:
             settings.resolved_retention_s,
         )
         self.latest: Summary | None = None
+        #: Where a failed evaluation round is logged and counted (the service's supervisor).
+        self.report_failure: Callable[[str, BaseException], None] = lambda task, e: log.error(
+            "background task failed", task=task, exc_info=e)
         self.rollouts: RolloutGuard | None = None  # needs Redis: made in start()
         self.registry = make_registry(
             StoreCollector(self.store, self.alerts, lambda: self.latest, settings.stale_after_s)
@@ -97,12 +101,12 @@ class MonitorCore:
             if self.rollouts is not None:  # first, so a rollback's alert fires in the same round
                 try:
                     await self.rollouts.evaluate(self.clock())
-                except Exception:  # Redis away, or a bug: alerting goes on
-                    log.exception("traffic split evaluation failed")
+                except Exception as e:  # Redis away, or a bug: alerting goes on
+                    self.report_failure("rollouts", e)
             try:
                 self.tick()
-            except Exception:  # keep evaluating: a bug in one round must not end alerting
-                log.exception("evaluation round failed")
+            except Exception as e:  # keep evaluating: a bug in one round must not end alerting
+                self.report_failure("evaluation", e)
             await asyncio.sleep(self.settings.evaluation_interval_s)
 
 
@@ -118,7 +122,8 @@ class MonitorService:
         self.core = MonitorCore(settings, rules or load_rules(settings.rules_path))
         self.http = HttpServer(self.core)
         self.redis: aioredis.Redis | None = None
-        self._tasks: list[asyncio.Task] = []
+        self.supervisor = Supervisor("monitor")
+        self.core.report_failure = self.supervisor.count
 
     @property
     def http_port(self) -> int:
@@ -137,12 +142,12 @@ class MonitorService:
         log.info(
             "http serving", address=f"{self.settings.http_host}:{port}", rules=len(self.core.rules.rules)
         )
-        self._tasks.append(asyncio.create_task(self.core.evaluate_forever()))
+        self.supervisor.spawn("evaluation", self.core.evaluate_forever)
         if self.settings.registry_poll_s > 0:
             self.redis = redis_client.connect(self.settings.redis_url, socket_timeout=2, connect_timeout=1)
             await check_credentials(self.redis, self.settings.redis_url)
             probe = RegistryProbe(self.redis, self.core.store, tuple(self.settings.models))
-            self._tasks.append(asyncio.create_task(self._poll_registry(probe)))
+            self.supervisor.spawn("registry", functools.partial(self._poll_registry, probe))
             if self.core.rules.rollouts:
                 self.core.rollouts = RolloutGuard(
                     self.core.rules.rollouts, self.core.store, ModelRegistry(self.redis)
@@ -155,12 +160,7 @@ class MonitorService:
 
     async def drain(self) -> None:
         """Nothing in flight to hand back; stop the periodic work."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self.supervisor.stop()
 
     async def close(self) -> None:
         await self.drain()

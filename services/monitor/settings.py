@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from llmserve.common.settings import ServiceSettings
+from llmserve.common.settings import ServiceSettings, StrList
 
 from .autoscale import ScalingTargets
 from .rules import default_rules_path
@@ -38,8 +38,9 @@ class MonitorSettings(ServiceSettings):
         description="How often the worker registry in Redis is read; 0: never, and traffic "
         "splits are not watched either (no automatic rollback).",
     )
-    models: list[str] = Field(
-        default_factory=list, description="Models expected to be served (worker-down alerts cover them)."
+    models: StrList = Field(
+        default_factory=list, description="Models expected to be served (worker-down alerts cover them); "
+        "`a,b` or a JSON list."
     )
     max_traces: int = Field(2000, ge=1, description="Traces held for GetTrace (least recent evicted).")
     resolved_retention_s: float = Field(3600.0, ge=0, description="How long resolved alerts stay listed.")
@@ -52,13 +53,6 @@ class MonitorSettings(ServiceSettings):
     target_ttft_p99_s: float = Field(2.0, gt=0, description="Autoscaling: TTFT p99 target.")
     min_workers: int = Field(1, ge=0, description="Autoscaling: lower bound of the recommendation.")
     max_workers: int = Field(64, ge=1, description="Autoscaling: upper bound of the recommendation.")
-
-    @field_validator("models", mode="before")
-    @classmethod
-    def _split_commas(cls, value):
-        if isinstance(value, str) and not value.strip().startswith("["):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
     @property
     def scaling_targets(self) -> ScalingTargets:

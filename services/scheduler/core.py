@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 import redis.asyncio as aioredis
@@ -14,12 +15,13 @@ from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger, request_context, trace_id_of
 from llmserve.common.metrics import SchedulerMetrics
 from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending, reclaim_stale
+from llmserve.common.supervise import Supervisor
 from llmserve.common.telemetry import extract_context
 from llmserve.common.tokensink.client import OutChunk, SinkClient
 from llmserve.common.v1 import work_pb2
 from llmserve.common.workers import registry_snapshot
 
-from .dispatch import CANCELLED, DISPATCHED, Dispatcher
+from .dispatch import CANCELLED, DISPATCHED, WORKER_GONE, Dispatcher
 from .placement import Placement
 from .recovery import WorkerRecovery
 from .redis_liveness import RedisLiveness
@@ -52,8 +54,9 @@ def _log_context(p: Pending):
 
 
 class SchedulerCore:
-    def __init__(self, settings: SchedulerSettings, redis: aioredis.Redis):
+    def __init__(self, settings: SchedulerSettings, redis: aioredis.Redis, supervisor: Supervisor | None = None):
         self.settings = settings
+        self.supervisor = supervisor or Supervisor("scheduler")
         self.redis = redis
         self.waiting = WaitingQueue(settings.tenant_weights)
         self.placement = Placement(settings.max_worker_backlog)
@@ -62,7 +65,6 @@ class SchedulerCore:
                                auth=InternalAuth.from_settings(settings, "scheduler", settings.scheduler_id))
         self.recovery = WorkerRecovery(redis, self.sink, settings.scheduler_id,
                                        max_attempts=settings.max_attempts)
-        self._recovery_task: asyncio.Task | None = None
         self.liveness = RedisLiveness(redis, settings.redis_restart_grace_ms / 1000)
         self.dispatched = 0
         self.metrics = SchedulerMetrics()
@@ -113,10 +115,10 @@ class SchedulerCore:
         self.metrics.set_workers({m: sum(m in w.models for w in serving) for m in self.placement.models()},
                                  live=len(serving), draining=len(live) - len(serving))
         self._record_queue_depth()
-        if dead and (self._recovery_task is None or self._recovery_task.done()) \
-                and await self.liveness.heartbeats_trusted():
+        if dead and not self.supervisor.running("recovery") and await self.liveness.heartbeats_trusted():
             # In the background: fencing asks gateways, and dispatch must not wait for that.
-            self._recovery_task = asyncio.create_task(self.recovery.recover(dead))
+            # Restarted after a failure: every move is guarded, so a second pass moves nothing twice.
+            self.supervisor.spawn("recovery", functools.partial(self.recovery.recover, dead))
         models = set(self.settings.models) | self.placement.models()
         for model in models:
             stream = keys.request_stream(model)
@@ -171,6 +173,9 @@ class SchedulerCore:
                         log.info("dispatched", worker=worker.worker_id, waited_s=round(waited, 4))
                     elif result == CANCELLED:
                         self._notify(p, "cancelled")
+                    elif result == WORKER_GONE:  # its heartbeat ended since our last registry read
+                        self.waiting.push(p)
+                        self.placement.forget(worker.worker_id)
                 progress = True
                 break  # the order changed: start again from the best candidate
 
@@ -195,6 +200,4 @@ class SchedulerCore:
         self.sink.send(p.reply_to, [OutChunk(p.request_id, p.attempt, 0, [], "", outcome=outcome)])
 
     async def close(self) -> None:
-        if self._recovery_task:
-            self._recovery_task.cancel()
         await self.sink.close()

@@ -9,9 +9,12 @@ from llmserve.common.streams import ensure_group
 
 from .waiting import Pending
 
-# Ack first: if another scheduler already handed this entry over (it reclaimed it from us),
-# XACK returns 0 and nothing is dispatched twice. A cancelled request is dropped here.
+# Only to a worker whose heartbeat is alive: recovery acts once it expired, so a peer's stale
+# registry view can never place work on a worker already declared dead (-2, the entry stays
+# held). Then ack: if another scheduler already handed this entry over (it reclaimed it from
+# us), XACK returns 0 and nothing is dispatched twice. A cancelled request is dropped here.
 _DISPATCH = """
+if redis.call('EXISTS', KEYS[5]) == 0 then return -2 end
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return -1 end
 redis.call('XDEL', KEYS[1], ARGV[2])
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
@@ -27,7 +30,7 @@ redis.call('HSET', KEYS[2], 'state', ARGV[3])
 return 1
 """
 
-DISPATCHED, CANCELLED, TAKEN_ELSEWHERE = 1, 0, -1
+DISPATCHED, CANCELLED, TAKEN_ELSEWHERE, WORKER_GONE = 1, 0, -1, -2
 
 
 class Dispatcher:
@@ -43,7 +46,8 @@ class Dispatcher:
             await ensure_group(self.redis, stream, keys.WORKER_GROUP)
             self._worker_groups.add(stream)
         return await self._dispatch(
-            keys=[p.stream, stream, keys.request_key(p.request_id), keys.cancel_key(p.request_id)],
+            keys=[p.stream, stream, keys.request_key(p.request_id), keys.cancel_key(p.request_id),
+                  keys.heartbeat_key(worker_id)],
             args=[keys.SCHEDULER_GROUP, p.entry_id, p.payload, worker_id, p.attempt],
         )
 

@@ -39,6 +39,11 @@ class Placement:
                 continue
             self._reserved[worker_id] = [r for r in self._reserved[worker_id] if r.at_unix_ms > worker.sent_unix_ms]
 
+    def forget(self, worker_id: str) -> None:
+        """Place nothing more on `worker_id` until a registry read shows it alive again."""
+        self.workers.pop(worker_id, None)
+        self._reserved.pop(worker_id, None)
+
     def models(self) -> set[str]:
         return {m for w in self.workers.values() for m in w.models}
 

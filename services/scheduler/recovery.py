@@ -7,6 +7,12 @@ the client already received, and re-enqueues the request to resume right after i
 that has killed `max_attempts` workers goes to the dead-letter stream and its client gets an
 error. Fencing and the atomic move are `llmserve.common.tokensink.handoff`, shared with a worker's
 forced unload, so a request is never run twice nor lost.
+
+Attempts count real deaths: an entry the dead worker never read (dispatched just before its
+heartbeat expired) goes back to its queue with its attempt unchanged, in one script that
+checks the worker group's pending list, so only requests a worker actually held cost one.
+Every move is guarded by XDEL, so recovering the same worker twice (a peer, a restarted
+recovery task) moves nothing twice.
 """
 
 from __future__ import annotations
@@ -22,6 +28,17 @@ from llmserve.common.v1 import work_pb2
 
 log = get_logger(__name__)
 
+# Never read by the worker (not in its group's pending list): back to the queue, same attempt.
+_RETURN_UNREAD = """
+local ok, pending = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[3], ARGV[1], ARGV[1], 1)
+if not ok or #pending > 0 then return -1 end
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'data', ARGV[2])
+redis.call('HSET', KEYS[3], 'state', 'requeued', 'worker', '')
+return 1
+"""
+UNREAD_RETURNED, MOVED_ELSEWHERE, WAS_READ = 1, 0, -1
+
 
 class WorkerRecovery:
     def __init__(self, redis: aioredis.Redis, sink: SinkClient, owner: str, *, max_attempts: int = 3,
@@ -32,6 +49,7 @@ class WorkerRecovery:
         self.max_attempts = max_attempts
         self.lock_ms = lock_ms
         self.handoff = Handoff(redis, sink)
+        self._return_unread = redis.register_script(_RETURN_UNREAD)
         self.recovered = 0
 
     async def recover(self, dead_worker_ids: list[str]) -> None:
@@ -50,7 +68,8 @@ class WorkerRecovery:
         if entries:
             log.warning("recovering work of a dead worker", worker_id=worker_id, requests=len(entries))
         for entry_id, fields in entries:
-            await self._recover_entry(stream, entry_id, work_pb2.WorkItem.FromString(fields[PAYLOAD_FIELD.encode()]))
+            payload = fields[PAYLOAD_FIELD.encode()]
+            await self._recover_entry(stream, entry_id, payload, work_pb2.WorkItem.FromString(payload))
         if await self.redis.xlen(stream) == 0:
             # Nothing left: forget the worker (a stalled one re-registers with its next heartbeat).
             pipe = self.redis.pipeline(transaction=True)
@@ -58,6 +77,16 @@ class WorkerRecovery:
             pipe.delete(stream)
             await pipe.execute()
 
-    async def _recover_entry(self, stream: str, entry_id, item: work_pb2.WorkItem) -> None:
+    async def _recover_entry(self, stream: str, entry_id, payload: bytes, item: work_pb2.WorkItem) -> None:
+        unread = await self._return_unread(
+            keys=[stream, keys.request_stream(item.model), keys.request_key(item.request_id)],
+            args=[entry_id, payload, keys.WORKER_GROUP])
+        if unread == UNREAD_RETURNED:
+            log.info("request the dead worker never read requeued", request_id=item.request_id,
+                     attempt=item.attempt)
+            self.recovered += 1
+            return
+        if unread == MOVED_ELSEWHERE:
+            return
         if await self.handoff.resume_elsewhere(stream, entry_id, item, self.max_attempts) == REQUEUED:
             self.recovered += 1

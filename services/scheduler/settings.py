@@ -31,7 +31,9 @@ class SchedulerSettings(ServiceSettings):
         64, ge=1, description="Requests a worker may have waiting before more are held here."
     )
     reclaim_idle_ms: int = Field(
-        30_000, ge=1000, description="Entries held this long by another (dead) scheduler are taken over."
+        3_000, ge=1000, description="Entries held this long by another (dead) scheduler are taken over. "
+        "A live scheduler refreshes what it holds every third of this, so a dead one's work moves within "
+        "about 4/3 of it; a peer that steals from a stalled one is harmless (dispatch acks once)."
     )
     redis_restart_grace_ms: int = Field(
         5_000, ge=0, description="After Redis restarts or fails over, missing worker heartbeats are not "

@@ -41,6 +41,7 @@ class WorkerService:
         self.redis = redis_client.connect(settings.redis_url, socket_timeout=5, connect_timeout=2)
         self.runtime = WorkerRuntime(settings, self.redis, models)
         self.admin = ModelAdmin(self.runtime, settings)
+        self.supervisor = self.runtime.supervisor  # its fatal failures stop the server (GrpcApp)
 
     def register(self, server) -> None:
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(
@@ -54,6 +55,9 @@ class WorkerService:
 
     async def drain(self) -> None:
         await self.runtime.drain()
+
+    async def fail(self) -> None:
+        await self.runtime.fail()
 
     async def close(self) -> None:
         await self.runtime.close()

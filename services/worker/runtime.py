@@ -18,11 +18,12 @@ from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import WorkerMetrics
 from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending
+from llmserve.common.supervise import Supervisor
 from llmserve.common.telemetry import extract_context
 from llmserve.common.tokensink.client import OutChunk, SinkClient
 from llmserve.common.tokensink.handoff import Handoff
 from llmserve.common.v1 import work_pb2
-from llmserve.common.workers import WorkerLoad, publish_heartbeat, withdraw
+from llmserve.common.workers import WorkerLoad, expire_heartbeat, publish_heartbeat, withdraw
 
 from .active import Active, engine_request, log_context, outcome_of
 from .engine.types import TokenOutput
@@ -50,13 +51,20 @@ class WorkerRuntime:
         self.address = ""
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: list[asyncio.Task] = []
+        self.supervisor = Supervisor("worker")
+        self.failed = False
         self._to_ack: list[str] = []
+        # Request ids released here whose engine sequence has not finished yet, and the newer
+        # attempt of each that waits for it (the engine holds one sequence per request id).
+        self._retiring: dict[str, int] = {}  # request id -> the attempt released
+        self._deferred: dict[str, tuple[StreamEntry, work_pb2.WorkItem, ServedModel]] = {}
+        self._hand_backs: set[asyncio.Future] = set()
         self.metrics = WorkerMetrics(settings.worker_id)
 
     async def start(self, address: str) -> None:
         self.address = address
         self._loop = asyncio.get_running_loop()
+        self.supervisor.watch(self._loop)
         for model in self.models.all():
             self.start_model(model)
         await ensure_group(self.redis, self.stream, keys.WORKER_GROUP)
@@ -64,15 +72,21 @@ class WorkerRuntime:
         await self._admit(await read_own_pending(self.redis, keys.WORKER_GROUP, self.settings.worker_id,
                                                  self.stream))
         await self._heartbeat()
-        self._tasks = [asyncio.create_task(self._intake_loop()), asyncio.create_task(self._heartbeat_loop())]
+        # A dead intake leaves a worker that heartbeats but never reads: fatal. A heartbeat is
+        # only a write; restarting it loses nothing.
+        self.supervisor.spawn("intake", self._intake_loop, "fatal")
+        self.supervisor.spawn("heartbeat", self._heartbeat_loop, "restart")
 
     def start_model(self, model: ServedModel) -> None:
         """Give a model its own step thread (at start, or once a LoadModel finished)."""
         if self._loop is None:
             return  # not started yet: start() gives every model its thread
         self.metrics.model_started(model.served_id)
+        name = f"engine-{model.served_id}"
         model.thread = EngineThread(model.engine, self._loop, self._publish,
-                                    functools.partial(self._record_step, model), name=f"engine-{model.served_id}")
+                                    functools.partial(self._record_step, model), name=name,
+                                    on_failure=functools.partial(self.supervisor.fail_threadsafe, name),
+                                    fail_step_after=self.settings.fail_step_after)
         model.thread.start()
 
     def cancel(self, request_id: str) -> bool:
@@ -96,6 +110,7 @@ class WorkerRuntime:
         active = self.active.pop(request_id)
         model = self.models.find(active.model)
         if model is not None:
+            self._retiring[request_id] = active.attempt
             model.engine.abort_request(request_id)
             model.thread and model.thread.wake()
         active.span.set_attribute("llmserve.finish_reason", "handed_off")
@@ -177,6 +192,8 @@ class WorkerRuntime:
                     log.info("handed back work for a model not served here", request_id=item.request_id,
                              model=item.model)
                 continue
+            if not self._admit_duplicate(entry, item, model):
+                continue
             self._start(entry, item, model)
             woken[model.served_id] = model
             started.append(item.request_id)
@@ -190,6 +207,48 @@ class WorkerRuntime:
             for request_id, flag in zip(started, flags, strict=True):
                 if flag is not None:
                     self.cancel(request_id)
+
+    def _admit_duplicate(self, entry: StreamEntry, item: work_pb2.WorkItem, model: ServedModel) -> bool:
+        """True if `item` may start now. A second delivery of a request held here (a Redis
+        restart, a copied entry) is acknowledged and dropped when its attempt is not newer; a
+        newer attempt replaces the old sequence, and starts once the engine has let it go."""
+        rid = item.request_id
+        held = self.active.get(rid)
+        if held is None and rid not in self._retiring:
+            return True
+        newest = held.attempt if held is not None else self._retiring[rid]
+        if rid in self._deferred:
+            newest = max(newest, self._deferred[rid][1].attempt)
+        if item.attempt <= newest:
+            if held is None or entry.entry_id != held.entry_id:
+                log.warning("duplicate delivery ignored", request_id=rid, attempt=item.attempt,
+                            held_attempt=newest)
+                self._to_ack.append(entry.entry_id)
+            return False
+        if held is not None:
+            log.warning("newer attempt replaces the one held here", request_id=rid, attempt=item.attempt,
+                        held_attempt=held.attempt)
+            self._to_ack.append(self._release(rid).entry_id)
+        superseded = self._deferred.pop(rid, None)
+        if superseded is not None:
+            self._to_ack.append(superseded[0].entry_id)
+        self._deferred[rid] = (entry, item, model)
+        return False
+
+    def _start_deferred(self, request_id: str) -> None:
+        """The engine let go of `request_id`: start the attempt that waited for it."""
+        self._retiring.pop(request_id, None)
+        waiting = self._deferred.pop(request_id, None)
+        if waiting is None:
+            return
+        entry, item, model = waiting
+        if self.models.serving(model.served_id) is not model:  # unloaded meanwhile: the queue takes it
+            task = asyncio.ensure_future(self.handoff.hand_back(self.stream, entry.entry_id, item, entry.payload))
+            self._hand_backs.add(task)
+            task.add_done_callback(self._hand_backs.discard)
+            return
+        self._start(entry, item, model)
+        model.thread and model.thread.wake()
 
     def _refuse(self, entry: StreamEntry, item: work_pb2.WorkItem, outcome: str) -> None:
         self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt, len(item.resume_token_ids), [], "",
@@ -218,6 +277,8 @@ class WorkerRuntime:
         for out in outputs:
             active = self.active.get(out.request_id)
             if active is None:
+                if out.finished and out.request_id in self._retiring:
+                    self._start_deferred(out.request_id)
                 continue
             text, active.owed_text = active.owed_text + out.text, ""
             outcome = outcome_of(out, active)
@@ -256,6 +317,8 @@ class WorkerRuntime:
             raise
 
     async def _heartbeat(self) -> None:
+        if self.failed:  # out of service for good: recovery is moving our work
+            return
         load = self.load()
         for served_id, m in load.model_loads.items():
             self.metrics.set_kv_blocks(served_id, m.total_kv_blocks - m.free_kv_blocks, m.free_kv_blocks)
@@ -278,15 +341,29 @@ class WorkerRuntime:
             await asyncio.sleep(0.02)
         await self._flush_acks()
 
+    async def fail(self) -> None:
+        """A fatal failure (an engine or the intake died): take no more work and leave what is
+        held here to the schedulers' recovery, which resumes each request on another worker
+        from what its client has (and dead-letters one that keeps killing workers). Deleting
+        the heartbeat, not the registration, is what makes this worker dead to them at once."""
+        self.failed = self.draining = True
+        await self.supervisor.stop()
+        for model in self.models.all():
+            model.serving = False
+        try:
+            await expire_heartbeat(self.redis, self.settings.worker_id)
+        except RedisError as e:  # it expires by its TTL instead
+            log.warning("could not withdraw the heartbeat", error=type(e).__name__)
+
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        await self.supervisor.stop()
         for model in self.models.all():
             model.thread and model.thread.stop()
         await self.sink.close()
         try:
             await self._flush_acks()
-            if not self.active:  # leftovers stay registered so the scheduler recovers them
+            # Leftovers (and everything after a failure) stay registered for recovery.
+            if not self.active and not self.failed:
                 await withdraw(self.redis, self.settings.worker_id)
         except RedisError:
             pass

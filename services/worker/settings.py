@@ -62,3 +62,6 @@ class WorkerSettings(ServiceSettings):
         "empty: only built-in names and registry references. The models of `models`/`model` at start are "
         "not limited.",
     )
+    fail_step_after: int | None = Field(
+        None, ge=0, description="Test hook, off when unset: every engine's step raises once it has run this "
+        "many steps, to exercise the engine-failure path (NOT_SERVING, hand-over, exit 1).")

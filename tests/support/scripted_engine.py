@@ -17,7 +17,8 @@ class ScriptedEngine:
         self.step_delay_s = step_delay_s
         self._lock = threading.Lock()
         self._running: dict[str, tuple[EngineRequest, int]] = {}
-        self._aborted: set[str] = set()
+        self._aborted: set[str] = set()  # every id ever aborted
+        self._to_abort: set[str] = set()  # aborts of running requests not yet acted on
         self.seen: list[str] = []  # request ids in admission order
 
     def add_request(self, request: EngineRequest) -> None:
@@ -28,6 +29,8 @@ class ScriptedEngine:
     def abort_request(self, request_id: str) -> None:
         with self._lock:
             self._aborted.add(request_id)
+            if request_id in self._running:  # unknown ids are ignored, as the interface says
+                self._to_abort.add(request_id)
 
     def has_unfinished(self) -> bool:
         with self._lock:
@@ -43,9 +46,10 @@ class ScriptedEngine:
         outputs = []
         with self._lock:
             for rid, (req, done) in list(self._running.items()):
-                if rid in self._aborted:
+                if rid in self._to_abort:
                     outputs.append(self._out(req, [], done, FinishReason.CANCELLED))
                     del self._running[rid]
+                    self._to_abort.discard(rid)  # the id may be added again (a newer attempt)
                     continue
                 token = (req.prompt_token_ids[-1] + done + 1) % 1000
                 done += 1

@@ -29,6 +29,7 @@ from llmserve.common import redis_client
 from llmserve.common.errors import RateLimited, Unavailable
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import GatewayMetrics
+from llmserve.common.supervise import Supervisor
 
 from ..settings import GatewaySettings
 from . import ratelimit_scripts as scripts
@@ -79,8 +80,13 @@ class RateLimiter:
         self._live: dict[str, Lease] = {}
         self._tasks: list[asyncio.Task] = []
 
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._renew_forever())]
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start the lease renewal (restarted by `supervisor` after a bug). Batches need no
+        long-lived sender: each goes out on its own task (see limiter_sender)."""
+        if supervisor is None:
+            self._tasks = [asyncio.create_task(self._renew_forever())]
+            return
+        self._tasks = [supervisor.spawn("ratelimit-renew", self._renew_forever)]
 
     async def close(self) -> None:
         for task in self._tasks:

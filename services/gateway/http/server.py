@@ -73,8 +73,24 @@ class HttpServer:
         log.info("serving HTTP", address=f"{scheme}://{self.settings.host}:{self.port}")
         return self.port
 
+    async def serve_until_stopped(self) -> None:
+        """Until the server ends; raises if it ended without `stop` (a supervised task)."""
+        if self._task is None:
+            return
+        task = self._task
+        try:
+            await asyncio.shield(task)  # raises what ended it
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # this watcher is being stopped, not the server
+        if not self.server.should_exit:
+            raise RuntimeError("the HTTP server stopped on its own")
+
     async def stop(self) -> None:
         if self._task is None:
+            return
+        if self._task.done():  # it died (a supervised, fatal failure): nothing to stop
+            self._task = None
             return
         self.server.should_exit = True
         try:
