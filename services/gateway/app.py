@@ -18,7 +18,7 @@ from .admission.jwt_auth import JwtVerifier
 from .admission.ratelimit import RateLimiter
 from .generation import GenerationService
 from .http.api import build_app
-from .http.server import HttpServer, grpc_server_credentials
+from .http.server import OpenAIHttpServer, grpc_server_credentials
 from .routing.catalog import ModelCatalog
 from .servicer import GenerationServicer, TokenSinkServicer
 from .settings import GatewaySettings
@@ -60,7 +60,7 @@ class GatewayService:
                                             self.redis, self.limiter)
         #: Read by the gRPC bootstrap: TLS for the public port when certificates are configured.
         self.server_credentials = grpc_server_credentials(settings)
-        self.http = HttpServer(build_app(self.generation), settings)
+        self.http = OpenAIHttpServer(build_app(self.generation), settings)
         self.http_port = 0
         self._internal: grpc.aio.Server | None = None
         self._internal_port = 0

@@ -77,7 +77,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
     async def GenerateStream(self, request, context):
         try:
-            job = await self._admit(request, context)
+            job = await self._job(request, context)
             async for event in self.service.stream(job, context.time_remaining()):
                 if isinstance(event, TokenEvent):
                     yield pb.GenerateStreamResponse(request_id=job.request_id, index=event.index,
@@ -90,7 +90,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
     async def Generate(self, request, context):
         try:
-            job = await self._admit(request, context)
+            job = await self._job(request, context)
             parts: list[str] = []
             async for event in self.service.stream(job, context.time_remaining()):
                 if isinstance(event, TokenEvent):
@@ -105,7 +105,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         models = await self.service.list_models()
         return pb.ListModelsResponse(models=[_model_info(m) for m in models])
 
-    async def _admit(self, request, context):
+    async def _job(self, request, context):
         return await self.service.admit(_authorization(context), params_from_pb(request))
 
 

@@ -22,7 +22,7 @@ from llmserve.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 
 from .alerts import AlertEngine, Notification, Silence
 from .channels import Notifier
-from .http_server import HttpServer
+from .http_server import DashboardHttpServer
 from .otlp import SERVICE_NAMES as OTLP_SERVICE_NAMES
 from .otlp import MetricsIngest, OtlpMetricsServicer, OtlpTraceServicer
 from .prometheus import StoreCollector, make_registry
@@ -111,7 +111,7 @@ class MonitorService:
     def __init__(self, settings: MonitorSettings, rules: RuleSet | None = None):
         self.settings = settings
         self.core = MonitorCore(settings, rules or load_rules(settings.rules_path))
-        self.http = HttpServer(self.core)
+        self.http = DashboardHttpServer(self.core)
         self.redis: aioredis.Redis | None = None
         self._tasks: list[asyncio.Task] = []
 

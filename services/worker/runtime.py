@@ -58,7 +58,7 @@ class WorkerRuntime:
             self.start_model(model)
         await ensure_group(self.redis, self.stream, keys.WORKER_GROUP)
         # Requests read before a restart and never finished are ours to run again.
-        await self._admit(await read_own_pending(self.redis, keys.WORKER_GROUP, self.settings.worker_id,
+        await self._take(await read_own_pending(self.redis, keys.WORKER_GROUP, self.settings.worker_id,
                                                  self.stream))
         await self._heartbeat()
         self._tasks = [asyncio.create_task(self._intake_loop()), asyncio.create_task(self._heartbeat_loop())]
@@ -146,7 +146,7 @@ class WorkerRuntime:
                     continue
                 entries = await read_group(self.redis, keys.WORKER_GROUP, self.settings.worker_id,
                                            [self.stream], count=room, block_ms=50)
-                await self._admit(entries)
+                await self._take(entries)
                 await self._flush_acks()
             except RedisError as e:
                 if "NOGROUP" in str(e):  # Redis came back empty: recreate our group
@@ -155,7 +155,7 @@ class WorkerRuntime:
                 log.warning("redis unavailable; retrying", error=type(e).__name__)
                 await asyncio.sleep(0.2)
 
-    async def _admit(self, entries: list[StreamEntry]) -> None:
+    async def _take(self, entries: list[StreamEntry]) -> None:
         if not entries:
             return
         now_ms = time.time() * 1000

@@ -64,7 +64,7 @@ def test_preemption_with_tiny_kv_completes_everything(make_engine, prompt_ids, g
     engine = make_engine(num_kv_blocks=14, enable_prefix_caching=False)
     reqs = _requests(prompt_ids[:8], greedy(), prefix="p")
     res = run_engine(engine, reqs)
-    assert engine.scheduler.num_preemptions > 0
+    assert engine.batch_scheduler.num_preemptions > 0
     for i, req in enumerate(reqs):
         assert tokens_of(res[req.request_id]) == greedy_refs[i], f"prompt {i}"
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
