@@ -1,7 +1,8 @@
 """The one gRPC server bootstrap every service uses.
 
-It adds grpc.health.v1 and reflection, applies keepalive and message-size limits, and
-shuts down in the order that loses nothing: health NOT_SERVING -> the service drains
+It adds grpc.health.v1 and reflection, applies keepalive and message-size limits, puts every
+RPC on the one error path (`rpc_errors`: domain errors -> their status, bugs -> INTERNAL with a
+request id, undecodable requests -> INVALID_ARGUMENT), and shuts down in the order that loses nothing: health NOT_SERVING -> the service drains
 in-flight work (bounded by settings.drain_seconds) -> server.stop(grace) -> close.
 Tests use `GrpcApp` as an async context manager on port 0.
 """
@@ -19,6 +20,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from .logging import get_logger
+from .rpc_errors import ErrorInterceptor
 from .settings import ServiceSettings
 
 log = get_logger(__name__)
@@ -65,7 +67,7 @@ class GrpcApp:
         # TLS for the port: given here, or offered by the service as `server_credentials`.
         self.credentials = credentials or getattr(service, "server_credentials", None)
         self.health = HealthServicer()
-        self.server = grpc.aio.server(options=server_options(settings))
+        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=server_options(settings))
         self.port = 0
         self._stopped = asyncio.Event()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from opentelemetry import trace
@@ -12,6 +13,7 @@ from redis.exceptions import RedisError
 from llmserve.common import redis_keys as keys
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import SchedulerMetrics
+from llmserve.common.outcome import Outcome
 from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending, reclaim_stale
 from llmserve.common.telemetry import extract_context
 from llmserve.common.tokensink.client import OutChunk, SinkClient
@@ -26,6 +28,15 @@ from .waiting import Pending, WaitingQueue
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer("llmserve.scheduler")
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """One model's queue as this scheduler sees it."""
+
+    model: str
+    waiting: int  # entries in its request stream
+    workers: int  # live workers serving the model
 
 
 def pending_from_entry(entry: StreamEntry) -> Pending:
@@ -92,6 +103,16 @@ class SchedulerCore:
         """The request streams this scheduler reads, sorted (a copy: safe to iterate across awaits)."""
         return sorted(self._streams)
 
+    async def queue_stats(self) -> list[QueueStats]:
+        """Depth and live workers of every model queue this scheduler reads."""
+        queues = []
+        for stream in self.streams:
+            model = stream.removeprefix(keys.request_stream(""))
+            depth = await self.redis.xlen(stream)
+            workers = sum(1 for w in self.placement.workers.values() if model in w.models)
+            queues.append(QueueStats(model, depth, workers))
+        return queues
+
     async def _refresh(self) -> None:
         live, dead = await registry_snapshot(self.redis)
         self.placement.update(live)
@@ -132,7 +153,7 @@ class SchedulerCore:
         now_ms = int(time.time() * 1000)
         for p in self.waiting.remove_where(lambda p: 0 < p.deadline_unix_ms <= now_ms):
             if await self.dispatcher.drop(p, "expired"):
-                self._notify(p, "deadline")
+                self._notify(p, Outcome.DEADLINE_EXCEEDED)
         blocked_models: set[str] = set()
         progress = True
         while progress:
@@ -153,7 +174,7 @@ class SchedulerCore:
                     self.metrics.dispatched(p.model, p.priority, waited)
                     self._trace_dispatch(p, worker.worker_id)
                 elif result == CANCELLED:
-                    self._notify(p, "cancelled")
+                    self._notify(p, Outcome.CANCELLED)
                 progress = True
                 break  # the order changed: start again from the best candidate
 
@@ -172,8 +193,8 @@ class SchedulerCore:
         for (model, priority), n in depth.items():
             self.metrics.set_queue_depth(model, priority, n)
 
-    def _notify(self, p: Pending, outcome: str) -> None:
-        log.info("request dropped before dispatch", request_id=p.request_id, outcome=outcome)
+    def _notify(self, p: Pending, outcome: Outcome) -> None:
+        log.info("request dropped before dispatch", request_id=p.request_id, outcome=outcome.value)
         self.sink.send(p.reply_to, [OutChunk(p.request_id, p.attempt, 0, [], "", outcome=outcome)])
 
     async def close(self) -> None:

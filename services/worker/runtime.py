@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from llmserve.common import redis_keys as keys
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import WorkerMetrics
+from llmserve.common.outcome import Outcome
 from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending
 from llmserve.common.telemetry import extract_context
 from llmserve.common.tokensink.client import OutChunk, SinkClient
@@ -23,7 +24,7 @@ from llmserve.common.tokensink.handoff import Handoff
 from llmserve.common.v1 import work_pb2
 from llmserve.common.workers import WorkerLoad, publish_heartbeat, withdraw
 
-from .active import Active, engine_request, outcome_of
+from .active import Active, engine_request
 from .engine.types import TokenOutput
 from .engine_thread import EngineThread
 from .resume import owed_text
@@ -104,7 +105,7 @@ class WorkerRuntime:
             return await self.handoff.resume_elsewhere(self.stream, active.entry_id, item)
         except RedisError as e:  # it cannot move: tell the client to retry rather than leave it waiting
             log.warning("hand-off failed", request_id=item.request_id, error=type(e).__name__)
-            self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt + 1, 0, [], "", outcome="error",
+            self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt + 1, 0, [], "", outcome=Outcome.ERROR,
                                                     error=f"{item.model} was unloaded and the request could not "
                                                           f"be moved to another worker; retry it")])  # fmt: skip
             return HAND_OFF_FAILED
@@ -164,7 +165,7 @@ class WorkerRuntime:
         for entry in entries:
             item = work_pb2.WorkItem.FromString(entry.payload)
             if 0 < item.deadline_unix_ms <= now_ms:
-                self._refuse(entry, item, "deadline")
+                self._refuse(entry, item, Outcome.DEADLINE_EXCEEDED)
                 continue
             model = self.models.serving(item.model)
             if model is None:  # placed from a stale heartbeat: never taken, never dropped
@@ -186,7 +187,7 @@ class WorkerRuntime:
                 if flag is not None:
                     self.cancel(request_id)
 
-    def _refuse(self, entry: StreamEntry, item: work_pb2.WorkItem, outcome: str) -> None:
+    def _refuse(self, entry: StreamEntry, item: work_pb2.WorkItem, outcome: Outcome) -> None:
         self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt, len(item.resume_token_ids), [], "",
                                                 outcome=outcome)])
         self._to_ack.append(entry.entry_id)
@@ -212,7 +213,7 @@ class WorkerRuntime:
             if active is None:
                 continue
             text, active.owed_text = active.owed_text + out.text, ""
-            outcome = outcome_of(out, active)
+            outcome = out.finish_reason or Outcome.UNSPECIFIED
             by_gateway[active.reply_to].append(OutChunk(
                 out.request_id, active.attempt, out.index, out.token_ids, text,
                 outcome=outcome, prompt_tokens=out.prompt_tokens,

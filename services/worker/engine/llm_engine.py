@@ -173,7 +173,7 @@ class LLMEngine:
         now = time.time()
         expired = [s for s in self._live.values() if s.deadline is not None and s.deadline <= now]
         for seq in expired:
-            self._finish(seq, FinishReason.CANCELLED, outputs)
+            self._finish(seq, FinishReason.DEADLINE_EXCEEDED, outputs)
 
     def _append_token(self, seq: Sequence, token: int, outputs: list[TokenOutput]) -> None:
         seq.append_token(token)
