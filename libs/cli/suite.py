@@ -28,10 +28,11 @@ class Ports:
     worker: int = 50053
     monitor: int = 50054
     monitor_http: int = 9464
+    gateway_internal: int = 50055  # the token sink workers stream to (never the public port)
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(6)))
+        return cls(*(free_port() for _ in range(7)))
 
 
 @dataclass
@@ -73,6 +74,7 @@ class LocalSuite:
             "REDIS_URL": self.redis_url or "",
             "LLMSERVE_GATEWAY_PORT": str(self.ports.gateway),
             "LLMSERVE_GATEWAY_HTTP_PORT": str(self.ports.http),
+            "LLMSERVE_GATEWAY_INTERNAL_PORT": str(self.ports.gateway_internal),
             "LLMSERVE_GATEWAY_API_KEYS": f"dev={self.api_key}",
             "LLMSERVE_SCHEDULER_PORT": str(self.ports.scheduler),
             "LLMSERVE_WORKER_PORT": str(self.ports.worker),

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import redis.asyncio as aioredis
 
 from llmserve.common.logging import get_logger
-from llmserve.common.server import server_options
+from llmserve.common.server import ExtraPort, Service
 from llmserve.common.tokensink.v1 import token_sink_pb2, token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2, generation_pb2_grpc
 
@@ -28,18 +27,15 @@ from .streams.request_queue import RequestQueue
 log = get_logger(__name__)
 
 
-class GatewayService:
+class GatewayService(Service):
     """The gateway as a `llmserve.common.server.Service`.
 
-    With TLS configured the public port carries only GenerationService; the workers' token
-    sink then listens on a separate plaintext internal port (`internal_port`), since
-    workers are inside the deployment and hold no client certificates.
+    The public port (TLS when configured) serves only GenerationService. The workers' token
+    sink always listens on its own internal port (`internal_port`), never on the public one,
+    with health and reflection of its own like every port.
     """
 
-    service_names = (
-        generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name,
-        token_sink_pb2.DESCRIPTOR.services_by_name["TokenSinkService"].full_name,
-    )
+    service_names = (generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name,)
 
     def __init__(self, settings: GatewaySettings, catalog: ModelCatalog | None = None):
         self.settings = settings
@@ -62,24 +58,28 @@ class GatewayService:
         self.server_credentials = grpc_server_credentials(settings)
         self.http = OpenAIHttpServer(build_app(self.generation), settings)
         self.http_port = 0
-        self._internal: grpc.aio.Server | None = None
-        self._internal_port = 0
+        self.token_sink = ExtraPort(
+            "internal", f"{settings.host}:{settings.internal_port}",
+            (token_sink_pb2.DESCRIPTOR.services_by_name["TokenSinkService"].full_name,),
+            self._register_token_sink,
+        )
+
+    def extra_ports(self) -> list[ExtraPort]:
+        return [self.token_sink]
 
     def register(self, server) -> None:
         generation_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(self.generation), server)
-        sink_server = server
-        if self.server_credentials is not None:
-            sink_server = self._internal = grpc.aio.server(options=server_options(self.settings))
-            self._internal_port = self._internal.add_insecure_port(
-                f"{self.settings.host}:{self.settings.internal_port}")
-        token_sink_pb2_grpc.add_TokenSinkServiceServicer_to_server(TokenSinkServicer(self.inflight), sink_server)
+
+    def _register_token_sink(self, server) -> None:
+        token_sink_pb2_grpc.add_TokenSinkServiceServicer_to_server(TokenSinkServicer(self.inflight), server)
+
+    @property
+    def internal_address(self) -> str:
+        """Where workers and schedulers reach this gateway's token sink (each request's reply_to)."""
+        return f"{self.settings.advertise_host or self.settings.host}:{self.token_sink.bound}"
 
     async def start(self, bound_port: int) -> None:
-        sink_port = bound_port
-        if self._internal is not None:
-            await self._internal.start()
-            sink_port = self._internal_port
-        self.queue.reply_to = f"{self.settings.advertise_host or self.settings.host}:{sink_port}"
+        self.queue.reply_to = self.internal_address
         self.limiter.start()
         await self.limiter.warm_up()
         self.http_port = await self.http.start()
@@ -91,7 +91,5 @@ class GatewayService:
 
     async def close(self) -> None:
         await self.http.stop()
-        if self._internal is not None:
-            await self._internal.stop(grace=1.0)
         await self.limiter.close()
         await self.redis.aclose()

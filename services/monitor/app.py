@@ -18,6 +18,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
 from llmserve.common.logging import get_logger
 from llmserve.common.models.registry import ModelRegistry
+from llmserve.common.server import Service
 from llmserve.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 
 from .alerts import AlertEngine, Notification, Silence
@@ -103,7 +104,7 @@ class MonitorCore:
             await asyncio.sleep(self.settings.evaluation_interval_s)
 
 
-class MonitorService:
+class MonitorService(Service):
     """The monitor as a `Service` for the common gRPC bootstrap, plus its HTTP server."""
 
     service_names = (monitor_pb2.DESCRIPTOR.services_by_name["MonitorService"].full_name, *OTLP_SERVICE_NAMES)

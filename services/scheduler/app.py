@@ -7,6 +7,7 @@ import contextlib
 
 import redis.asyncio as aioredis
 
+from llmserve.common.server import Service
 from llmserve.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from .core import SchedulerCore
@@ -14,7 +15,7 @@ from .servicer import SchedulerServicer
 from .settings import SchedulerSettings
 
 
-class SchedulerService:
+class SchedulerService(Service):
     """The scheduler as a `llmserve.common.server.Service`: its loop runs beside the gRPC API."""
 
     service_names = (scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,)

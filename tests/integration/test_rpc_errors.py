@@ -16,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from llmserve.common import errors
-from llmserve.common.server import GrpcApp
+from llmserve.common.server import GrpcApp, Service
 from llmserve.common.settings import ServiceSettings
 from llmserve.gateway.routing.catalog import ModelCatalog
 from llmserve.worker.v1 import worker_pb2
@@ -128,11 +128,10 @@ async def test_an_unexpected_exception_answers_internal_with_a_request_id_logged
             assert not [r for r in caplog.records if r.levelno >= logging.ERROR], method
 
 
-class _Raises:
+class _Raises(Service):
     """A service whose one method raises the domain error its request names."""
 
     service_names = ("test.Errors",)
-    server_credentials = None
 
     def register(self, server) -> None:
         def raise_named(request: bytes, context):
