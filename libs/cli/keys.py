@@ -14,9 +14,8 @@ import sys
 
 import redis.asyncio as aioredis
 
+from llmserve.common.settings import DEFAULT_REDIS_URL
 from llmserve.gateway.admission.api_keys import ApiKeyStore, KeyRecord
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6380/0"
 
 
 async def _with_store(redis_url: str, work):

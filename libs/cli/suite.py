@@ -17,6 +17,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from llmserve.common.settings import DEFAULT_REDIS_PORT
+
 from .redis_server import RedisServer, free_port, port_free
 
 
@@ -52,7 +54,7 @@ class LocalSuite:
 
     ports: Ports = field(default_factory=Ports)
     redis_url: str | None = None
-    redis_port: int = 6380
+    redis_port: int = DEFAULT_REDIS_PORT
     api_key: str = "llmserve-dev-key"
     log_dir: Path = Path(".run/logs")
     env: dict[str, str] = field(default_factory=dict)

@@ -43,6 +43,8 @@ class ExtraPort:
     service_names: tuple[str, ...]  # full names of the gRPC services `register` adds
     register: Callable[[grpc.aio.Server], None]
     credentials: grpc.ServerCredentials | None = None  # None: plaintext
+    #: Run before the error path on this port only (e.g. authentication of internal callers).
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
     bound: int = 0
 
 
@@ -87,11 +89,13 @@ class _Listener:
     """One gRPC server: the interceptors, health and reflection every port has."""
 
     def __init__(self, settings: ServiceSettings, service_names: tuple[str, ...],
-                 register: Callable[[grpc.aio.Server], None]):
+                 register: Callable[[grpc.aio.Server], None],
+                 interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()):
         self.service_names = service_names
         self.register = register
         self.health = HealthServicer()
-        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=server_options(settings))
+        self.server = grpc.aio.server(interceptors=[*interceptors, ErrorInterceptor()],
+                                      options=server_options(settings))
 
     def bind(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
         """Register every servicer, then bind `address`; the bound port."""
@@ -124,7 +128,7 @@ class GrpcApp:
         # TLS for the main port: given here, or offered by the service.
         self.credentials = credentials or service.server_credentials
         self.main = _Listener(settings, service.service_names, service.register)
-        self.extra = [(port, _Listener(settings, port.service_names, port.register))
+        self.extra = [(port, _Listener(settings, port.service_names, port.register, port.interceptors))
                       for port in service.extra_ports()]
         self.health = self.main.health
         self.server = self.main.server
