@@ -14,8 +14,8 @@ import sys
 
 import redis.asyncio as aioredis
 
+from llmserve.common.api_keys import ApiKeyStore, KeyRecord
 from llmserve.common.settings import DEFAULT_REDIS_URL
-from llmserve.gateway.admission.api_keys import ApiKeyStore, KeyRecord
 
 
 async def _with_store(redis_url: str, work):

@@ -6,12 +6,12 @@ import asyncio
 
 import redis.asyncio as aioredis
 
+from llmserve.common.api_keys import ApiKeyStore
 from llmserve.common.logging import get_logger
 from llmserve.common.server import ExtraPort, Service
 from llmserve.common.tokensink.v1 import token_sink_pb2, token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2, generation_pb2_grpc
 
-from .admission.api_keys import ApiKeyStore
 from .admission.auth import Authenticator, StaticKeys
 from .admission.jwt_auth import JwtVerifier
 from .admission.ratelimit import RateLimiter
