@@ -8,13 +8,20 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from opentelemetry import trace
-from redis.exceptions import RedisError
 
 from llmserve.common import redis_keys as keys
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import SchedulerMetrics
 from llmserve.common.outcome import Outcome
-from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending, reclaim_stale
+from llmserve.common.streams import (
+    StreamEntry,
+    consume_forever,
+    ensure_group,
+    past_deadline,
+    read_group,
+    read_own_pending,
+    reclaim_stale,
+)
 from llmserve.common.telemetry import extract_context
 from llmserve.common.tokensink.client import OutChunk, SinkClient
 from llmserve.common.v1 import work_pb2
@@ -69,16 +76,12 @@ class SchedulerCore:
         self._stopping = False
 
     async def run(self) -> None:
-        while not self._stopping:
-            try:
-                await self.run_once()
-            except RedisError as e:
-                if "NOGROUP" in str(e):  # Redis lost its data (restart without persistence)
-                    self._streams.clear()
-                    self.dispatcher.forget_groups()
-                    continue
-                log.warning("redis unavailable; retrying", error=type(e).__name__)
-                await asyncio.sleep(0.2)
+        await consume_forever(self.run_once, lambda: not self._stopping, self._forget_groups)
+
+    async def _forget_groups(self) -> None:
+        # Redis lost its data: every stream's group is made again when next seen.
+        self._streams.clear()
+        self.dispatcher.forget_groups()
 
     async def run_once(self) -> None:
         now = time.monotonic()
@@ -151,7 +154,7 @@ class SchedulerCore:
 
     async def _dispatch_ready(self) -> None:
         now_ms = int(time.time() * 1000)
-        for p in self.waiting.remove_where(lambda p: 0 < p.deadline_unix_ms <= now_ms):
+        for p in self.waiting.remove_where(lambda p: past_deadline(p.deadline_unix_ms, now_ms)):
             if await self.dispatcher.drop(p, "expired"):
                 self._notify(p, Outcome.DEADLINE_EXCEEDED)
         blocked_models: set[str] = set()

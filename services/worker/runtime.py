@@ -17,7 +17,14 @@ from llmserve.common import redis_keys as keys
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import WorkerMetrics
 from llmserve.common.outcome import Outcome
-from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending
+from llmserve.common.streams import (
+    StreamEntry,
+    consume_forever,
+    ensure_group,
+    past_deadline,
+    read_group,
+    read_own_pending,
+)
 from llmserve.common.telemetry import extract_context
 from llmserve.common.tokensink.client import OutChunk, SinkClient
 from llmserve.common.tokensink.handoff import Handoff
@@ -139,22 +146,18 @@ class WorkerRuntime:
         return sum(m.engine.stats().waiting for m in self.models.all())
 
     async def _intake_loop(self) -> None:
-        while not self.draining:
-            try:
-                room = self.settings.max_backlog - self._waiting()
-                if room <= 0:
-                    await asyncio.sleep(0.005)
-                    continue
-                entries = await read_group(self.redis, keys.WORKER_GROUP, self.settings.worker_id,
-                                           [self.stream], count=room, block_ms=50)
-                await self._take(entries)
-                await self._flush_acks()
-            except RedisError as e:
-                if "NOGROUP" in str(e):  # Redis came back empty: recreate our group
-                    await ensure_group(self.redis, self.stream, keys.WORKER_GROUP)
-                    continue
-                log.warning("redis unavailable; retrying", error=type(e).__name__)
-                await asyncio.sleep(0.2)
+        await consume_forever(self._intake_once, lambda: not self.draining,
+                              lambda: ensure_group(self.redis, self.stream, keys.WORKER_GROUP))
+
+    async def _intake_once(self) -> None:
+        room = self.settings.max_backlog - self._waiting()
+        if room <= 0:
+            await asyncio.sleep(0.005)
+            return
+        entries = await read_group(self.redis, keys.WORKER_GROUP, self.settings.worker_id,
+                                   [self.stream], count=room, block_ms=50)
+        await self._take(entries)
+        await self._flush_acks()
 
     async def _take(self, entries: list[StreamEntry]) -> None:
         if not entries:
@@ -164,7 +167,7 @@ class WorkerRuntime:
         started: list[str] = []
         for entry in entries:
             item = work_pb2.WorkItem.FromString(entry.payload)
-            if 0 < item.deadline_unix_ms <= now_ms:
+            if past_deadline(item.deadline_unix_ms, now_ms):
                 self._refuse(entry, item, Outcome.DEADLINE_EXCEEDED)
                 continue
             model = self.models.serving(item.model)
