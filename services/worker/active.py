@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from llmserve.common.v1 import work_pb2
 
-from .engine.types import EngineRequest, FinishReason, SamplingParams, TokenOutput
+from .engine.types import EngineRequest, SamplingParams
 
 
 @dataclass
@@ -39,13 +38,3 @@ def engine_request(item: work_pb2.WorkItem) -> EngineRequest:
         deadline=item.deadline_unix_ms / 1000 if item.deadline_unix_ms else None,
     )
 
-
-def outcome_of(out: TokenOutput, active: Active) -> str:
-    """The sink outcome of an output: "" until it finishes."""
-    if not out.finished:
-        return ""
-    reason = out.finish_reason
-    if reason == FinishReason.CANCELLED and 0 < active.deadline_unix_ms <= time.time() * 1000:
-        return "deadline"
-    return {FinishReason.STOP: "stop", FinishReason.LENGTH: "length",
-            FinishReason.CANCELLED: "cancelled", FinishReason.ERROR: "error"}[reason]

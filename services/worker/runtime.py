@@ -17,14 +17,22 @@ from llmserve.common import redis_keys as keys
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import WorkerMetrics
-from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending
+from llmserve.common.outcome import Outcome
+from llmserve.common.streams import (
+    StreamEntry,
+    consume_forever,
+    ensure_group,
+    past_deadline,
+    read_group,
+    read_own_pending,
+)
 from llmserve.common.telemetry import extract_context
 from llmserve.common.tokensink.client import OutChunk, SinkClient
 from llmserve.common.tokensink.handoff import Handoff
 from llmserve.common.v1 import work_pb2
 from llmserve.common.workers import WorkerLoad, publish_heartbeat, withdraw
 
-from .active import Active, engine_request, outcome_of
+from .active import Active, engine_request
 from .engine.types import TokenOutput
 from .engine_thread import EngineThread
 from .resume import owed_text
@@ -60,7 +68,7 @@ class WorkerRuntime:
             self.start_model(model)
         await ensure_group(self.redis, self.stream, keys.WORKER_GROUP)
         # Requests read before a restart and never finished are ours to run again.
-        await self._admit(await read_own_pending(self.redis, keys.WORKER_GROUP, self.settings.worker_id,
+        await self._take(await read_own_pending(self.redis, keys.WORKER_GROUP, self.settings.worker_id,
                                                  self.stream))
         await self._heartbeat()
         self._tasks = [asyncio.create_task(self._intake_loop()), asyncio.create_task(self._heartbeat_loop())]
@@ -106,7 +114,7 @@ class WorkerRuntime:
             return await self.handoff.resume_elsewhere(self.stream, active.entry_id, item)
         except RedisError as e:  # it cannot move: tell the client to retry rather than leave it waiting
             log.warning("hand-off failed", request_id=item.request_id, error=type(e).__name__)
-            self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt + 1, 0, [], "", outcome="error",
+            self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt + 1, 0, [], "", outcome=Outcome.ERROR,
                                                     error=f"{item.model} was unloaded and the request could not "
                                                           f"be moved to another worker; retry it")])  # fmt: skip
             return HAND_OFF_FAILED
@@ -140,24 +148,20 @@ class WorkerRuntime:
         return sum(m.engine.stats().waiting for m in self.models.all())
 
     async def _intake_loop(self) -> None:
-        while not self.draining:
-            try:
-                room = self.settings.max_backlog - self._waiting()
-                if room <= 0:
-                    await asyncio.sleep(0.005)
-                    continue
-                entries = await read_group(self.redis, keys.WORKER_GROUP, self.settings.worker_id,
-                                           [self.stream], count=room, block_ms=50)
-                await self._admit(entries)
-                await self._flush_acks()
-            except RedisError as e:
-                if "NOGROUP" in str(e):  # Redis came back empty: recreate our group
-                    await ensure_group(self.redis, self.stream, keys.WORKER_GROUP)
-                    continue
-                log.warning("redis unavailable; retrying", error=type(e).__name__)
-                await asyncio.sleep(0.2)
+        await consume_forever(self._intake_once, lambda: not self.draining,
+                              lambda: ensure_group(self.redis, self.stream, keys.WORKER_GROUP))
 
-    async def _admit(self, entries: list[StreamEntry]) -> None:
+    async def _intake_once(self) -> None:
+        room = self.settings.max_backlog - self._waiting()
+        if room <= 0:
+            await asyncio.sleep(0.005)
+            return
+        entries = await read_group(self.redis, keys.WORKER_GROUP, self.settings.worker_id,
+                                   [self.stream], count=room, block_ms=50)
+        await self._take(entries)
+        await self._flush_acks()
+
+    async def _take(self, entries: list[StreamEntry]) -> None:
         if not entries:
             return
         now_ms = time.time() * 1000
@@ -165,8 +169,8 @@ class WorkerRuntime:
         started: list[str] = []
         for entry in entries:
             item = work_pb2.WorkItem.FromString(entry.payload)
-            if 0 < item.deadline_unix_ms <= now_ms:
-                self._refuse(entry, item, "deadline")
+            if past_deadline(item.deadline_unix_ms, now_ms):
+                self._refuse(entry, item, Outcome.DEADLINE_EXCEEDED)
                 continue
             model = self.models.serving(item.model)
             if model is None:  # placed from a stale heartbeat: never taken, never dropped
@@ -188,7 +192,7 @@ class WorkerRuntime:
                 if flag is not None:
                     self.cancel(request_id)
 
-    def _refuse(self, entry: StreamEntry, item: work_pb2.WorkItem, outcome: str) -> None:
+    def _refuse(self, entry: StreamEntry, item: work_pb2.WorkItem, outcome: Outcome) -> None:
         self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt, len(item.resume_token_ids), [], "",
                                                 outcome=outcome)])
         self._to_ack.append(entry.entry_id)
@@ -214,7 +218,7 @@ class WorkerRuntime:
             if active is None:
                 continue
             text, active.owed_text = active.owed_text + out.text, ""
-            outcome = outcome_of(out, active)
+            outcome = out.finish_reason or Outcome.UNSPECIFIED
             by_gateway[active.reply_to].append(OutChunk(
                 out.request_id, active.attempt, out.index, out.token_ids, text,
                 outcome=outcome, prompt_tokens=out.prompt_tokens,

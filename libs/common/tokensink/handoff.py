@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from llmserve.common import redis_keys as keys
 from llmserve.common.logging import get_logger
+from llmserve.common.outcome import Outcome
 from llmserve.common.v1 import work_pb2
 
 from .client import OutChunk, SinkClient, fence
@@ -92,7 +93,7 @@ class Handoff:
                         len(progress.token_ids),
                         [],
                         "",
-                        outcome="error",
+                        outcome=Outcome.ERROR,
                         error=f"the request failed on {max_attempts} workers and was dead-lettered",
                     )
                 ],

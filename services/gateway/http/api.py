@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
-from llmserve.common.errors import RETRY_AFTER_KEY, InvalidArgument, LLMServeError
+from llmserve.common.errors import RETRY_AFTER_KEY, InvalidArgument, LLMServeError, PayloadTooLarge
 from llmserve.common.logging import get_logger
 
 from ..admission.auth import single_authorization
@@ -32,14 +32,8 @@ log = get_logger(__name__)
 _TIMEOUT_HEADER = "x-request-timeout"  # seconds; the HTTP stand-in for a gRPC deadline
 
 
-class PayloadTooLarge(InvalidArgument):
-    """The body is over max_request_bytes (HTTP 413)."""
-
-
 def error_response(error: LLMServeError) -> JSONResponse:
     status, body = error_body(error)
-    if isinstance(error, PayloadTooLarge):
-        status = 413
     return JSONResponse(body, status_code=status, headers=retry_headers(error))
 
 

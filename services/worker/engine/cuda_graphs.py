@@ -18,8 +18,8 @@ import bisect
 import torch
 
 from .attention import AttentionMetadata
+from .batch_scheduler import ScheduledSeq
 from .model_runner import additive_mask
-from .scheduler import ScheduledSeq
 
 
 class DecodeGraphs:

@@ -13,7 +13,7 @@ import inspect
 import torch
 from transformers import DynamicCache
 
-from .scheduler import SchedulerOutput
+from .batch_scheduler import SchedulerOutput
 from .sequence import Sequence
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
+from .batch_scheduler import BatchScheduler
 from .config import EngineConfig
 from .detokenizer import IncrementalDetokenizer
 from .loader import load_engine_parts
 from .profiling import StepTimer, TraceRecorder
 from .sampler import Sampler, SampleRow, new_request_seed
-from .scheduler import Scheduler
 from .sequence import Sequence
 from .types import EngineRequest, EngineStats, FinishReason, TokenOutput
 
@@ -36,7 +36,7 @@ class LLMEngine:
         self.block_manager = block_manager
         self.eos_token_ids = frozenset(eos_token_ids)
         self.max_model_len = runner.max_model_len
-        self.scheduler = Scheduler(block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.batch_scheduler = BatchScheduler(block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.sampler = Sampler()
         self.timer = StepTimer(sync_cuda=config.torch_device().type == "cuda")
         self.runner.timer = self.timer
@@ -114,7 +114,7 @@ class LLMEngine:
             self.timer.start()
             self._drain_inbox(outputs)
             self._expire_deadlines(outputs)
-            sched = self.scheduler.schedule()
+            sched = self.batch_scheduler.schedule()
             self.timer.mark("schedule")
             if not sched.is_empty:
                 self._run(sched, outputs)
@@ -126,7 +126,7 @@ class LLMEngine:
     def _run(self, sched, outputs: list[TokenOutput]) -> None:
         logits = self.runner.execute(sched)
         self.timer.mark("forward")
-        self.scheduler.update_after_step(sched)
+        self.batch_scheduler.update_after_step(sched)
         sampling = [item.seq for item in sched.scheduled if item.sample]
         rows = [self._sample_row(seq) for seq in sampling]
         tokens = self.sampler(logits, rows) if rows else []
@@ -145,13 +145,13 @@ class LLMEngine:
             inbox, self._inbox = self._inbox, []
             aborts, self._aborts = self._aborts, []
         for request in inbox:
-            self._admit(request, outputs)
+            self._add_sequence(request, outputs)
         for request_id in aborts:
             seq = self._live.get(request_id)
             if seq is not None:
                 self._finish(seq, FinishReason.CANCELLED, outputs)
 
-    def _admit(self, request: EngineRequest, outputs: list[TokenOutput]) -> None:
+    def _add_sequence(self, request: EngineRequest, outputs: list[TokenOutput]) -> None:
         detok = IncrementalDetokenizer(
             self.tokenizer, request.prompt_token_ids + request.resume_token_ids, request.sampling.stop
         )
@@ -167,13 +167,13 @@ class LLMEngine:
         elif seq.num_completion_tokens >= request.sampling.max_tokens:
             self._finish(seq, FinishReason.LENGTH, outputs)
         else:
-            self.scheduler.add(seq)
+            self.batch_scheduler.add(seq)
 
     def _expire_deadlines(self, outputs: list[TokenOutput]) -> None:
         now = time.time()
         expired = [s for s in self._live.values() if s.deadline is not None and s.deadline <= now]
         for seq in expired:
-            self._finish(seq, FinishReason.CANCELLED, outputs)
+            self._finish(seq, FinishReason.DEADLINE_EXCEEDED, outputs)
 
     def _append_token(self, seq: Sequence, token: int, outputs: list[TokenOutput]) -> None:
         seq.append_token(token)
@@ -199,7 +199,7 @@ class LLMEngine:
 
     def _release(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
         seq.finish(reason, error)
-        self.scheduler.finish(seq)
+        self.batch_scheduler.finish(seq)
         self.runner.release(seq)
         del self._live[seq.request_id]
         del self._seeds[seq.seq_id]
@@ -230,6 +230,6 @@ class LLMEngine:
             total_kv_blocks=bm.num_blocks,
             free_kv_blocks=bm.num_free_blocks,
             block_size=bm.block_size,
-            running=len(self.scheduler.running),
-            waiting=len(self.scheduler.waiting),
+            running=len(self.batch_scheduler.running),
+            waiting=len(self.batch_scheduler.waiting),
         )

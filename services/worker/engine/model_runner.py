@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 
 from .attention import AttentionMetadata, PrefillChunk
-from .scheduler import ScheduledSeq, SchedulerOutput
+from .batch_scheduler import ScheduledSeq, SchedulerOutput
 from .sequence import Sequence
 
 
