@@ -21,7 +21,7 @@ class Active:
     model: str = ""  # served id of the engine running it
     owed_text: str = ""  # decoded by a previous attempt, never delivered: goes out first
     span: Any = None  # the request's "worker.generate" span, in the gateway's trace
-    item: work_pb2.WorkItem | None = None  # as read: a forced unload requeues it to resume elsewhere
+    payload: bytes = b""  # the work item as read (immutable): a forced unload requeues it to resume elsewhere
 
 
 def engine_request(item: work_pb2.WorkItem) -> EngineRequest:

@@ -109,7 +109,7 @@ class WorkerRuntime:
         return active
 
     async def _resume_elsewhere(self, active: Active) -> str:
-        item = active.item
+        item = work_pb2.WorkItem.FromString(active.payload)
         try:
             return await self.handoff.resume_elsewhere(self.stream, active.entry_id, item)
         except RedisError as e:  # it cannot move: tell the client to retry rather than leave it waiting
@@ -201,7 +201,7 @@ class WorkerRuntime:
         tokenizer = getattr(model.engine, "tokenizer", None)
         active = Active(entry.entry_id, item.reply_to, item.attempt, item.deadline_unix_ms, model.served_id,
                         owed_text(tokenizer, list(item.prompt_token_ids), list(item.resume_token_ids),
-                                  item.resume_text), item=item)
+                                  item.resume_text), payload=entry.payload)
         active.span = _tracer.start_span(
             "worker.generate", context=extract_context(dict(item.trace_context)),
             attributes={"llmserve.request_id": item.request_id, "llmserve.worker": self.settings.worker_id,

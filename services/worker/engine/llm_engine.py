@@ -15,7 +15,7 @@ import torch
 from .batch_scheduler import BatchScheduler
 from .config import EngineConfig
 from .detokenizer import IncrementalDetokenizer
-from .loader import load_engine_parts
+from .loader import EngineParts, load_engine_parts
 from .profiling import StepTimer, TraceRecorder
 from .sampler import Sampler, SampleRow, new_request_seed
 from .sequence import Sequence
@@ -29,17 +29,17 @@ class LLMEngine:
     lock-protected inbox and a stats snapshot); `step` runs on one engine thread.
     """
 
-    def __init__(self, config: EngineConfig, *, tokenizer, runner, block_manager, eos_token_ids):
+    def __init__(self, config: EngineConfig, parts: EngineParts):
         self.config = config
-        self.tokenizer = tokenizer
-        self.runner = runner
-        self.block_manager = block_manager
-        self.eos_token_ids = frozenset(eos_token_ids)
-        self.max_model_len = runner.max_model_len
-        self.batch_scheduler = BatchScheduler(block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.tokenizer = parts.tokenizer
+        self.runner = parts.runner
+        self.block_manager = parts.block_manager
+        self.eos_token_ids = parts.eos_token_ids
+        self.max_model_len = parts.runner.max_model_len
+        self.batch_scheduler = BatchScheduler(parts.block_manager, config.max_num_seqs,
+                                              config.max_num_batched_tokens)
         self.sampler = Sampler()
-        self.timer = StepTimer(sync_cuda=config.torch_device().type == "cuda")
-        self.runner.timer = self.timer
+        self.timer = StepTimer(sync_cuda=config.torch_device().type == "cuda")  # given to the runner each step
         self.tracer = TraceRecorder()
         self._lock = threading.Lock()
         self._inbox: list[EngineRequest] = []
@@ -53,14 +53,13 @@ class LLMEngine:
     def from_config(cls, config: EngineConfig) -> LLMEngine:
         """Load the model and tokenizer, size the KV cache, pick the fast or fallback path."""
         config.validate()
-        parts = load_engine_parts(config)
-        return cls(config, **parts)
+        return cls(config, load_engine_parts(config))
 
     @classmethod
     def from_model(cls, config: EngineConfig, hf_model, tokenizer) -> LLMEngine:
         """Build around an already loaded transformers model (tests, notebooks)."""
         config.validate()
-        return cls(config, **load_engine_parts(config, hf_model=hf_model, tokenizer=tokenizer))
+        return cls(config, load_engine_parts(config, hf_model=hf_model, tokenizer=tokenizer))
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, **kwargs) -> LLMEngine:
@@ -124,7 +123,7 @@ class LLMEngine:
             return outputs
 
     def _run(self, sched, outputs: list[TokenOutput]) -> None:
-        logits = self.runner.execute(sched)
+        logits = self.runner.execute(sched, self.timer)
         self.timer.mark("forward")
         self.batch_scheduler.update_after_step(sched)
         sampling = [item.seq for item in sched.scheduled if item.sample]
