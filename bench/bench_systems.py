@@ -153,7 +153,7 @@ class EngineSystem:
             "output_tok_s": n_tokens / wall,
             **latency_fields(ttfts, itls),
             "step_ms": {k: round(v, 3) for k, v in phases.items()},
-            "preemptions": self.engine.scheduler.num_preemptions,
+            "preemptions": self.engine.batch_scheduler.num_preemptions,
         }
 
     def close(self) -> None:

@@ -14,9 +14,8 @@ import sys
 
 import redis.asyncio as aioredis
 
-from llmserve.gateway.admission.api_keys import ApiKeyStore, KeyRecord
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6380/0"
+from llmserve.common.api_keys import ApiKeyStore, KeyRecord
+from llmserve.common.settings import DEFAULT_REDIS_URL
 
 
 async def _with_store(redis_url: str, work):

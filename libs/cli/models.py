@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6380/0"  # what `llmserve up` starts when REDIS_URL is unset
+from llmserve.common.settings import DEFAULT_REDIS_URL
 
 
 def register(sub, add_client_args: Callable[[argparse.ArgumentParser], None]) -> None:

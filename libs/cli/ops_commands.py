@@ -6,7 +6,7 @@ import argparse
 import os
 from collections.abc import Callable
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6380/0"  # what `llmserve up` starts when REDIS_URL is unset
+from llmserve.common.settings import DEFAULT_REDIS_URL
 
 
 def cmd_status(args) -> int:

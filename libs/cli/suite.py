@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmserve.common.internal_auth import InternalAuth, mint_token
+from llmserve.common.settings import DEFAULT_REDIS_PORT
 
 from .orphans import die_with_parent
 from .redis_server import RedisServer, free_port, port_free
@@ -32,6 +33,7 @@ class Ports:
     worker: int = 50053
     monitor: int = 50054
     monitor_http: int = 9464
+    gateway_internal: int = 50055  # the token sink workers stream to (never the public port)
     # Each process's own /metrics and /health (the gateway's are on `http`); next workers +10.
     scheduler_metrics: int = 9465
     worker_metrics: int = 9466
@@ -65,7 +67,7 @@ class LocalSuite:
 
     ports: Ports = field(default_factory=Ports)
     redis_url: str | None = None
-    redis_port: int = 6380
+    redis_port: int = DEFAULT_REDIS_PORT
     api_key: str = "llmserve-dev-key"
     log_dir: Path = Path(".run/logs")
     env: dict[str, str] = field(default_factory=dict)
@@ -93,6 +95,7 @@ class LocalSuite:
             "REDIS_URL": self.redis_url or "",
             "LLMSERVE_GATEWAY_PORT": str(self.ports.gateway),
             "LLMSERVE_GATEWAY_HTTP_PORT": str(self.ports.http),
+            "LLMSERVE_GATEWAY_INTERNAL_PORT": str(self.ports.gateway_internal),
             "LLMSERVE_GATEWAY_API_KEYS": f"dev={self.api_key}",
             "LLMSERVE_SCHEDULER_PORT": str(self.ports.scheduler),
             "LLMSERVE_WORKER_PORT": str(self.ports.worker),

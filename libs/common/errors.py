@@ -1,7 +1,8 @@
 """Domain errors and the one table that maps them to gRPC status codes.
 
-Domain code raises these; the servicers' shared wrapper turns them into statuses. Anything
-else that escapes is a bug and becomes INTERNAL (logged with its traceback).
+Domain code raises these; the one error path every gRPC port has (`rpc_errors`, installed by
+`GrpcApp`) turns them into statuses, and the HTTP API into HTTP statuses. Anything else that
+escapes is a bug and becomes INTERNAL (logged once, with its traceback and a request id).
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ class ResourceExhausted(LLMServeError):
     """A server-side budget is used up (e.g. a worker's model memory); free some first."""
 
 
+class FailedPrecondition(LLMServeError):
+    """The system is not in a state to do it (e.g. weights missing or unreadable)."""
+
+
 STATUS_OF: dict[type[LLMServeError], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
@@ -87,6 +92,7 @@ STATUS_OF: dict[type[LLMServeError], grpc.StatusCode] = {
     Cancelled: grpc.StatusCode.CANCELLED,
     GenerationFailed: grpc.StatusCode.ABORTED,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 # HTTP equivalents for the OpenAI-compatible API.
@@ -104,6 +110,7 @@ HTTP_STATUS_OF: dict[type[LLMServeError], int] = {
     Cancelled: 499,
     GenerationFailed: 500,
     ResourceExhausted: 507,
+    FailedPrecondition: 400,
 }
 
 # OpenAI-style error `type` and `code` for the HTTP API's `{"error": {...}}` bodies.
@@ -119,6 +126,7 @@ OPENAI_ERROR_OF: dict[type[LLMServeError], tuple[str, str]] = {
     Cancelled: ("cancelled", "cancelled"),
     GenerationFailed: ("server_error", "generation_failed"),
     ResourceExhausted: ("server_error", "resource_exhausted"),
+    FailedPrecondition: ("invalid_request_error", "failed_precondition"),
 }
 
 RETRY_AFTER_KEY = "retry-after-ms"

@@ -1,8 +1,11 @@
 """The one gRPC server bootstrap every service uses.
 
-It adds grpc.health.v1 and reflection, applies keepalive and message-size limits, and
-shuts down in the order that loses nothing: health NOT_SERVING -> the service drains
-in-flight work (bounded by settings.drain_seconds) -> server.stop(grace) -> close.
+On every port (the main one and a service's extra ports) it adds grpc.health.v1 and
+reflection (v1 and v1alpha), applies keepalive and message-size limits, and puts every RPC
+on the one error path (`rpc_errors`: domain errors -> their status, bugs -> INTERNAL with a
+request id, undecodable requests -> INVALID_ARGUMENT). It shuts down in the order that loses
+nothing: health NOT_SERVING -> the service drains in-flight work (bounded by
+settings.drain_seconds) -> servers stop(grace) -> close.
 Tests use `GrpcApp` as an async context manager on port 0.
 """
 
@@ -11,33 +14,60 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
-from .internal_auth import InternalAuth, InternalAuthInterceptor, Policy
+from .internal_auth import InternalAuth, InternalAuthInterceptor
 from .logging import get_logger
 from .metrics_http import HealthState, MetricsServer
 from .redis_acl import check_credentials
+from .reflection import enable_reflection
+from .rpc_errors import ErrorInterceptor
 from .settings import ServiceSettings
 
 log = get_logger(__name__)
 
 
-class Service(Protocol):
-    """What a service plugs into the bootstrap."""
+@dataclass
+class ExtraPort:
+    """A listener of a service beside its main port (e.g. the gateway's internal token sink).
 
-    #: Full names of the gRPC services it registers (for health and reflection).
+    It gets the main port's error path, health and reflection (of its own services only)
+    and shutdown order; `bound` is the port it got, set before `Service.start` runs.
+    """
+
+    name: str  # for logs: "internal", ...
+    address: str  # host:port; port 0 picks a free one
+    service_names: tuple[str, ...]  # full names of the gRPC services `register` adds
+    register: Callable[[grpc.aio.Server], None]
+    credentials: grpc.ServerCredentials | None = None  # None: plaintext
+    #: Run before the error path on this port only (e.g. authentication of internal callers).
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
+    bound: int = 0
+
+
+class Service(Protocol):
+    """What a service plugs into the bootstrap (subclass it to inherit the defaults)."""
+
+    #: Full names of the gRPC services it registers on the main port (for health and reflection).
     service_names: tuple[str, ...]
+    #: TLS for the main port; None: plaintext (the bootstrap's own `credentials` argument wins).
+    server_credentials: grpc.ServerCredentials | None = None
+
+    def extra_ports(self) -> list[ExtraPort]:
+        """Listeners besides the main port (asked once, before anything is bound)."""
+        return []
 
     def register(self, server: grpc.aio.Server) -> None:
-        """Add servicers to the server (before it starts)."""
+        """Add servicers to the main port's server (before it starts)."""
 
     async def start(self, bound_port: int) -> None:
-        """Start background work once the port is bound."""
+        """Start background work once every port is bound."""
 
     async def drain(self) -> None:
         """Finish or hand back in-flight work; the bootstrap bounds how long it may take."""
@@ -45,25 +75,14 @@ class Service(Protocol):
     async def close(self) -> None:
         """Release connections; the server is stopped by now."""
 
-    # Optional: `supervisor` (a `supervise.Supervisor` whose fatal failures stop the server with
-    # exit code 1) and `async fail()` (on such a failure, instead of drain: stop taking work and
-    # let peers take over what is held here).
 
-
-def internal_server(settings: ServiceSettings, auth: InternalAuth, policy: Policy) -> grpc.aio.Server:
-    """A gRPC server for internal services: every call authenticated against `policy`."""
-    return grpc.aio.server(options=server_options(settings), interceptors=[InternalAuthInterceptor(auth, policy)])
-
-
-def bind_internal(server: grpc.aio.Server, auth: InternalAuth, host: str, port: int, what: str) -> int:
-    """Bind an internal port: mutual TLS when configured, loopback only when nothing authenticates."""
-    auth.check_bind(host, what)
-    credentials = auth.server_credentials()
-    address = f"{host}:{port}"
-    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-    if bound == 0:
-        raise RuntimeError(f"could not bind {address}")
-    return bound
+def internal_port(name: str, host: str, port: int, service_names: tuple[str, ...],
+                  register: Callable[[grpc.aio.Server], None], auth: InternalAuth, policy) -> ExtraPort:
+    """An extra port for internal services: every call authenticated against `policy`, mutual
+    TLS when configured; refused at once on a non-loopback host while nothing authenticates."""
+    auth.check_bind(host, f"the {name} port")
+    return ExtraPort(name, f"{host}:{port}", service_names, register, credentials=auth.server_credentials(),
+                     interceptors=(InternalAuthInterceptor(auth, policy),))
 
 
 def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
@@ -83,30 +102,69 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
     ]
 
 
+class _Listener:
+    """One gRPC server: the interceptors, health and reflection every port has."""
+
+    def __init__(self, settings: ServiceSettings, service_names: tuple[str, ...],
+                 register: Callable[[grpc.aio.Server], None],
+                 interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()):
+        self.service_names = service_names
+        self.register = register
+        self.health = HealthServicer()
+        self.server = grpc.aio.server(interceptors=[*interceptors, ErrorInterceptor()],
+                                      options=server_options(settings))
+
+    def bind(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
+        """Register every servicer, then bind `address`; the bound port."""
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.register(self.server)
+        enable_reflection((*self.service_names, _HEALTH), self.server)
+        if credentials is not None:
+            port = self.server.add_secure_port(address, credentials)
+        else:
+            port = self.server.add_insecure_port(address)
+        if port == 0:
+            raise RuntimeError(f"could not bind {address}")
+        return port
+
+    async def set_health(self, status) -> None:
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+
+_HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
 class GrpcApp:
-    """A service on a gRPC server with health, reflection and graceful drain."""
+    """A service on a gRPC server (plus its extra ports) with health, reflection, graceful drain,
+    and a fatal path for a supervised task that failed (NOT_SERVING, hand-over, exit code 1)."""
 
     def __init__(self, service: Service, settings: ServiceSettings,
                  credentials: grpc.ServerCredentials | None = None):
         self.service = service
         self.settings = settings
-        # TLS for the port: given here, or offered by the service as `server_credentials`.
-        self.credentials = credentials or getattr(service, "server_credentials", None)
-        self.health = HealthServicer()
+        # TLS for the main port: given here, or offered by the service.
+        self.credentials = credentials or service.server_credentials
+        # An internal service (one declaring `internal_policy`) authenticates every call on its
+        # main port, with mutual TLS when configured (internal_auth).
+        auth: InternalAuth | None = getattr(service, "internal_auth", None)
+        policy = getattr(service, "internal_policy", None)
+        self.internal_auth = auth if policy is not None else None
+        interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
+        if auth is not None and policy is not None:
+            interceptors = (InternalAuthInterceptor(auth, policy),)
+            self.credentials = credentials or auth.server_credentials()
+        self.main = _Listener(settings, service.service_names, service.register, interceptors)
+        self.extra = [(port, _Listener(settings, port.service_names, port.register, port.interceptors))
+                      for port in service.extra_ports()]
+        self.health = self.main.health
+        self.server = self.main.server
         # /health over HTTP follows grpc health; a service with its own HTTP port serving
         # /metrics (the gateway) offers its state, the others get `metrics_port`.
         self.health_state: HealthState = getattr(service, "health_state", None) or HealthState()
         self.metrics_http: MetricsServer | None = None
         if settings.metrics_port is not None and not getattr(service, "serves_metrics", False):
             self.metrics_http = MetricsServer(settings.host, settings.metrics_port, self.health_state)
-        # An internal service (one declaring `internal_policy`) authenticates every call.
-        auth: InternalAuth | None = getattr(service, "internal_auth", None)
-        policy = getattr(service, "internal_policy", None)
-        self.internal_auth = auth if policy is not None else None
-        if auth is not None and policy is not None:
-            self.server = internal_server(settings, auth, policy)
-        else:
-            self.server = grpc.aio.server(options=server_options(settings))
         self.port = 0
         self._stopped = asyncio.Event()
         #: 1 once a supervised task failed fatally: the process should exit non-zero.
@@ -121,49 +179,51 @@ class GrpcApp:
         redis = getattr(self.service, "redis", None)
         if redis is not None:  # wrong REDIS_URL credentials: refuse to start, saying so
             await check_credentials(redis, self.settings.redis_url)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.service.register(self.server)
-        names = (*self.service.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, self.server)
         if self.internal_auth is not None:
-            self.port = bind_internal(self.server, self.internal_auth, self.settings.host, self.settings.port,
-                                      f"{type(self.service).__name__} (LLMSERVE_*_HOST)")
-        elif self.credentials is not None:
-            self.port = self.server.add_secure_port(self.settings.address, self.credentials)
-        else:
-            self.port = self.server.add_insecure_port(self.settings.address)
-        if self.port == 0:
-            raise RuntimeError(f"could not bind {self.settings.address}")
-        # grpc_health answers SERVING for "" until told otherwise: not while models still load.
-        for name in ("", *self.service.service_names):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.start()
+            self.internal_auth.check_bind(self.settings.host, f"{type(self.service).__name__}'s port (LLMSERVE_*_HOST)")
+        self.port = self.main.bind(self.settings.address, self.credentials)
+        for port, listener in self.extra:
+            port.bound = listener.bind(port.address, port.credentials)
+        for listener in self._listeners():
+            # grpc_health answers SERVING for "" until told otherwise: not while models still load.
+            await listener.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            await listener.server.start()
         bind_health = getattr(self.service, "bind_health", None)
         if bind_health is not None:  # a service whose own checks can turn it NOT_SERVING
             bind_health(self.health)
         await self.service.start(self.port)
-        for name in ("", *self.service.service_names):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        for listener in self._listeners():
+            await listener.set_health(health_pb2.HealthCheckResponse.SERVING)
         self.health_state.serving = True
         if self.metrics_http is not None:
             await self.metrics_http.start()
-        log.info("serving", address=f"{self.settings.host}:{self.port}")
+        log.info("serving", address=f"{self.settings.host}:{self.port}",
+                 **{f"{port.name}_port": port.bound for port, _ in self.extra})
         return self.port
 
+    def _listeners(self) -> list[_Listener]:
+        return [self.main, *(listener for _, listener in self.extra)]
+
+    async def _not_serving(self) -> None:
+        for listener in self._listeners():
+            await listener.health.enter_graceful_shutdown()
+        self.health_state.serving = False
+
     async def stop(self) -> None:
-        """NOT_SERVING -> bounded drain -> stop the server -> close the service."""
+        """NOT_SERVING -> bounded drain -> stop the servers -> close the service."""
         if self._stopped.is_set():
             return
         self._stopped.set()
-        await self.health.enter_graceful_shutdown()
-        self.health_state.serving = False
+        await self._not_serving()
         log.info("draining", seconds=self.settings.drain_seconds)
         try:
             await asyncio.wait_for(self.service.drain(), self.settings.drain_seconds)
         except TimeoutError:
             log.warning("drain timed out; stopping with work in flight")
-        await self.server.stop(grace=1.0)
+        # The main port first: no new requests; extra ports (the token sink) last, so work
+        # drained above could still deliver its final tokens.
+        for listener in self._listeners():
+            await listener.server.stop(grace=1.0)
         await self.service.close()
         if self.metrics_http is not None:
             await self.metrics_http.stop()
@@ -181,7 +241,7 @@ class GrpcApp:
         self._stopped.set()
         self.exit_code = 1
         log.error("fatal failure; stopping", reason=reason)
-        await self.health.enter_graceful_shutdown()
+        await self._not_serving()
         hand_over = getattr(self.service, "fail", None)
         if hand_over is not None:
             try:
@@ -189,8 +249,11 @@ class GrpcApp:
             except Exception as e:  # still exit: the orchestrator restarts us
                 log.warning("hand-over after a fatal failure failed", error=f"{type(e).__name__}: {e}")
         try:
-            await self.server.stop(grace=0.5)
+            for listener in self._listeners():
+                await listener.server.stop(grace=0.5)
             await self.service.close()
+            if self.metrics_http is not None:
+                await self.metrics_http.stop()
         finally:
             self._failed.set()  # exit whatever closing raised
         log.info("stopped")

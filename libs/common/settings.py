@@ -23,6 +23,11 @@ def _split_list(value):
     return value
 
 
+#: The Redis `llmserve up` (and so `make run`) starts when REDIS_URL is unset: not the
+#: system one a machine may already run on :6379. The one place this default is written.
+DEFAULT_REDIS_PORT = 6380
+DEFAULT_REDIS_URL = f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"
+
 #: A list[str] setting that reads `a,b,c` or `["a", "b"]` from the environment.
 StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 
@@ -72,7 +77,7 @@ class ServiceSettings(InternalAuthSettings):
     host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
     port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     redis_url: str = Field(
-        "redis://127.0.0.1:6380/0",
+        DEFAULT_REDIS_URL,
         validation_alias=AliasChoices("REDIS_URL", "LLMSERVE_REDIS_URL"),
         description="Redis holding the streams, the worker registry and the rate limits.",
     )

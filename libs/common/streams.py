@@ -6,13 +6,19 @@ and entries a dead consumer held are reclaimed with XAUTOCLAIM once idle long en
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
+from .logging import get_logger
 from .redis_keys import PAYLOAD_FIELD
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,36 @@ class StreamEntry:
     stream: str
     entry_id: str
     payload: bytes
+
+
+def past_deadline(deadline_unix_ms: int, now_ms: float | None = None) -> bool:
+    """Whether a work item's deadline (unix ms; 0: none) has passed."""
+    if now_ms is None:
+        now_ms = time.time() * 1000
+    return 0 < deadline_unix_ms <= now_ms
+
+
+async def consume_forever(
+    step: Callable[[], Awaitable[None]],
+    running: Callable[[], bool],
+    on_lost_groups: Callable[[], Awaitable[None]],
+    retry_s: float = 0.2,
+) -> None:
+    """Call `step` while `running()`, riding out Redis outages.
+
+    A Redis error is retried after `retry_s`. NOGROUP means Redis lost its data (a restart
+    without persistence): the consumer groups are gone, so `on_lost_groups` makes them again
+    (or forgets them) before the next step.
+    """
+    while running():
+        try:
+            await step()
+        except RedisError as e:
+            if "NOGROUP" in str(e):
+                await on_lost_groups()
+                continue
+            log.warning("redis unavailable; retrying", error=type(e).__name__)
+            await asyncio.sleep(retry_s)
 
 
 async def ensure_group(r: aioredis.Redis, stream: str, group: str) -> None:

@@ -5,26 +5,25 @@ from __future__ import annotations
 import asyncio
 import socket
 
-import grpc
 from grpc_health.v1 import health_pb2
 
 from llmserve.common import internal_policy, redis_client
+from llmserve.common.api_keys import ApiKeyStore
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics_http import HealthState
-from llmserve.common.server import bind_internal, internal_server
+from llmserve.common.server import ExtraPort, Service, internal_port
 from llmserve.common.supervise import Supervisor
-from llmserve.common.tokensink.v1 import token_sink_pb2_grpc
+from llmserve.common.tokensink.v1 import token_sink_pb2, token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2, generation_pb2_grpc
 
 from .admission.admission_watch import AdmissionWatchdog
-from .admission.api_keys import ApiKeyStore
 from .admission.auth import Authenticator, StaticKeys
 from .admission.jwt_auth import JwtVerifier
 from .admission.ratelimit import RateLimiter
 from .generation import GenerationService
 from .http.api import build_app
-from .http.server import HttpServer, grpc_server_credentials
+from .http.server import OpenAIHttpServer, grpc_server_credentials
 from .routing.catalog import ModelCatalog
 from .servicer import GenerationServicer, TokenSinkServicer
 from .settings import GatewaySettings
@@ -35,13 +34,14 @@ from .streams.sink_authz import SinkAuthorizer
 log = get_logger(__name__)
 
 
-class GatewayService:
+class GatewayService(Service):
     """The gateway as a `llmserve.common.server.Service`.
 
-    The public port carries only GenerationService (plus health and reflection of it); the
-    workers' token sink listens on its own internal port (`internal_port`), where every call
-    is authenticated (libs/common/internal_auth.py) and each worker may touch only the
-    requests placed on it (sink_authz.py).
+    The public port (TLS when configured) serves only GenerationService. The workers' token
+    sink always listens on its own internal port (`internal_port`), never on the public one,
+    with health and reflection of its own like every port; every call there is authenticated
+    (libs/common/internal_auth.py) and each worker may touch only the requests placed on it
+    (streams/sink_authz.py).
     """
 
     service_names = (generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name,)
@@ -70,11 +70,17 @@ class GatewayService:
         #: Moved by the gRPC bootstrap with grpc health; the HTTP port's /health reads it.
         self.health_state = HealthState()
         self.serves_metrics = True  # /metrics is on the HTTP API port, not a metrics_port
-        self.http = HttpServer(build_app(self.generation, self.health_state), settings)
+        self.http = OpenAIHttpServer(build_app(self.generation, self.health_state), settings)
         self.http_port = 0
         self.internal_auth = InternalAuth.from_settings(settings, "gateway", socket.gethostname())
-        self._internal: grpc.aio.Server | None = None
-        self._internal_port = 0
+        self.token_sink = internal_port(
+            "internal", settings.host, settings.internal_port,
+            (token_sink_pb2.DESCRIPTOR.services_by_name["TokenSinkService"].full_name,),
+            self._register_token_sink, self.internal_auth, internal_policy.TOKEN_SINK,
+        )
+
+    def extra_ports(self) -> list[ExtraPort]:
+        return [self.token_sink]
 
     def bind_health(self, health) -> None:
         """Called by GrpcApp: the admission watchdog turns this health NOT_SERVING on a stall."""
@@ -89,22 +95,23 @@ class GatewayService:
 
     def register(self, server) -> None:
         generation_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(self.generation), server)
-        self._internal = internal_server(self.settings, self.internal_auth, internal_policy.TOKEN_SINK)
-        self._internal_port = bind_internal(self._internal, self.internal_auth, self.settings.host,
-                                            self.settings.internal_port, "the gateway's token sink (LLMSERVE_GATEWAY_HOST)")
+
+    def _register_token_sink(self, server) -> None:
         token_sink_pb2_grpc.add_TokenSinkServiceServicer_to_server(
-            TokenSinkServicer(self.inflight, SinkAuthorizer(self.redis)), self._internal)
+            TokenSinkServicer(self.inflight, SinkAuthorizer(self.redis)), server)
 
     @property
     def internal_port(self) -> int:
-        """The token sink's bound port (workers and schedulers connect here)."""
-        return self._internal_port
+        """The token sink's bound port."""
+        return self.token_sink.bound
+
+    @property
+    def internal_address(self) -> str:
+        """Where workers and schedulers reach this gateway's token sink (each request's reply_to)."""
+        return f"{self.settings.advertise_host or self.settings.host}:{self.token_sink.bound}"
 
     async def start(self, bound_port: int) -> None:
-        assert self._internal is not None
-        await self._internal.start()
-        sink_port = self._internal_port
-        self.queue.reply_to = f"{self.settings.advertise_host or self.settings.host}:{sink_port}"
+        self.queue.reply_to = self.internal_address
         self.limiter.start(self.supervisor)
         await self.limiter.warm_up()
         self.watchdog.start()
@@ -121,7 +128,5 @@ class GatewayService:
         await self.watchdog.stop()
         await self.http.stop()
         await self.supervisor.stop()
-        if self._internal is not None:
-            await self._internal.stop(grace=1.0)
         await self.limiter.close()
         await self.redis.aclose()

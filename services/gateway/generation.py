@@ -66,7 +66,7 @@ class GenerationService:
         returned job must be passed to `stream`, which gives the lease back.
         """
         try:
-            return await self._admit(authorization, params)
+            return await self._check_and_reserve(authorization, params)
         except LLMServeError as e:
             # Refused before it started: counted by status, but never active, so not "finished".
             self.metrics.request_refused(params.model, status_label(status_code_for(e)))
@@ -74,7 +74,7 @@ class GenerationService:
                 self.metrics.rate_limited("", "admission")
             raise
 
-    async def _admit(self, authorization: str | None, params: GenerateParams) -> Job:
+    async def _check_and_reserve(self, authorization: str | None, params: GenerateParams) -> Job:
         received_at = time.monotonic()
         if self.draining:
             raise Unavailable("the gateway is draining; retry on another replica", retry_after_s=1.0)

@@ -6,10 +6,9 @@ import asyncio
 
 import grpc
 
-from llmserve.common.errors import LLMServeError, abort_with, status_code_for
 from llmserve.common.internal_auth import current_caller
 from llmserve.common.logging import get_logger
-from llmserve.common.metrics import status_label
+from llmserve.common.outcome import Outcome
 from llmserve.common.tokensink.v1 import token_sink_pb2, token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
@@ -24,15 +23,6 @@ from .streams.sink_links import SinkLinks
 
 log = get_logger(__name__)
 
-_FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
-_OUTCOME = {
-    token_sink_pb2.OUTCOME_UNSPECIFIED: "",
-    token_sink_pb2.OUTCOME_STOP: "stop",
-    token_sink_pb2.OUTCOME_LENGTH: "length",
-    token_sink_pb2.OUTCOME_CANCELLED: "cancelled",
-    token_sink_pb2.OUTCOME_ERROR: "error",
-    token_sink_pb2.OUTCOME_DEADLINE_EXCEEDED: "deadline",
-}
 
 
 def params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
@@ -52,6 +42,11 @@ def params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
         request_id=request.request_id,
         priority=int(request.priority),
     )
+
+
+def _finish_reason(event: FinishEvent) -> pb.FinishReason:
+    # The public FinishReason names the completed outcomes alike (FINISH_REASON_STOP, ...).
+    return pb.FinishReason.Value(f"FINISH_REASON_{event.reason.name}")
 
 
 def _usage(event: FinishEvent) -> pb.Usage:
@@ -78,47 +73,34 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
     def __init__(self, service: GenerationService):
         self.service = service
 
+    # Domain errors raised here answer their table status through GrpcApp's one error path.
     async def GenerateStream(self, request, context):
-        try:
-            job = await self._admit(request, context)
-            async for event in self.service.stream(job, context.time_remaining()):
-                if isinstance(event, TokenEvent):
-                    yield pb.GenerateStreamResponse(request_id=job.request_id, index=event.index,
-                                                    token_ids=event.token_ids, text=event.text)
-                else:
-                    yield pb.GenerateStreamResponse(request_id=job.request_id, index=event.completion_tokens,
-                                                    finish_reason=_FINISH[event.reason], usage=_usage(event))
-        except LLMServeError as e:
-            await abort_with(context, e)
+        job = await self._job(request, context)
+        async for event in self.service.stream(job, context.time_remaining()):
+            if isinstance(event, TokenEvent):
+                yield pb.GenerateStreamResponse(request_id=job.request_id, index=event.index,
+                                                token_ids=event.token_ids, text=event.text)
+            else:
+                yield pb.GenerateStreamResponse(request_id=job.request_id, index=event.completion_tokens,
+                                                finish_reason=_finish_reason(event), usage=_usage(event))
 
     async def Generate(self, request, context):
-        try:
-            job = await self._admit(request, context)
-            parts: list[str] = []
-            async for event in self.service.stream(job, context.time_remaining()):
-                if isinstance(event, TokenEvent):
-                    parts.append(event.text)
-                else:
-                    return pb.GenerateResponse(request_id=job.request_id, model=job.model, text="".join(parts),
-                                               finish_reason=_FINISH[event.reason], usage=_usage(event))
-        except LLMServeError as e:
-            await abort_with(context, e)
+        job = await self._job(request, context)
+        parts: list[str] = []
+        async for event in self.service.stream(job, context.time_remaining()):
+            if isinstance(event, TokenEvent):
+                parts.append(event.text)
+            else:
+                return pb.GenerateResponse(request_id=job.request_id, model=job.model, text="".join(parts),
+                                           finish_reason=_finish_reason(event), usage=_usage(event))
 
     async def ListModels(self, request, context):
-        try:
-            identity = await self.service.identify(_authorization(context))
-        except LLMServeError as e:
-            await abort_with(context, e)
+        identity = await self.service.identify(_authorization(context))
         models = await self.service.list_models()
         return pb.ListModelsResponse(models=[_model_info(m) for m in models if identity.may_see(m.name)])
 
-    async def _admit(self, request, context):
-        try:
-            authorization = _authorization(context)
-        except LLMServeError as e:
-            self.service.metrics.request_finished(request.model, "", status_label(status_code_for(e)), 0.0)
-            raise
-        return await self.service.admit(authorization, params_from_pb(request))
+    async def _job(self, request, context):
+        return await self.service.admit(_authorization(context), params_from_pb(request))
 
 
 class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
@@ -151,7 +133,7 @@ class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
                         if c.worker_id and c.worker_id not in listeners:
                             listeners[c.worker_id] = self.inflight.listen_cancellations(c.worker_id)
                             forwarders.append(asyncio.create_task(_forward(listeners[c.worker_id], outbox)))
-                        if not self.inflight.deliver(_chunk_from_pb(c)) and not _OUTCOME[c.outcome]:
+                        if not self.inflight.deliver(_chunk_from_pb(c)) and not c.outcome:
                             outbox.put_nowait(c.request_id)  # nobody waits for these tokens: stop it
                 if message.seq:
                     outbox.put_nowait(message.seq)
@@ -168,11 +150,8 @@ class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
                 self.inflight.stop_listening(worker_id, queue)
 
     async def Fence(self, request, context):
-        if self.authz is not None:
-            try:
-                await self.authz.check_fence(current_caller(), request.request_id)
-            except LLMServeError as e:
-                await abort_with(context, e)
+        if self.authz is not None:  # PERMISSION_DENIED through the one error path
+            await self.authz.check_fence(current_caller(), request.request_id)
         stream = self.inflight.get(request.request_id)
         if stream is None or not stream.fence(request.attempt):
             return token_sink_pb2.FenceResponse(found=False)
@@ -204,5 +183,5 @@ async def _forward(source: asyncio.Queue[str], outbox: asyncio.Queue[str]) -> No
 
 def _chunk_from_pb(c: token_sink_pb2.TokenChunk) -> Chunk:
     return Chunk(request_id=c.request_id, attempt=c.attempt, index=c.index, token_ids=list(c.token_ids),
-                 text=c.text, outcome=_OUTCOME[c.outcome], prompt_tokens=c.prompt_tokens,
+                 text=c.text, outcome=Outcome.from_pb(c.outcome), prompt_tokens=c.prompt_tokens,
                  completion_tokens=c.completion_tokens, error=c.error, worker_id=c.worker_id)

@@ -26,9 +26,9 @@ class GatewaySettings(ServiceSettings):
         "", description="Host workers use to reach this gateway's token sink; empty: the bind host."
     )
     internal_port: int = Field(
-        0, ge=0, le=65535,
-        description="Port of the internal token sink (workers and schedulers connect here; internal "
-        "authentication, never the public port's TLS); 0 picks a free one.",
+        50055, ge=0, le=65535,
+        description="Internal port of the token sink workers and schedulers stream to (never served on the "
+        "public port); 0 picks a free one. Left unset while the gRPC port is 0, it is 0 too.",
     )
     # -- credentials ---------------------------------------------------------------------
     api_keys: StrList = Field(
@@ -173,10 +173,12 @@ class GatewaySettings(ServiceSettings):
         return value
 
     @model_validator(mode="after")
-    def _ephemeral_http_port(self) -> GatewaySettings:
+    def _ephemeral_ports(self) -> GatewaySettings:
         # Two gateways on port 0 must not both claim :8000.
         if self.port == 0 and "http_port" not in self.model_fields_set:
             self.http_port = 0
+        if self.port == 0 and "internal_port" not in self.model_fields_set:
+            self.internal_port = 0
         return self
 
     @property

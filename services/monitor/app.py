@@ -21,12 +21,13 @@ from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.models.registry import ModelRegistry
 from llmserve.common.redis_acl import check_credentials
+from llmserve.common.server import Service
 from llmserve.common.supervise import Supervisor
 from llmserve.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 
 from .alerts import AlertEngine, Notification, Silence
 from .channels import Notifier
-from .http_server import HttpServer
+from .http_server import DashboardHttpServer
 from .otlp import SERVICE_NAMES as OTLP_SERVICE_NAMES
 from .otlp import MetricsIngest, OtlpMetricsServicer, OtlpTraceServicer
 from .prometheus import StoreCollector, make_registry
@@ -110,7 +111,7 @@ class MonitorCore:
             await asyncio.sleep(self.settings.evaluation_interval_s)
 
 
-class MonitorService:
+class MonitorService(Service):
     """The monitor as a `Service` for the common gRPC bootstrap, plus its HTTP server."""
 
     service_names = (monitor_pb2.DESCRIPTOR.services_by_name["MonitorService"].full_name, *OTLP_SERVICE_NAMES)
@@ -120,7 +121,7 @@ class MonitorService:
         self.settings = settings
         self.internal_auth = InternalAuth.from_settings(settings, "monitor", "monitor")
         self.core = MonitorCore(settings, rules or load_rules(settings.rules_path))
-        self.http = HttpServer(self.core)
+        self.http = DashboardHttpServer(self.core)
         self.redis: aioredis.Redis | None = None
         self.supervisor = Supervisor("monitor")
         self.core.report_failure = self.supervisor.count

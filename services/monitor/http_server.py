@@ -37,7 +37,7 @@ def _alert_json(a) -> dict:
     }
 
 
-class HttpServer:
+class DashboardHttpServer:
     """aiohttp application bound to the monitor core (see app.MonitorCore)."""
 
     def __init__(self, core):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import grpc
-
+from llmserve.common.errors import InvalidArgument
 from llmserve.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 
 from .alerts import Alert, Silence, State
@@ -94,7 +93,7 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
 
     async def GetSummary(self, request, context):
         if request.window_seconds < 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "window_seconds must be >= 0")
+            raise InvalidArgument("window_seconds must be >= 0")
         return summary_pb(self.core.summary(request.window_seconds or None, request.model))
 
     async def ListAlerts(self, request, context):
@@ -132,7 +131,7 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
 
     async def CreateSilence(self, request, context):
         if request.duration_seconds <= 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "duration_seconds must be > 0")
+            raise InvalidArgument("duration_seconds must be > 0")
         silence = self.core.silence(dict(request.matchers), request.duration_seconds, request.comment)
         return monitor_pb2.CreateSilenceResponse(silence=silence_pb(silence))
 

@@ -6,30 +6,19 @@ import asyncio
 import contextlib
 
 from llmserve.common import internal_policy, redis_client
-from llmserve.common import redis_keys as keys
 from llmserve.common.internal_auth import InternalAuth
+from llmserve.common.server import Service
 from llmserve.common.supervise import Supervisor
 from llmserve.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from .core import SchedulerCore
+from .servicer import SchedulerServicer
 from .settings import SchedulerSettings
 
 
-class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, core: SchedulerCore):
-        self.core = core
+class SchedulerService(Service):
+    """The scheduler as a `llmserve.common.server.Service`: its loop runs beside the gRPC API."""
 
-    async def GetQueueStats(self, request, context):
-        queues = []
-        for stream in self.core.streams:
-            model = stream.removeprefix(keys.request_stream(""))
-            depth = await self.core.redis.xlen(stream)
-            workers = sum(1 for w in self.core.placement.workers.values() if model in w.models)
-            queues.append(scheduler_pb2.ModelQueue(model=model, waiting=depth, workers=workers))
-        return scheduler_pb2.GetQueueStatsResponse(queues=queues, dispatched=self.core.dispatched)
-
-
-class SchedulerService:
     service_names = (scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,)
     internal_policy = internal_policy.SCHEDULER
 

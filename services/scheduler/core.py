@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from opentelemetry import trace
-from redis.exceptions import RedisError
 
 from llmserve.common import redis_keys as keys
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger, request_context, trace_id_of
 from llmserve.common.metrics import SchedulerMetrics
-from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending, reclaim_stale
+from llmserve.common.outcome import Outcome
+from llmserve.common.streams import (
+    StreamEntry,
+    consume_forever,
+    ensure_group,
+    past_deadline,
+    read_group,
+    read_own_pending,
+    reclaim_stale,
+)
 from llmserve.common.supervise import Supervisor
 from llmserve.common.telemetry import extract_context
 from llmserve.common.tokensink.client import OutChunk, SinkClient
@@ -30,6 +38,15 @@ from .waiting import Pending, WaitingQueue
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer("llmserve.scheduler")
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """One model's queue as this scheduler sees it."""
+
+    model: str
+    waiting: int  # entries in its request stream
+    workers: int  # live workers serving the model
 
 
 def pending_from_entry(entry: StreamEntry) -> Pending:
@@ -74,16 +91,13 @@ class SchedulerCore:
         self._stopping = False
 
     async def run(self) -> None:
-        while not self._stopping:
-            try:
-                await self.run_once()
-            except RedisError as e:
-                if "NOGROUP" in str(e):  # Redis lost its data (restart without persistence)
-                    self._streams.clear()
-                    self.dispatcher.forget_groups()
-                    continue
-                log.warning("redis unavailable; retrying", error=type(e).__name__)
-                await asyncio.sleep(0.2)
+        # Looked up on every round (not bound once), so a round can be replaced while running.
+        await consume_forever(lambda: self.run_once(), lambda: not self._stopping, self._forget_groups)
+
+    async def _forget_groups(self) -> None:
+        # Redis lost its data: every stream's group is made again when next seen.
+        self._streams.clear()
+        self.dispatcher.forget_groups()
 
     async def run_once(self) -> None:
         now = time.monotonic()
@@ -107,6 +121,16 @@ class SchedulerCore:
     def streams(self) -> list[str]:
         """The request streams this scheduler reads, sorted (a copy: safe to iterate across awaits)."""
         return sorted(self._streams)
+
+    async def queue_stats(self) -> list[QueueStats]:
+        """Depth and live workers of every model queue this scheduler reads."""
+        queues = []
+        for stream in self.streams:
+            model = stream.removeprefix(keys.request_stream(""))
+            depth = await self.redis.xlen(stream)
+            workers = sum(1 for w in self.placement.workers.values() if model in w.models)
+            queues.append(QueueStats(model, depth, workers))
+        return queues
 
     async def _refresh(self) -> None:
         live, dead = await registry_snapshot(self.redis)
@@ -147,9 +171,9 @@ class SchedulerCore:
 
     async def _dispatch_ready(self) -> None:
         now_ms = int(time.time() * 1000)
-        for p in self.waiting.remove_where(lambda p: 0 < p.deadline_unix_ms <= now_ms):
+        for p in self.waiting.remove_where(lambda p: past_deadline(p.deadline_unix_ms, now_ms)):
             if await self.dispatcher.drop(p, "expired"):
-                self._notify(p, "deadline")
+                self._notify(p, Outcome.DEADLINE_EXCEEDED)
         blocked_models: set[str] = set()
         progress = True
         while progress:
@@ -172,7 +196,7 @@ class SchedulerCore:
                         self._trace_dispatch(p, worker.worker_id)
                         log.info("dispatched", worker=worker.worker_id, waited_s=round(waited, 4))
                     elif result == CANCELLED:
-                        self._notify(p, "cancelled")
+                        self._notify(p, Outcome.CANCELLED)
                     elif result == WORKER_GONE:  # its heartbeat ended since our last registry read
                         self.waiting.push(p)
                         self.placement.forget(worker.worker_id)
@@ -194,9 +218,9 @@ class SchedulerCore:
         for (model, priority), n in depth.items():
             self.metrics.set_queue_depth(model, priority, n)
 
-    def _notify(self, p: Pending, outcome: str) -> None:
+    def _notify(self, p: Pending, outcome: Outcome) -> None:
         with _log_context(p):
-            log.info("request dropped before dispatch", outcome=outcome)
+            log.info("request dropped before dispatch", outcome=outcome.value)
         self.sink.send(p.reply_to, [OutChunk(p.request_id, p.attempt, 0, [], "", outcome=outcome)])
 
     async def close(self) -> None:

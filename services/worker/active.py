@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from llmserve.common.logging import request_context, trace_id_of
 from llmserve.common.v1 import work_pb2
 
-from .engine.types import EngineRequest, FinishReason, SamplingParams, TokenOutput
+from .engine.types import EngineRequest, SamplingParams
 
 
 @dataclass
@@ -23,7 +22,7 @@ class Active:
     model: str = ""  # served id of the engine running it
     owed_text: str = ""  # decoded by a previous attempt, never delivered: goes out first
     span: Any = None  # the request's "worker.generate" span, in the gateway's trace
-    item: work_pb2.WorkItem | None = None  # as read: a forced unload requeues it to resume elsewhere
+    payload: bytes = b""  # the work item as read (immutable): a forced unload requeues it to resume elsewhere
 
 
 def log_context(item: work_pb2.WorkItem):
@@ -46,13 +45,3 @@ def engine_request(item: work_pb2.WorkItem) -> EngineRequest:
         priority=item.priority,
     )
 
-
-def outcome_of(out: TokenOutput, active: Active) -> str:
-    """The sink outcome of an output: "" until it finishes."""
-    if not out.finished:
-        return ""
-    reason = out.finish_reason
-    if reason == FinishReason.CANCELLED and 0 < active.deadline_unix_ms <= time.time() * 1000:
-        return "deadline"
-    return {FinishReason.STOP: "stop", FinishReason.LENGTH: "length",
-            FinishReason.CANCELLED: "cancelled", FinishReason.ERROR: "error"}[reason]

@@ -25,7 +25,7 @@ def inside(path: str, roots: list[str]) -> Path | None:
 
 def check_model_ref(ref: str, model_dirs: list[str]) -> None:
     """Built-in names and registry references pass; a directory must lie in `model_dirs`."""
-    if ref in BUILTIN_MODELS or not _names_a_path(ref):
+    if not ref or ref in BUILTIN_MODELS or not _names_a_path(ref):  # "" is INVALID_ARGUMENT later
         return
     if inside(ref, model_dirs) is None:
         raise PermissionDenied(

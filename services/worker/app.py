@@ -5,6 +5,7 @@ from __future__ import annotations
 from llmserve.common import internal_policy, redis_client
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
+from llmserve.common.server import Service
 from llmserve.worker.v1 import worker_pb2, worker_pb2_grpc
 
 from .engine.interface import Engine
@@ -18,7 +19,7 @@ from .settings import WorkerSettings
 log = get_logger(__name__)
 
 
-class WorkerService:
+class WorkerService(Service):
     """A worker serving `settings.models` (or `settings.model`), loaded when it starts.
 
     Tests pass ready engines instead: `engine` (+ `model_name`) for one model, or `engines`

@@ -5,6 +5,7 @@ acknowledge finished requests. The models themselves live in `served_models.Mode
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections import defaultdict
@@ -17,7 +18,15 @@ from llmserve.common import redis_keys as keys
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import WorkerMetrics
-from llmserve.common.streams import StreamEntry, ensure_group, read_group, read_own_pending
+from llmserve.common.outcome import Outcome
+from llmserve.common.streams import (
+    StreamEntry,
+    consume_forever,
+    ensure_group,
+    past_deadline,
+    read_group,
+    read_own_pending,
+)
 from llmserve.common.supervise import Supervisor
 from llmserve.common.telemetry import extract_context
 from llmserve.common.tokensink.client import OutChunk, SinkClient
@@ -25,7 +34,7 @@ from llmserve.common.tokensink.handoff import Handoff
 from llmserve.common.v1 import work_pb2
 from llmserve.common.workers import WorkerLoad, expire_heartbeat, publish_heartbeat, withdraw
 
-from .active import Active, engine_request, log_context, outcome_of
+from .active import Active, engine_request, log_context
 from .engine.types import TokenOutput
 from .engine_thread import EngineThread
 from .resume import owed_text
@@ -69,7 +78,7 @@ class WorkerRuntime:
             self.start_model(model)
         await ensure_group(self.redis, self.stream, keys.WORKER_GROUP)
         # Requests read before a restart and never finished are ours to run again.
-        await self._admit(await read_own_pending(self.redis, keys.WORKER_GROUP, self.settings.worker_id,
+        await self._take(await read_own_pending(self.redis, keys.WORKER_GROUP, self.settings.worker_id,
                                                  self.stream))
         await self._heartbeat()
         # A dead intake leaves a worker that heartbeats but never reads: fatal. A heartbeat is
@@ -118,13 +127,13 @@ class WorkerRuntime:
         return active
 
     async def _resume_elsewhere(self, active: Active) -> str:
-        item = active.item
+        item = work_pb2.WorkItem.FromString(active.payload)
         try:
             return await self.handoff.resume_elsewhere(self.stream, active.entry_id, item)
         except RedisError as e:  # it cannot move: tell the client to retry rather than leave it waiting
             with log_context(item):
                 log.warning("hand-off failed", error=type(e).__name__)
-            self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt + 1, 0, [], "", outcome="error",
+            self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt + 1, 0, [], "", outcome=Outcome.ERROR,
                                                     error=f"{item.model} was unloaded and the request could not "
                                                           f"be moved to another worker; retry it")])  # fmt: skip
             return HAND_OFF_FAILED
@@ -158,24 +167,20 @@ class WorkerRuntime:
         return sum(m.engine.stats().waiting for m in self.models.all())
 
     async def _intake_loop(self) -> None:
-        while not self.draining:
-            try:
-                room = self.settings.max_backlog - self._waiting()
-                if room <= 0:
-                    await asyncio.sleep(0.005)
-                    continue
-                entries = await read_group(self.redis, keys.WORKER_GROUP, self.settings.worker_id,
-                                           [self.stream], count=room, block_ms=50)
-                await self._admit(entries)
-                await self._flush_acks()
-            except RedisError as e:
-                if "NOGROUP" in str(e):  # Redis came back empty: recreate our group
-                    await ensure_group(self.redis, self.stream, keys.WORKER_GROUP)
-                    continue
-                log.warning("redis unavailable; retrying", error=type(e).__name__)
-                await asyncio.sleep(0.2)
+        await consume_forever(self._intake_once, lambda: not self.draining,
+                              lambda: ensure_group(self.redis, self.stream, keys.WORKER_GROUP))
 
-    async def _admit(self, entries: list[StreamEntry]) -> None:
+    async def _intake_once(self) -> None:
+        room = self.settings.max_backlog - self._waiting()
+        if room <= 0:
+            await asyncio.sleep(0.005)
+            return
+        entries = await read_group(self.redis, keys.WORKER_GROUP, self.settings.worker_id,
+                                   [self.stream], count=room, block_ms=50)
+        await self._take(entries)
+        await self._flush_acks()
+
+    async def _take(self, entries: list[StreamEntry]) -> None:
         if not entries:
             return
         now_ms = time.time() * 1000
@@ -183,8 +188,8 @@ class WorkerRuntime:
         started: list[str] = []
         for entry in entries:
             item = work_pb2.WorkItem.FromString(entry.payload)
-            if 0 < item.deadline_unix_ms <= now_ms:
-                self._refuse(entry, item, "deadline")
+            if past_deadline(item.deadline_unix_ms, now_ms):
+                self._refuse(entry, item, Outcome.DEADLINE_EXCEEDED)
                 continue
             model = self.models.serving(item.model)
             if model is None:  # placed from a stale heartbeat: never taken, never dropped
@@ -250,7 +255,7 @@ class WorkerRuntime:
         self._start(entry, item, model)
         model.thread and model.thread.wake()
 
-    def _refuse(self, entry: StreamEntry, item: work_pb2.WorkItem, outcome: str) -> None:
+    def _refuse(self, entry: StreamEntry, item: work_pb2.WorkItem, outcome: Outcome) -> None:
         self.sink.send(item.reply_to, [OutChunk(item.request_id, item.attempt, len(item.resume_token_ids), [], "",
                                                 outcome=outcome)])
         self._to_ack.append(entry.entry_id)
@@ -259,7 +264,7 @@ class WorkerRuntime:
         tokenizer = getattr(model.engine, "tokenizer", None)
         active = Active(entry.entry_id, item.reply_to, item.attempt, item.deadline_unix_ms, model.served_id,
                         owed_text(tokenizer, list(item.prompt_token_ids), list(item.resume_token_ids),
-                                  item.resume_text), item=item)
+                                  item.resume_text), payload=entry.payload)
         active.span = _tracer.start_span(
             "worker.generate", context=extract_context(dict(item.trace_context)),
             attributes={"llmserve.request_id": item.request_id, "llmserve.worker": self.settings.worker_id,
@@ -281,15 +286,15 @@ class WorkerRuntime:
                     self._start_deferred(out.request_id)
                 continue
             text, active.owed_text = active.owed_text + out.text, ""
-            outcome = outcome_of(out, active)
+            outcome = out.finish_reason or Outcome.UNSPECIFIED
             by_gateway[active.reply_to].append(OutChunk(
                 out.request_id, active.attempt, out.index, out.token_ids, text,
                 outcome=outcome, prompt_tokens=out.prompt_tokens,
                 completion_tokens=out.completion_tokens, error=out.error or "",
             ))
             if out.finished:
-                if active.item is not None:
-                    with log_context(active.item):
+                if active.payload:
+                    with log_context(work_pb2.WorkItem.FromString(active.payload)):
                         log.info("request finished", outcome=outcome, completion_tokens=out.completion_tokens)
                 del self.active[out.request_id]
                 active.span.set_attribute("llmserve.completion_tokens", out.completion_tokens)
@@ -347,13 +352,16 @@ class WorkerRuntime:
         from what its client has (and dead-letters one that keeps killing workers). Deleting
         the heartbeat, not the registration, is what makes this worker dead to them at once."""
         self.failed = self.draining = True
-        await self.supervisor.stop()
         for model in self.models.all():
             model.serving = False
+        # Dead to the schedulers first: stopping the other loops may take a while.
         try:
             await expire_heartbeat(self.redis, self.settings.worker_id)
         except RedisError as e:  # it expires by its TTL instead
             log.warning("could not withdraw the heartbeat", error=type(e).__name__)
+        await self.supervisor.stop()
+        with contextlib.suppress(RedisError):  # a heartbeat sent while the loops stopped
+            await expire_heartbeat(self.redis, self.settings.worker_id)
 
     async def close(self) -> None:
         await self.supervisor.stop()

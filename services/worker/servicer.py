@@ -5,9 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import grpc
-
-from llmserve.common.errors import InvalidArgument, LLMServeError, abort_with
+from llmserve.common.errors import FailedPrecondition, InvalidArgument, ModelNotFound
 from llmserve.worker.v1 import worker_pb2, worker_pb2_grpc
 
 from .admin_paths import check_model_ref
@@ -17,6 +15,8 @@ from .settings import WorkerSettings
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
+    """Worker admin RPCs; domain errors answer their table status through GrpcApp's error path."""
+
     def __init__(self, runtime: WorkerRuntime, admin: ModelAdmin, settings: WorkerSettings):
         self.runtime = runtime
         self.admin = admin
@@ -35,11 +35,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     async def StartProfile(self, request, context):
         if request.num_steps < 1:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "num_steps must be >= 1")
+            raise InvalidArgument("num_steps must be >= 1")
         models = self.runtime.models.all()
         model = self.runtime.models.find(request.model) if request.model else (models[0] if models else None)
         if model is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} is not loaded here")
+            raise ModelNotFound(f"model {request.model!r} is not loaded here")
         path = Path(self.settings.profile_dir) / f"{self.settings.worker_id}-{int(time.time())}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         model.engine.start_profile(request.num_steps, path)
@@ -50,21 +50,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             check_model_ref(request.ref, self.settings.model_dirs)
             before = self.runtime.models.serving_ids()
             model = await self.admin.load(request.ref)
-        except LLMServeError as e:
-            await abort_with(context, e)
         # Missing or unreadable weights, no room left for a KV cache, CUDA out of memory.
         except (OSError, ValueError, RuntimeError) as e:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot load {request.ref!r}: {e}")
+            raise FailedPrecondition(f"cannot load {request.ref!r}: {e}") from e
         return worker_pb2.LoadModelResponse(served_id=model.served_id, memory_bytes=model.memory_bytes,
                                             already_loaded=model.served_id in before)
 
     async def UnloadModel(self, request, context):
-        try:
-            if not request.served_id:
-                raise InvalidArgument("served_id is required")
-            done = await self.admin.unload(request.served_id, force=request.force)
-        except LLMServeError as e:
-            await abort_with(context, e)
+        if not request.served_id:
+            raise InvalidArgument("served_id is required")
+        done = await self.admin.unload(request.served_id, force=request.force)
         return worker_pb2.UnloadModelResponse(served_id=done.served_id, freed_bytes=done.freed_bytes,
                                               cancelled=done.cancelled, handed_off=done.handed_off)
 

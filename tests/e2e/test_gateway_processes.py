@@ -48,7 +48,8 @@ def gateways(tmp_path, model_path):
                     f"gateway{i}",
                     "llmserve.gateway",
                     port,
-                    {"LLMSERVE_GATEWAY_PORT": str(port), "LLMSERVE_GATEWAY_HTTP_PORT": "0"},
+                    {"LLMSERVE_GATEWAY_PORT": str(port), "LLMSERVE_GATEWAY_HTTP_PORT": "0",
+                     "LLMSERVE_GATEWAY_INTERNAL_PORT": "0"},
                 )
             suite.wait_serving(timeout=120)
             yield suite, redis.url

@@ -20,7 +20,7 @@ from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
 from llmserve.worker.v1 import worker_pb2, worker_pb2_grpc
 from tests.support.scripted_engine import ScriptedEngine
-from tests.support.stack import API_KEY, model_worker, running_stack
+from tests.support.stack import API_KEY, model_worker, operator_channel, running_stack
 from tests.support.tiny_models import save_tiny_llama
 
 AUTH = (("authorization", f"Bearer {API_KEY}"),)
@@ -98,7 +98,7 @@ async def test_unloading_one_model_leaves_the_other_streams_untouched(redis_url,
     r = aioredis.Redis.from_url(redis_url)
     async with stack_cm as stack, worker_cm as w0, \
             grpc.aio.insecure_channel(stack.gateway_address) as gw, \
-            grpc.aio.insecure_channel(f"127.0.0.1:{w0.port}") as wc:
+            operator_channel(f"127.0.0.1:{w0.port}") as wc:
         streams, admin = Streams(generation_pb2_grpc.GenerationServiceStub(gw)), worker_pb2_grpc.WorkerServiceStub(wc)
         assert await _holders(streams.stub) == {A: ["w0"], B: ["w0"]}
         alone = await _b_alone(streams)
@@ -174,8 +174,8 @@ async def test_forced_unload_resumes_its_streams_on_another_worker_exactly(redis
     r = aioredis.Redis.from_url(redis_url)
     async with stack_cm as stack, worker_cm as w0, _worker_with(redis_url, "w1", tiny_dirs, B) as w1, \
             grpc.aio.insecure_channel(stack.gateway_address) as gw, \
-            grpc.aio.insecure_channel(f"127.0.0.1:{w0.port}") as c0, \
-            grpc.aio.insecure_channel(f"127.0.0.1:{w1.port}") as c1:
+            operator_channel(f"127.0.0.1:{w0.port}") as c0, \
+            operator_channel(f"127.0.0.1:{w1.port}") as c1:
         streams = Streams(generation_pb2_grpc.GenerationServiceStub(gw))
         admin0, admin1 = worker_pb2_grpc.WorkerServiceStub(c0), worker_pb2_grpc.WorkerServiceStub(c1)
         alone_a, alone_b = await _a_alone(streams), await _b_alone(streams)  # only w0 has A
@@ -203,7 +203,7 @@ async def test_forced_unload_with_no_other_worker_waits_in_the_queue(redis_url, 
     r = aioredis.Redis.from_url(redis_url)
     async with stack_cm as stack, worker_cm as w0, \
             grpc.aio.insecure_channel(stack.gateway_address) as gw, \
-            grpc.aio.insecure_channel(f"127.0.0.1:{w0.port}") as wc:
+            operator_channel(f"127.0.0.1:{w0.port}") as wc:
         streams, admin = Streams(generation_pb2_grpc.GenerationServiceStub(gw)), worker_pb2_grpc.WorkerServiceStub(wc)
         alone = await _a_alone(streams)
         a_tasks, unloaded, got, had = await _forced_unload_mid_stream(streams, admin)

@@ -43,7 +43,7 @@ async def test_the_first_requests_after_a_redis_restart_succeed(tmp_path, catalo
             # Several concurrent requests so that several pooled connections exist.
             assert all(await asyncio.gather(*(_generate(stub, i) for i in range(4))))
             await asyncio.to_thread(redis.stop_process)
-            await asyncio.to_thread(redis.start)
+            redis.start()  # from this thread: the child dies with the thread that forked it (PDEATHSIG)
             await asyncio.sleep(0.5)  # the worker's next heartbeat re-announces it
             for i in range(4):  # one at a time: each may meet another stale connection
                 assert await _generate(stub, 10 + i)

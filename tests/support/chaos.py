@@ -77,7 +77,7 @@ def busiest_worker(suite: LocalSuite):
         if not service.name.startswith("worker") or not service.alive():
             continue
         try:
-            with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            with suite.operator_auth().channel(f"127.0.0.1:{service.port}") as channel:
                 status = worker_pb2_grpc.WorkerServiceStub(channel).GetStatus(worker_pb2.GetStatusRequest(), timeout=1)
         except grpc.RpcError:
             continue

@@ -20,19 +20,11 @@ import grpc
 
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
+from llmserve.common.outcome import Outcome
 from llmserve.common.tokensink.v1 import token_sink_pb2 as pb
 from llmserve.common.tokensink.v1 import token_sink_pb2_grpc
 
 log = get_logger(__name__)
-
-OUTCOMES = {
-    "": pb.OUTCOME_UNSPECIFIED,
-    "stop": pb.OUTCOME_STOP,
-    "length": pb.OUTCOME_LENGTH,
-    "cancelled": pb.OUTCOME_CANCELLED,
-    "error": pb.OUTCOME_ERROR,
-    "deadline": pb.OUTCOME_DEADLINE_EXCEEDED,
-}
 
 
 @dataclass
@@ -42,14 +34,14 @@ class OutChunk:
     index: int
     token_ids: list[int]
     text: str
-    outcome: str = ""
+    outcome: Outcome = Outcome.UNSPECIFIED
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str = ""
 
     def to_pb(self, worker_id: str) -> pb.TokenChunk:
         return pb.TokenChunk(request_id=self.request_id, attempt=self.attempt, index=self.index,
-                             token_ids=self.token_ids, text=self.text, outcome=OUTCOMES[self.outcome],
+                             token_ids=self.token_ids, text=self.text, outcome=Outcome(self.outcome).to_pb(),
                              prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
                              error=self.error, worker_id=worker_id)
 

@@ -21,9 +21,10 @@ import redis.asyncio as aioredis
 
 from llmserve.common import redis_keys as keys
 from llmserve.common.logging import get_logger
+from llmserve.common.outcome import Outcome
 from llmserve.common.v1 import work_pb2
 
-from .client import OutChunk, SinkClient, fence
+from .client import OutChunk, Progress, SinkClient, fence
 
 log = get_logger(__name__)
 
@@ -44,6 +45,22 @@ return 1
 """
 
 REQUEUED, ABANDONED, DEAD_LETTER, GONE = "requeued", "abandoned", "dead-letter", ""
+
+
+def _next_attempt(item: work_pb2.WorkItem, attempt: int) -> work_pb2.WorkItem:
+    """A copy of `item` as attempt `attempt` (the caller's item is never changed)."""
+    moved = work_pb2.WorkItem()
+    moved.CopyFrom(item)
+    moved.attempt = attempt
+    return moved
+
+
+def _resuming(item: work_pb2.WorkItem, progress: Progress) -> work_pb2.WorkItem:
+    """`item` (a copy of ours) resuming after what its client already has."""
+    del item.resume_token_ids[:]
+    item.resume_token_ids.extend(progress.token_ids)
+    item.resume_text = progress.text
+    return item
 
 
 class Handoff:
@@ -68,14 +85,14 @@ class Handoff:
         """Fence attempt+1 and requeue `item` (entry `entry_id` of `stream`) to continue from what
         its client has. Past `max_attempts` (None: no limit) it is dead-lettered and its client
         gets an error. Returns REQUEUED, ABANDONED (no client waits), DEAD_LETTER, or GONE
-        (another path moved the entry first). `item` is updated in place."""
+        (another path moved the entry first). `item` is left as it was: what moves is a copy."""
         request = keys.request_key(item.request_id)
         attempt = item.attempt + 1
         progress = await fence(item.reply_to, item.request_id, attempt, auth=self.sink.auth)
         if progress is None:
             moved = await self._forget(keys=[stream, request], args=[entry_id, ABANDONED, keys.WORKER_GROUP])
             return ABANDONED if moved else GONE
-        item.attempt = attempt
+        item = _next_attempt(item, attempt)
         if max_attempts is not None and attempt > max_attempts:
             if not await self._move(
                 keys=[stream, keys.DEADLETTER_STREAM, request],
@@ -92,15 +109,13 @@ class Handoff:
                         len(progress.token_ids),
                         [],
                         "",
-                        outcome="error",
+                        outcome=Outcome.ERROR,
                         error=f"the request failed on {max_attempts} workers and was dead-lettered",
                     )
                 ],
             )
             return DEAD_LETTER
-        del item.resume_token_ids[:]
-        item.resume_token_ids.extend(progress.token_ids)
-        item.resume_text = progress.text
+        item = _resuming(item, progress)
         if not await self._move(
             keys=[stream, keys.request_stream(item.model), request],
             args=[entry_id, item.SerializeToString(), REQUEUED, attempt, keys.WORKER_GROUP],

@@ -12,9 +12,9 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
+from llmserve.common.api_keys import KEY_PREFIX, LIMIT_NAMES, ApiKeyStore
 from llmserve.common.errors import PermissionDenied, Unauthenticated, echo
 
-from .api_keys import KEY_PREFIX, LIMIT_NAMES, ApiKeyStore
 from .jwt_auth import JwtVerifier
 
 

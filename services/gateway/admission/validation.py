@@ -14,7 +14,7 @@ from typing import Any
 
 from llmserve.common.errors import InvalidArgument
 
-from ..routing.catalog import ServedModel
+from ..routing.catalog import ModelProfile
 from ..settings import GatewaySettings
 
 PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH = 1, 2, 3
@@ -65,7 +65,7 @@ class Job:
     received_at: float = 0.0  # time.monotonic() when the call arrived: latencies count from here
 
 
-def validate(params: GenerateParams, model: ServedModel, tenant: str, settings: GatewaySettings) -> Job:
+def validate(params: GenerateParams, model: ModelProfile, tenant: str, settings: GatewaySettings) -> Job:
     request_id = params.request_id or uuid.uuid4().hex
     if not _REQUEST_ID.match(request_id):
         raise InvalidArgument("request_id must be 1-128 characters of [A-Za-z0-9._:-]")
@@ -83,7 +83,7 @@ def validate(params: GenerateParams, model: ServedModel, tenant: str, settings: 
     )
 
 
-def _prompt_ids(params: GenerateParams, model: ServedModel, settings: GatewaySettings) -> list[int]:
+def _prompt_ids(params: GenerateParams, model: ModelProfile, settings: GatewaySettings) -> list[int]:
     if params.prompt is None and params.messages is None:
         raise InvalidArgument("one of prompt or messages is required")
     if params.prompt is not None:
@@ -131,7 +131,7 @@ def _check_bytes(size: int, settings: GatewaySettings) -> None:
         raise InvalidArgument(f"prompt is {size} bytes; max_prompt_bytes is {settings.max_prompt_bytes}")
 
 
-def _sampling(params: GenerateParams, prompt_len: int, model: ServedModel, settings: GatewaySettings) -> Sampling:
+def _sampling(params: GenerateParams, prompt_len: int, model: ModelProfile, settings: GatewaySettings) -> Sampling:
     room = model.context_length - prompt_len
     if params.max_tokens is None:
         max_tokens = min(settings.default_max_tokens, room)

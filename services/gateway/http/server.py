@@ -29,7 +29,7 @@ class _EmbeddedServer(uvicorn.Server):
         yield  # the gateway's bootstrap handles signals and calls stop()
 
 
-class HttpServer:
+class OpenAIHttpServer:
     """Serves an ASGI app on settings.host:settings.http_port, with TLS when configured."""
 
     def __init__(self, app, settings: GatewaySettings):

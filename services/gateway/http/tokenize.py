@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 from llmserve.common.errors import InvalidArgument, LLMServeError
 
 from ..generation import GenerationService
-from ..routing.catalog import ServedModel
+from ..routing.catalog import ModelProfile
 from .openai_format import _messages, json_object
 
 _TOKENIZE_FIELDS = frozenset({"model", "prompt", "messages", "add_special_tokens"})
@@ -47,7 +47,7 @@ class TokenizeApi:
         except LLMServeError as e:
             return self.error_response(e)
 
-    async def _model(self, authorization: str | None, name) -> ServedModel:
+    async def _model(self, authorization: str | None, name) -> ModelProfile:
         identity = await self.service.identify(authorization)
         if not isinstance(name, str) or not name:
             raise InvalidArgument("model is required", param="model")
@@ -56,7 +56,7 @@ class TokenizeApi:
         return route.model
 
 
-def _tokenize(model: ServedModel, body: dict) -> dict:
+def _tokenize(model: ModelProfile, body: dict) -> dict:
     prompt, messages = body.get("prompt"), body.get("messages")
     if (prompt is None) == (messages is None):
         raise InvalidArgument("give exactly one of prompt or messages", param="prompt")
@@ -74,7 +74,7 @@ def _tokenize(model: ServedModel, body: dict) -> dict:
     return {"tokens": list(ids), "count": len(ids), "max_model_len": model.context_length}
 
 
-def _detokenize(model: ServedModel, body: dict) -> dict:
+def _detokenize(model: ModelProfile, body: dict) -> dict:
     tokens = body.get("tokens")
     vocab = len(model.tokenizer)
     if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):

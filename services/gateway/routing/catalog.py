@@ -13,7 +13,7 @@ from llmserve.common.model_store import resolve_model
 
 
 @dataclass
-class ServedModel:
+class ModelProfile:
     name: str
     path: Path
     tokenizer: PreTrainedTokenizerBase
@@ -33,7 +33,7 @@ class ServedModel:
         return chat_token_ids(self.tokenizer, messages)
 
 
-def load_served_model(name: str, path: Path, format: str = "") -> ServedModel:
+def load_model_profile(name: str, path: Path, format: str = "") -> ModelProfile:
     """Tokenizer and context length of the model at `path`, served as `name` (the weights
     stay with the workers). The one loader for catalog names and registry versions alike.
 
@@ -46,7 +46,7 @@ def load_served_model(name: str, path: Path, format: str = "") -> ServedModel:
     elif not folder.is_dir():
         folder = folder.parent
     config = AutoConfig.from_pretrained(str(folder), **extra)
-    return ServedModel(
+    return ModelProfile(
         name=name,
         path=Path(path),
         tokenizer=AutoTokenizer.from_pretrained(str(folder), **extra),
@@ -55,9 +55,9 @@ def load_served_model(name: str, path: Path, format: str = "") -> ServedModel:
 
 
 class ModelCatalog:
-    """Name -> ServedModel, loaded once at start."""
+    """Name -> ModelProfile, loaded once at start."""
 
-    def __init__(self, models: dict[str, ServedModel]):
+    def __init__(self, models: dict[str, ModelProfile]):
         self._models = models
 
     @classmethod
@@ -65,10 +65,10 @@ class ModelCatalog:
         models = {}
         for name in names:
             display = Path(name).name if Path(name).is_dir() else name
-            models[display] = load_served_model(display, resolve_model(name))
+            models[display] = load_model_profile(display, resolve_model(name))
         return cls(models)
 
-    def get(self, name: str) -> ServedModel:
+    def get(self, name: str) -> ModelProfile:
         model = self._models.get(name)
         if model is None:
             raise ModelNotFound(f"model {echo(name)} is not served here; ListModels shows the models")

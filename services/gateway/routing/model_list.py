@@ -115,7 +115,7 @@ class ModelLister:
     async def _context_length(self, name: str, version: str) -> int:
         """From the version's config, loaded (and cached) as routing loads it; 0 if unreadable."""
         try:
-            return (await self.router.served_model(name, version)).context_length
+            return (await self.router.model_profile(name, version)).context_length
         except (LLMServeError, RedisError):
             return 0
 

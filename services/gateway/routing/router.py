@@ -37,7 +37,7 @@ from llmserve.common.models.registry import Alias, ModelRegistry, ModelVersion, 
 from llmserve.common.workers import registry_snapshot
 
 from ..settings import GatewaySettings
-from .catalog import ModelCatalog, ServedModel, load_served_model
+from .catalog import ModelCatalog, ModelProfile, load_model_profile
 
 _BUCKETS = 10_000  # split resolution: 0.01 %
 
@@ -68,7 +68,7 @@ def choose_version(name: str, alias: Alias, key: str) -> str:
 class Route:
     """Where one request goes: `model.name` is the served model id."""
 
-    model: ServedModel
+    model: ModelProfile
     requested: str  # the model name the client asked for, without @version
 
 
@@ -125,7 +125,7 @@ class ModelRouter:
         self._aliases = TtlCache(settings.registry_cache_s)
         self._live = TtlCache(settings.registry_cache_s)
         self._versions: dict[tuple[str, str], ModelVersion] = {}  # versions never change
-        self._loaded: dict[str, asyncio.Future] = {}  # weights path -> ServedModel
+        self._loaded: dict[str, asyncio.Future] = {}  # weights path -> ModelProfile
 
     async def route(self, requested: str, tenant: str, request_id: str) -> Route:
         if requested in self._static:
@@ -141,12 +141,12 @@ class ModelRouter:
                 version = target  # an explicit version: no split, no fallback
             else:
                 version = await self._pick(name, target, tenant if self.sticky_by == "tenant" else request_id)
-            model = await self.served_model(name, version)
+            model = await self.model_profile(name, version)
         except RedisError as e:
             raise Unavailable(f"model registry unreachable: {type(e).__name__}", retry_after_s=1.0) from e
         return Route(model, name)
 
-    async def served_model(self, name: str, version: str) -> ServedModel:
+    async def model_profile(self, name: str, version: str) -> ModelProfile:
         """`name@version` with its tokenizer and context length (loaded once per weights path)."""
         found = await self._version(name, version)
         return dataclasses.replace(await self._load(found), name=found.ref)
@@ -182,10 +182,10 @@ class ModelRouter:
             found = self._versions[(name, version)] = await self.registry.get(name, version)
         return found
 
-    async def _load(self, version: ModelVersion) -> ServedModel:
+    async def _load(self, version: ModelVersion) -> ModelProfile:
         task = self._loaded.get(version.path)
         if task is None or (task.done() and task.exception() is not None):
-            load = asyncio.to_thread(load_served_model, version.ref, Path(version.path), version.format)
+            load = asyncio.to_thread(load_model_profile, version.ref, Path(version.path), version.format)
             task = asyncio.ensure_future(load)
             self._loaded[version.path] = task
         try:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from llmserve.common.errors import Cancelled, DeadlineExceeded, GenerationFailed, LLMServeError
+from llmserve.common.errors import LLMServeError
 from llmserve.common.logging import get_logger
+from llmserve.common.outcome import Outcome
 
 log = get_logger(__name__)
 
@@ -26,7 +27,7 @@ class TokenEvent:
 
 @dataclass
 class FinishEvent:
-    reason: str  # "stop" | "length"
+    reason: Outcome  # STOP or LENGTH (the other outcomes reach the client as errors)
     prompt_tokens: int
     completion_tokens: int
 
@@ -43,11 +44,14 @@ class Chunk:
     index: int
     token_ids: list[int]
     text: str
-    outcome: str = ""  # "" (not final) | stop | length | cancelled | error | deadline
+    outcome: Outcome = Outcome.UNSPECIFIED  # UNSPECIFIED: not the final chunk
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str = ""
     worker_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.outcome = Outcome(self.outcome)  # its value ("stop", ...) is accepted too
 
 
 @dataclass
@@ -92,18 +96,10 @@ class RequestStream:
             self.delivered_text.append(chunk.text)
         if chunk.outcome:
             self.finished = True
-            self.events.put_nowait(_final_event(chunk))
+            final: Event = (FinishEvent(chunk.outcome, chunk.prompt_tokens, chunk.completion_tokens)
+                            if chunk.outcome.completed else chunk.outcome.error(chunk.error))
+            self.events.put_nowait(final)
         return True
-
-
-def _final_event(chunk: Chunk) -> Event:
-    if chunk.outcome in ("stop", "length"):
-        return FinishEvent(chunk.outcome, chunk.prompt_tokens, chunk.completion_tokens)
-    if chunk.outcome == "cancelled":
-        return Cancelled("the request was cancelled")
-    if chunk.outcome == "deadline":
-        return DeadlineExceeded("the request's deadline passed before it completed")
-    return GenerationFailed(chunk.error or "generation failed")
 
 
 class InflightRegistry:

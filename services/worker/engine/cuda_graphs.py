@@ -18,8 +18,9 @@ import bisect
 import torch
 
 from .attention import AttentionMetadata
+from .batch_scheduler import ScheduledSeq
 from .model_runner import additive_mask
-from .scheduler import ScheduledSeq
+from .profiling import StepTimer
 
 
 class DecodeGraphs:
@@ -55,14 +56,14 @@ class DecodeGraphs:
             return False
         return max(len(d.seq.block_table) for d in decodes) <= self.max_blocks
 
-    def run(self, decodes: list[ScheduledSeq]) -> torch.Tensor:
+    def run(self, decodes: list[ScheduledSeq], timer: StepTimer | None = None) -> torch.Tensor:
         """Logits [len(decodes), vocab] for a pure-decode step."""
         n = len(decodes)
         bs = self.batch_sizes[bisect.bisect_left(self.batch_sizes, n)]
         width = self._width_bucket(max(len(d.seq.block_table) for d in decodes))
         self._fill(decodes, bs, width)
-        if self.runner.timer is not None:
-            self.runner.timer.mark("prepare_inputs")
+        if timer is not None:
+            timer.mark("prepare_inputs")
         if not self.capture:
             return self._forward(bs, width)[:n]
         key = (bs, width)

@@ -13,7 +13,8 @@ import inspect
 import torch
 from transformers import DynamicCache
 
-from .scheduler import SchedulerOutput
+from .batch_scheduler import SchedulerOutput
+from .profiling import StepTimer
 from .sequence import Sequence
 
 
@@ -27,7 +28,6 @@ class HFModelRunner:
         self.block_size = block_size
         self.max_model_len = max_model_len
         self.eos_token_id = None
-        self.timer = None
         self._caches: dict[int, DynamicCache] = {}
         params = inspect.signature(hf_model.forward).parameters
         # transformers 5 renamed `past_key_values` to `cache`; remote-code models may not have.
@@ -45,10 +45,10 @@ class HFModelRunner:
             self._caches[seq.seq_id] = cache
         return cache
 
-    def execute(self, out: SchedulerOutput) -> torch.Tensor:
+    def execute(self, out: SchedulerOutput, timer: StepTimer | None = None) -> torch.Tensor:
         rows = []
-        if self.timer is not None:
-            self.timer.mark("prepare_inputs")
+        if timer is not None:
+            timer.mark("prepare_inputs")
         for item in out.scheduled:
             seq = item.seq
             start = seq.num_computed_tokens

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
+from .batch_scheduler import BatchScheduler
 from .config import EngineConfig
 from .detokenizer import IncrementalDetokenizer
-from .loader import load_engine_parts
+from .loader import EngineParts, load_engine_parts
 from .profiling import StepTimer, TraceRecorder
 from .sampler import Sampler, SampleRow, new_request_seed
-from .scheduler import Scheduler
 from .sequence import Sequence
 from .types import EngineRequest, EngineStats, FinishReason, StepStats, TokenOutput
 
@@ -29,17 +29,17 @@ class LLMEngine:
     lock-protected inbox and a stats snapshot); `step` runs on one engine thread.
     """
 
-    def __init__(self, config: EngineConfig, *, tokenizer, runner, block_manager, eos_token_ids):
+    def __init__(self, config: EngineConfig, parts: EngineParts):
         self.config = config
-        self.tokenizer = tokenizer
-        self.runner = runner
-        self.block_manager = block_manager
-        self.eos_token_ids = frozenset(eos_token_ids)
-        self.max_model_len = runner.max_model_len
-        self.scheduler = Scheduler(block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.tokenizer = parts.tokenizer
+        self.runner = parts.runner
+        self.block_manager = parts.block_manager
+        self.eos_token_ids = parts.eos_token_ids
+        self.max_model_len = parts.runner.max_model_len
+        self.batch_scheduler = BatchScheduler(parts.block_manager, config.max_num_seqs,
+                                              config.max_num_batched_tokens)
         self.sampler = Sampler()
-        self.timer = StepTimer(sync_cuda=config.torch_device().type == "cuda")
-        self.runner.timer = self.timer
+        self.timer = StepTimer(sync_cuda=config.torch_device().type == "cuda")  # given to the runner each step
         self.tracer = TraceRecorder()
         self._lock = threading.Lock()
         self._inbox: list[EngineRequest] = []
@@ -56,14 +56,13 @@ class LLMEngine:
     def from_config(cls, config: EngineConfig) -> LLMEngine:
         """Load the model and tokenizer, size the KV cache, pick the fast or fallback path."""
         config.validate()
-        parts = load_engine_parts(config)
-        return cls(config, **parts)
+        return cls(config, load_engine_parts(config))
 
     @classmethod
     def from_model(cls, config: EngineConfig, hf_model, tokenizer) -> LLMEngine:
         """Build around an already loaded transformers model (tests, notebooks)."""
         config.validate()
-        return cls(config, **load_engine_parts(config, hf_model=hf_model, tokenizer=tokenizer))
+        return cls(config, load_engine_parts(config, hf_model=hf_model, tokenizer=tokenizer))
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, **kwargs) -> LLMEngine:
@@ -123,7 +122,7 @@ class LLMEngine:
             self.timer.start()
             self._drain_inbox(outputs)
             self._expire_deadlines(outputs)
-            sched = self.scheduler.schedule()
+            sched = self.batch_scheduler.schedule()
             self.timer.mark("schedule")
             # A plan that only preempted runs nothing, but its preemptions still count.
             step = StepStats(preempted=len(sched.preempted))
@@ -136,9 +135,9 @@ class LLMEngine:
             return outputs
 
     def _run(self, sched, outputs: list[TokenOutput]) -> StepStats:
-        logits = self.runner.execute(sched)
+        logits = self.runner.execute(sched, self.timer)
         self.timer.mark("forward")
-        step = self.scheduler.update_after_step(sched)
+        step = self.batch_scheduler.update_after_step(sched)
         sampling = [item.seq for item in sched.scheduled if item.sample]
         rows = [self._sample_row(seq) for seq in sampling]
         tokens = self.sampler(logits, rows) if rows else []
@@ -158,13 +157,13 @@ class LLMEngine:
             inbox, self._inbox = self._inbox, []
             aborts, self._aborts = self._aborts, []
         for request in inbox:
-            self._admit(request, outputs)
+            self._add_sequence(request, outputs)
         for request_id in aborts:
             seq = self._live.get(request_id)
             if seq is not None:
                 self._finish(seq, FinishReason.CANCELLED, outputs)
 
-    def _admit(self, request: EngineRequest, outputs: list[TokenOutput]) -> None:
+    def _add_sequence(self, request: EngineRequest, outputs: list[TokenOutput]) -> None:
         detok = IncrementalDetokenizer(
             self.tokenizer, request.prompt_token_ids + request.resume_token_ids, request.sampling.stop
         )
@@ -180,13 +179,13 @@ class LLMEngine:
         elif seq.num_completion_tokens >= request.sampling.max_tokens:
             self._finish(seq, FinishReason.LENGTH, outputs)
         else:
-            self.scheduler.add(seq)
+            self.batch_scheduler.add(seq)
 
     def _expire_deadlines(self, outputs: list[TokenOutput]) -> None:
         now = time.time()
         expired = [s for s in self._live.values() if s.deadline is not None and s.deadline <= now]
         for seq in expired:
-            self._finish(seq, FinishReason.CANCELLED, outputs)
+            self._finish(seq, FinishReason.DEADLINE_EXCEEDED, outputs)
 
     def _append_token(self, seq: Sequence, token: int, outputs: list[TokenOutput]) -> None:
         seq.append_token(token)
@@ -212,7 +211,7 @@ class LLMEngine:
 
     def _release(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
         seq.finish(reason, error)
-        self.scheduler.finish(seq)
+        self.batch_scheduler.finish(seq)
         self.runner.release(seq)
         del self._live[seq.request_id]
         del self._seeds[seq.seq_id]
@@ -235,7 +234,7 @@ class LLMEngine:
     def _end_step(self, outputs: list[TokenOutput]) -> None:
         snapshot = self._snapshot()
         counts: dict[tuple[str, int], int] = {}
-        for state, seqs in (("running", self.scheduler.running), ("waiting", self.scheduler.waiting)):
+        for state, seqs in (("running", self.batch_scheduler.running), ("waiting", self.batch_scheduler.waiting)):
             for seq in seqs:
                 counts[(state, seq.priority)] = counts.get((state, seq.priority), 0) + 1
         with self._lock:
@@ -247,6 +246,6 @@ class LLMEngine:
             total_kv_blocks=bm.num_blocks,
             free_kv_blocks=bm.num_free_blocks,
             block_size=bm.block_size,
-            running=len(self.scheduler.running),
-            waiting=len(self.scheduler.waiting),
+            running=len(self.batch_scheduler.running),
+            waiting=len(self.batch_scheduler.waiting),
         )

@@ -6,6 +6,8 @@ import copy
 import ctypes
 import logging
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -14,11 +16,21 @@ from . import llama, w8a8
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .fallback import HFModelRunner
-from .model_runner import PagedModelRunner
+from .model_runner import ModelRunner, PagedModelRunner
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CPU_KV_BYTES = 512 << 20  # KV budget on CPU when kv_cache_bytes is unset
+
+
+@dataclass(frozen=True)
+class EngineParts:
+    """What `LLMEngine` is built from (`load_engine_parts` makes them from a config)."""
+
+    tokenizer: Any  # a transformers tokenizer
+    runner: ModelRunner  # the fast paged path or the transformers fallback
+    block_manager: BlockManager  # KV blocks, sized to what the runner allocated
+    eos_token_ids: frozenset[int]  # any of them ends a sequence (unless ignore_eos)
 
 
 def tune_cpu_malloc() -> bool:
@@ -41,7 +53,7 @@ def tune_cpu_malloc() -> bool:
     return libc.mallopt(m_trim_threshold, (1 << 31) - 1) == 1 and ok
 
 
-def load_engine_parts(config: EngineConfig, hf_model=None, tokenizer=None) -> dict:
+def load_engine_parts(config: EngineConfig, hf_model=None, tokenizer=None) -> EngineParts:
     """Everything `LLMEngine.__init__` needs. `hf_model`/`tokenizer` may be passed in
     (tests build tiny models from a config)."""
     device, dtype = config.torch_device(), config.torch_dtype()
@@ -70,12 +82,7 @@ def load_engine_parts(config: EngineConfig, hf_model=None, tokenizer=None) -> di
         runner = _build_fallback_runner(config, hf_model.to(device), context_len)
         prefix = False  # per-sequence caches cannot share blocks
     block_manager = BlockManager(runner.num_kv_blocks, config.block_size, prefix)
-    return {
-        "tokenizer": tokenizer,
-        "runner": runner,
-        "block_manager": block_manager,
-        "eos_token_ids": _eos_ids(runner.eos_token_id, tokenizer),
-    }
+    return EngineParts(tokenizer, runner, block_manager, frozenset(_eos_ids(runner.eos_token_id, tokenizer)))
 
 
 def _context_length(hf_config) -> int:

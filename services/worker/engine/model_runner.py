@@ -13,7 +13,8 @@ from typing import Protocol
 import torch
 
 from .attention import AttentionMetadata, PrefillChunk
-from .scheduler import ScheduledSeq, SchedulerOutput
+from .batch_scheduler import ScheduledSeq, SchedulerOutput
+from .profiling import StepTimer
 from .sequence import Sequence
 
 
@@ -24,8 +25,10 @@ class ModelRunner(Protocol):
     num_kv_blocks: int
     max_model_len: int
 
-    def execute(self, out: SchedulerOutput) -> torch.Tensor:
-        """Compute the scheduled tokens; logits [num sampling seqs, vocab] (float32)."""
+    def execute(self, out: SchedulerOutput, timer: StepTimer | None = None) -> torch.Tensor:
+        """Compute the scheduled tokens; logits [num sampling seqs, vocab] (float32).
+
+        `timer` (the engine's) is marked "prepare_inputs" once the inputs are on the device."""
 
     def release(self, seq: Sequence) -> None:
         """Forget any per-sequence state (its KV blocks are freed by the block manager)."""
@@ -57,7 +60,6 @@ class PagedModelRunner:
         self.scratch_block = num_kv_blocks
         self.kv_caches = model.allocate_kv_cache((num_kv_blocks + 1) * block_size)
         self.graphs = graphs  # cuda_graphs.DecodeGraphs or None
-        self.timer = None  # profiling.StepTimer, set by the engine
 
     def release(self, seq: Sequence) -> None:
         pass
@@ -65,14 +67,15 @@ class PagedModelRunner:
     def _tensor(self, values, dtype=torch.long) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
 
-    def execute(self, out: SchedulerOutput) -> torch.Tensor:
+    def execute(self, out: SchedulerOutput, timer: StepTimer | None = None) -> torch.Tensor:
         decodes = [s for s in out.scheduled if s.num_new_tokens == 1]
         prefills = [s for s in out.scheduled if s.num_new_tokens != 1]
         if not prefills and self.graphs is not None and self.graphs.can_run(decodes):
-            return self.graphs.run(decodes)
-        return self._execute_eager(decodes, prefills, out)
+            return self.graphs.run(decodes, timer)
+        return self._execute_eager(decodes, prefills, out, timer)
 
-    def _execute_eager(self, decodes: list[ScheduledSeq], prefills: list[ScheduledSeq], out):
+    def _execute_eager(self, decodes: list[ScheduledSeq], prefills: list[ScheduledSeq], out,
+                       timer: StepTimer | None):
         ids, positions, slots = [], [], []
         for item in decodes:
             seq = item.seq
@@ -102,8 +105,8 @@ class PagedModelRunner:
         meta.slot_mapping = self._tensor(slots)
         logits_indices = [last_index[id(item)] for item in out.scheduled if item.sample]
         ids_t, pos_t, idx_t = self._tensor(ids), self._tensor(positions), self._tensor(logits_indices)
-        if self.timer is not None:
-            self.timer.mark("prepare_inputs")
+        if timer is not None:
+            timer.mark("prepare_inputs")
         return self.model.forward(ids_t, pos_t, meta, self.kv_caches, idx_t, self.block_size)
 
     def decode_tables(self, block_tables: list[list[int]], context_lens: list[int], width: int | None = None):

@@ -5,15 +5,14 @@ Plain dataclasses, no protobuf: the worker's servicer converts at its edge.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
+from llmserve.common.outcome import Outcome
 
-class FinishReason(enum.Enum):
-    STOP = "stop"  # EOS token or a stop string
-    LENGTH = "length"  # max_tokens, or the model's context is full
-    CANCELLED = "cancelled"  # abort_request
-    ERROR = "error"  # the engine could not run this request
+# The engine speaks the suite's one outcome vocabulary: STOP (EOS or a stop string), LENGTH
+# (max_tokens, or the context is full), CANCELLED (abort_request), DEADLINE_EXCEEDED (past
+# the request's deadline) and ERROR (the engine could not run it).
+FinishReason = Outcome
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class EngineRequest:
     prompt_token_ids: list[int]
     sampling: SamplingParams
     resume_token_ids: list[int] = field(default_factory=list)
-    deadline: float | None = None  # time.time() seconds; the engine finishes it with CANCELLED past it
+    deadline: float | None = None  # time.time() seconds; the engine finishes it with DEADLINE_EXCEEDED past it
     priority: int = 0  # the request's priority class (llmserve.gateway.v1.Priority); accounting only
 
 

@@ -62,7 +62,7 @@ class StepRecorder:
                 self.last_token_at[out.request_id] = n
             if out.finish_reason == FinishReason.CANCELLED:
                 self.cancelled_at[out.request_id] = n
-        scheduled = {s.request_id for s in (*self.engine.scheduler.running, *self.engine.scheduler.waiting)}
+        scheduled = {s.request_id for s in (*self.engine.batch_scheduler.running, *self.engine.batch_scheduler.waiting)}
         for request_id in aborted - scheduled:
             self.left_batch_at[request_id] = n
         return outputs

@@ -48,7 +48,7 @@ async def test_liveness_waits_out_a_young_or_new_redis(tmp_path):
         assert await liveness.heartbeats_trusted()
         await asyncio.to_thread(redis.process.kill)
         await asyncio.to_thread(redis.process.wait)
-        await asyncio.to_thread(redis.start)
+        redis.start()  # from this thread: the child dies with the thread that forked it (PDEATHSIG)
         assert not await liveness.heartbeats_trusted()  # a new run_id
         await asyncio.sleep(1.2)
         assert await liveness.heartbeats_trusted()
@@ -88,7 +88,7 @@ async def test_a_redis_restart_requeues_nothing_when_no_worker_died(tmp_path, ca
             await asyncio.to_thread(redis.process.kill)  # SIGKILL: only what AOF everysec kept
             await asyncio.to_thread(redis.process.wait)
             await asyncio.sleep(DOWN_S)  # longer than the heartbeats' TTL
-            await asyncio.to_thread(redis.start)
+            redis.start()  # from this thread: the child dies with the thread that forked it (PDEATHSIG)
             started = time.monotonic()
             results = await asyncio.gather(*streams, return_exceptions=True)
             recovered = scheduler.service.core.recovery.recovered

@@ -70,8 +70,8 @@ async def test_public_port_serves_no_internal_method_and_reflects_only_public(su
         async for reply in stub.ServerReflectionInfo(ask()):
             names = sorted(x.name for x in reply.list_services_response.service)
             break
-    assert names == ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
-                     "llmserve.gateway.v1.GenerationService"]
+    assert names == ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                     "grpc.reflection.v1alpha.ServerReflection", "llmserve.gateway.v1.GenerationService"]
 
 
 async def test_internal_ports_refuse_missing_forged_and_wrong_role(suite, redis_url):

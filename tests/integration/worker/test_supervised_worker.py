@@ -37,7 +37,7 @@ async def test_a_failed_intake_is_fatal(redis_url):
             seen: list[int] = []
             watcher = asyncio.create_task(health_statuses(app.port, seen))
             await wait_for(lambda: seen == [health_pb2.HealthCheckResponse.SERVING])
-            runtime._admit = fail_once(runtime._admit)
+            runtime._take = fail_once(runtime._take)
             await asyncio.wait_for(app.wait_failed(), 10)
             await asyncio.wait_for(watcher, 10)
             assert seen == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]

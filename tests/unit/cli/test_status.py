@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import time
 
+import pytest
 import redis.asyncio as aioredis
 
 from llmserve.cli.redis_server import free_port
@@ -13,8 +14,14 @@ from llmserve.cli.status import collect, render, run_status
 from llmserve.common import redis_keys as keys
 from llmserve.monitor.v1 import monitor_pb2 as mpb
 from tests.support.scripted_engine import ScriptedEngine
-from tests.support.stack import MODEL, running_stack
+from tests.support.stack import INTERNAL_SECRET, MODEL, running_stack
 from tests.unit.cli.fake_monitor import FakeMonitor
+
+
+@pytest.fixture(autouse=True)
+def _operator(monkeypatch):
+    # `llmserve status` calls the scheduler's internal port: as an operator with the secret.
+    monkeypatch.setenv("LLMSERVE_INTERNAL_SECRET", INTERNAL_SECRET)
 
 
 def alert_fired_42s_ago() -> mpb.Alert:

@@ -7,14 +7,22 @@ import asyncio
 import json
 import re
 
+import pytest
+
 from llmserve.cli.main import main
 from llmserve.cli.status import collect, render
 from llmserve.worker.engine.types import EngineRequest, SamplingParams
 from tests.support.scripted_engine import ScriptedEngine
-from tests.support.stack import model_worker
+from tests.support.stack import INTERNAL_SECRET, model_worker
 from tests.support.tiny_models import save_tiny_llama
 
 _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")  # the in-process worker's own logs
+
+
+@pytest.fixture(autouse=True)
+def _operator(monkeypatch):
+    # The CLI derives its operator token from the master secret, as an operator's shell would.
+    monkeypatch.setenv("LLMSERVE_INTERNAL_SECRET", INTERNAL_SECRET)
 
 
 async def _cli(capsys, *argv: str) -> tuple[int, str, str]:

@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from llmserve.common.api_keys import ApiKeyStore
 from llmserve.common.errors import PermissionDenied, Unauthenticated
-from llmserve.gateway.admission.api_keys import ApiKeyStore
 from llmserve.gateway.admission.auth import Authenticator, StaticKeys
 from llmserve.gateway.admission.jwt_auth import JwtVerifier
 from llmserve.gateway.settings import GatewaySettings

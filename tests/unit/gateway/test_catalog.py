@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from llmserve.common.model_store import DEFAULT_MODEL, resolve_model
-from llmserve.gateway.routing.catalog import ServedModel
+from llmserve.gateway.routing.catalog import ModelProfile
 
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -34,7 +34,7 @@ def served(request):
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(DEFAULT_MODEL))
     assert tokenizer.is_fast
     view = tokenizer if request.param else _WithoutBackend(tokenizer)
-    return ServedModel("smol", resolve_model(DEFAULT_MODEL), view, 2048), tokenizer
+    return ModelProfile("smol", resolve_model(DEFAULT_MODEL), view, 2048), tokenizer
 
 
 def test_chat_ids_match_apply_chat_template(served):

@@ -18,7 +18,7 @@ from llmserve.worker.engine.model_runner import PagedModelRunner
 from llmserve.worker.served_models import ModelSet, ServedModel
 from llmserve.worker.v1 import worker_pb2, worker_pb2_grpc
 from tests.support.scripted_engine import ScriptedEngine
-from tests.support.stack import model_worker
+from tests.support.stack import model_worker, operator_channel
 from tests.support.tiny_models import save_tiny_llama, tiny_llama
 
 MIB = 1 << 20
@@ -55,7 +55,7 @@ async def test_load_model_over_the_budget_is_refused_before_loading(redis_url, t
     # The tiny model's estimate is its weights (~12.6 MB fp32) plus the 1 MiB KV budget.
     async with model_worker(redis_url, "w0", {"other": ScriptedEngine()}, model_memory_bytes=8 * MIB,
                             kv_cache_bytes=MIB, device="cpu", model_dirs=[str(tiny_dir.parent)]) as app, \
-            grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            operator_channel(f"127.0.0.1:{app.port}") as channel:
         stub = worker_pb2_grpc.WorkerServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await _load(stub, str(tiny_dir))
@@ -78,7 +78,7 @@ async def test_load_model_resolves_registry_refs_to_the_concrete_version(redis_u
     await registry.activate("tiny", "v2", alias="canary")
     async with model_worker(redis_url, "w0", {"other": ScriptedEngine()}, kv_cache_bytes=MIB,
                             device="cpu") as app, \
-            grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            operator_channel(f"127.0.0.1:{app.port}") as channel:
         stub = worker_pb2_grpc.WorkerServiceStub(channel)
         first = await _load(stub, "tiny")  # the bare name: its active version
         assert first.served_id == "tiny@v1" and not first.already_loaded
@@ -150,7 +150,7 @@ async def test_load_model_only_from_configured_directories(redis_url, tiny_dir, 
     (allowed / "link").symlink_to(tiny_dir, target_is_directory=True)
     async with model_worker(redis_url, "w0", {"other": ScriptedEngine()}, kv_cache_bytes=MIB, device="cpu",
                             model_dirs=[str(allowed)]) as app, \
-            grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            operator_channel(f"127.0.0.1:{app.port}") as channel:
         stub = worker_pb2_grpc.WorkerServiceStub(channel)
         for ref in (str(tiny_dir), str(allowed / ".." / ".." / tiny_dir.relative_to(tmp_path.parent)),
                     str(allowed / "link"), "/etc", "../../../../etc"):

@@ -64,7 +64,7 @@ def test_preemption_with_tiny_kv_completes_everything(make_engine, prompt_ids, g
     engine = make_engine(num_kv_blocks=14, enable_prefix_caching=False)
     reqs = _requests(prompt_ids[:8], greedy(), prefix="p")
     res = run_engine(engine, reqs)
-    assert engine.scheduler.num_preemptions > 0
+    assert engine.batch_scheduler.num_preemptions > 0
     for i, req in enumerate(reqs):
         assert tokens_of(res[req.request_id]) == greedy_refs[i], f"prompt {i}"
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
@@ -86,7 +86,7 @@ def test_abort_and_deadline_free_blocks(make_engine, prompt_ids):
     engine.add_request(EngineRequest("d", prompt_ids[1], greedy(), deadline=0.0))
     outs = engine.step() + engine.step()
     dead = [o for o in outs if o.request_id == "d"]
-    assert dead == [dead[0]] and dead[0].finish_reason is FinishReason.CANCELLED and not dead[0].token_ids
+    assert dead == [dead[0]] and dead[0].finish_reason is FinishReason.DEADLINE_EXCEEDED and not dead[0].token_ids
     assert engine.block_manager.num_used_blocks > 0
     engine.abort_request("a")
     final = engine.step()

@@ -76,7 +76,7 @@ def test_preemption_prefill_and_batch_size_from_the_engine_reach_both_endpoints(
         steps += 1
     assert not engine.has_unfinished()
     totals = engine.step_totals
-    assert totals.preempted == engine.scheduler.num_preemptions > 0
+    assert totals.preempted == engine.batch_scheduler.num_preemptions > 0
     assert totals.recompute_tokens > 0
     assert totals.prefill_tokens == sum(len(p) for p in prompts)
     # every generated token but the last of each request has its KV computed once, as decode

@@ -108,7 +108,7 @@ def test_fast_path_prefix_cache_and_preemption(tokenizer):
     assert engine.block_manager.prefix_hits > 0
     tight = _engine(model, tokenizer, block_size=4, num_kv_blocks=len(shared) // 4 + 8)
     assert _run(tight, prompts) == refs
-    assert tight.scheduler.num_preemptions > 0
+    assert tight.batch_scheduler.num_preemptions > 0
     assert tight.block_manager.num_free_blocks == tight.block_manager.num_blocks
 
 
@@ -136,7 +136,7 @@ def test_fallback_preemption_recomputes(tokenizer):
     refs = _refs(model, prompts)
     engine = _engine(model, tokenizer, block_size=4, num_kv_blocks=max(map(len, prompts)) // 4 + 8)
     assert _run(engine, prompts) == refs
-    assert engine.scheduler.num_preemptions > 0
+    assert engine.batch_scheduler.num_preemptions > 0
 
 
 def test_forced_fallback_for_llama_matches(tokenizer):

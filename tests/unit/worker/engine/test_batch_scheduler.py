@@ -1,9 +1,9 @@
-"""Scheduler: token budget, chunked prefill, admission limits, preemption (no model needed)."""
+"""BatchScheduler: token budget, chunked prefill, admission limits, preemption (no model needed)."""
 
 from __future__ import annotations
 
+from llmserve.worker.engine.batch_scheduler import BatchScheduler
 from llmserve.worker.engine.block_manager import BlockManager
-from llmserve.worker.engine.scheduler import Scheduler
 from llmserve.worker.engine.sequence import Sequence, SequenceStatus
 from llmserve.worker.engine.types import EngineRequest, SamplingParams
 
@@ -21,7 +21,7 @@ def _finish_step(sched, out, new_token=7):
 
 
 def test_long_prompt_is_chunked_and_decodes_keep_running():
-    sched = Scheduler(BlockManager(64, 4), max_num_seqs=8, max_num_batched_tokens=10)
+    sched = BatchScheduler(BlockManager(64, 4), max_num_seqs=8, max_num_batched_tokens=10)
     short, long = _seq(3, "s"), _seq(25, "l")
     sched.add(short)
     sched.add(long)
@@ -42,7 +42,7 @@ def test_long_prompt_is_chunked_and_decodes_keep_running():
 
 
 def test_max_num_seqs_limits_admission():
-    sched = Scheduler(BlockManager(64, 4), max_num_seqs=2, max_num_batched_tokens=100)
+    sched = BatchScheduler(BlockManager(64, 4), max_num_seqs=2, max_num_batched_tokens=100)
     for i in range(3):
         sched.add(_seq(4, f"r{i}"))
     out = sched.schedule()
@@ -51,7 +51,7 @@ def test_max_num_seqs_limits_admission():
 
 def test_preemption_when_blocks_run_out_recomputes_newest():
     bm = BlockManager(4, 4)
-    sched = Scheduler(bm, max_num_seqs=8, max_num_batched_tokens=100)
+    sched = BatchScheduler(bm, max_num_seqs=8, max_num_batched_tokens=100)
     a, b = _seq(8, "a"), _seq(8, "b")
     sched.add(a)
     sched.add(b)
@@ -69,7 +69,7 @@ def test_preemption_when_blocks_run_out_recomputes_newest():
 
 def test_lone_sequence_larger_than_budget_gets_partial_chunk():
     bm = BlockManager(3, 4)
-    sched = Scheduler(bm, max_num_seqs=8, max_num_batched_tokens=100)
+    sched = BatchScheduler(bm, max_num_seqs=8, max_num_batched_tokens=100)
     seq = _seq(10, "x")
     sched.add(seq)
     out = sched.schedule()
@@ -78,7 +78,7 @@ def test_lone_sequence_larger_than_budget_gets_partial_chunk():
 
 def test_finish_frees_blocks_of_running_and_waiting():
     bm = BlockManager(8, 4)
-    sched = Scheduler(bm, max_num_seqs=1, max_num_batched_tokens=100)
+    sched = BatchScheduler(bm, max_num_seqs=1, max_num_batched_tokens=100)
     a, b = _seq(5, "a"), _seq(5, "b")
     sched.add(a)
     sched.add(b)

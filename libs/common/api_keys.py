@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
 from llmserve.common.errors import Unavailable
 from llmserve.common.redis_keys import PREFIX
@@ -94,7 +95,7 @@ class ApiKeyStore:
             name,
             int(time.time()),
         )
-        fields = {
+        fields: dict[FieldT, EncodableT] = {
             "digest": record.digest,
             "tenant": tenant,
             "models": json.dumps(record.models),
@@ -109,7 +110,7 @@ class ApiKeyStore:
         return record, raw
 
     async def list(self) -> list[KeyRecord]:
-        ids = sorted(i.decode() for i in await self._redis.smembers(KEYS_SET))
+        ids = sorted(_text(i) for i in await self._redis.smembers(KEYS_SET))
         records = [await self._load(key_id) for key_id in ids]
         return [r for r in records if r is not None]
 
@@ -158,7 +159,7 @@ class ApiKeyStore:
         raw = await self._redis.hgetall(key_record_key(key_id))
         if not raw:
             return None
-        f = {k.decode(): v.decode() for k, v in raw.items()}
+        f = {_text(k): _text(v) for k, v in raw.items()}
         return KeyRecord(
             key_id,
             f["tenant"],
@@ -168,6 +169,11 @@ class ApiKeyStore:
             f.get("name", ""),
             int(f.get("created_unix", 0)),
         )
+
+
+def _text(value: bytes | str) -> str:
+    # The client is made without decode_responses: Redis answers bytes.
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _digest(raw: str) -> str:

@@ -45,7 +45,7 @@ class SchedulerOutput:
         return not self.scheduled
 
 
-class Scheduler:
+class BatchScheduler:
     """Owns the waiting queue and running list; allocates KV through the block manager."""
 
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
