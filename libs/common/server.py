@@ -94,6 +94,10 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_pings_without_data", 0),
+        # A port another process already holds is an error, not a silent share (grpc sets
+        # SO_REUSEPORT by default: two gateways on one internal port would split the workers'
+        # token streams between them).
+        ("grpc.so_reuseport", 0),
         # Sockets that never speak HTTP/2, idle connections, and floods of them (slowloris).
         ("grpc.server_handshake_timeout_ms", int(settings.grpc_handshake_timeout_s * 1000)),
         ("grpc.max_connection_idle_ms", int(settings.grpc_idle_timeout_s * 1000)),

@@ -61,10 +61,11 @@ async def flood_stack(log_dir: Path, gateways: int = 1, env: dict[str, str] | No
             ports = [Gateway(free_port(), free_port()) for _ in range(gateways)]
             for i, g in enumerate(ports):
                 suite.spawn(f"gateway{i}", "llmserve.gateway", g.grpc_port,
-                            {"LLMSERVE_GATEWAY_PORT": str(g.grpc_port), "LLMSERVE_GATEWAY_HTTP_PORT": str(g.http_port)})  # fmt: skip
+                            {"LLMSERVE_GATEWAY_PORT": str(g.grpc_port), "LLMSERVE_GATEWAY_HTTP_PORT": str(g.http_port),
+                             "LLMSERVE_GATEWAY_INTERNAL_PORT": str(free_port())})  # fmt: skip
             await asyncio.to_thread(suite.wait_serving, 120)
             engine = ScriptedEngine(total_blocks=1000, step_delay_s=step_delay_s)
-            async with running_worker(redis.url, engine, "w0", DEFAULT_MODEL):
+            async with running_worker(redis.url, engine, "w0", DEFAULT_MODEL, internal_secret=suite.internal_secret):
                 yield FloodStack(redis.url, ports, suite)
         finally:
             await asyncio.to_thread(suite.stop)
