@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -15,10 +16,31 @@ from .orphans import die_with_parent
 
 
 def free_port() -> int:
-    """A local TCP port nothing listens on now (the OS picks it)."""
-    with socket.socket() as s:
+    """A local TCP port nothing listens on now, below the kernel's ephemeral range.
+
+    A port the OS hands out for listening comes from the ephemeral range, and while a server on it
+    restarts any outgoing connection (or a client reconnecting to itself: TCP self-connect) can take
+    it as its source port, so the restart fails. Below that range only a listener can hold it.
+    """
+    low = _ephemeral_range_low()
+    for _ in range(256):
+        port = random.randrange(_LOWEST_PICKED, low)
+        if port_free(port):
+            return port
+    with socket.socket() as s:  # the range is crowded: let the OS pick
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+_LOWEST_PICKED = 10000  # above the well-known and most registered service ports
+
+
+def _ephemeral_range_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    return max(low, _LOWEST_PICKED + 1000)
 
 
 def port_free(port: int) -> bool:
