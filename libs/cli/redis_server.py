@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from .orphans import die_with_parent
+from .orphans import dying_with_parent
 
 
 def free_port() -> int:
@@ -57,8 +57,9 @@ class RedisServer:
     """Starts `redis-server` from PATH on 127.0.0.1:port; nothing persisted unless asked."""
 
     def __init__(self, port: int | None = None, *, data_dir: Path | None = None, appendonly: bool = False,
-                 password: str | None = None):
+                 password: str | None = None, extra_args: tuple[str, ...] = ()):
         self.port = port or free_port()
+        self.extra_args = extra_args  # more redis-server options, e.g. ("--replicaof", host, port)
         self.password = password  # `requirepass`: the default user needs it
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="llmserve-redis-")
         # Absolute: redis-server changes into --dir before it opens --logfile.
@@ -90,18 +91,21 @@ class RedisServer:
                                "or set REDIS_URL to a running Redis")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.data_dir),
-             "--protected-mode", "yes", "--logfile", str(self.data_dir / "redis.log"),
-             *(["--requirepass", self.password] if self.password else [])],
+            **dying_with_parent([  # never outlive whoever started it
+                binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.data_dir),
+                "--protected-mode", "yes", "--logfile", str(self.data_dir / "redis.log"),
+                *(["--requirepass", self.password] if self.password else []), *self.extra_args]),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent(),  # never outlive whoever started it
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2, password=self.password)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited at start (port {self.port} taken?)")
+                log = self.data_dir / "redis.log"
+                tail = log.read_text(errors="replace")[-600:] if log.exists() else ""
+                raise RuntimeError(f"redis-server on :{self.port} exited at start with {self.process.returncode}"
+                                   f" (port taken?); its log ends:\n{tail}")
             try:
                 if client.ping():
                     return self

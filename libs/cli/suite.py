@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmserve.common.internal_auth import InternalAuth, mint_token
 from llmserve.common.settings import DEFAULT_REDIS_PORT
 
-from .orphans import die_with_parent
+from .orphans import dying_with_parent
 from .redis_server import RedisServer, free_port, port_free
 
 
@@ -135,9 +135,8 @@ class LocalSuite:
         with open(log_path, "ab") as log:
             # Own session: a terminal's Ctrl-C reaches `up`, which stops us in order. Parent-death
             # signal: if `up` itself is killed, we go too.
-            process = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True,
-                                       preexec_fn=die_with_parent())
+            process = subprocess.Popen(**dying_with_parent([sys.executable, "-m", module]), env=env,
+                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         service = ServiceProcess(name, port, process, log_path, metrics_port)
         self.services.append(service)
         return service
