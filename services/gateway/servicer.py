@@ -6,6 +6,7 @@ import asyncio
 
 import grpc
 
+from llmserve.common.errors import Unavailable
 from llmserve.common.internal_auth import current_caller
 from llmserve.common.logging import get_logger
 from llmserve.common.outcome import Outcome
@@ -115,7 +116,8 @@ class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
 
     async def StreamTokens(self, request_iterator, context):
         # Items: a request id to cancel, an int seq to acknowledge, "" when the sender closed.
-        outbox: asyncio.Queue[str | int] = asyncio.Queue()
+        # ...or an Unavailable that ends the stream.
+        outbox: asyncio.Queue[str | int | Unavailable] = asyncio.Queue()
         listeners: dict[str, asyncio.Queue[str]] = {}
         forwarders: list[asyncio.Task] = []
         caller = current_caller()
@@ -123,21 +125,32 @@ class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
         link_scope = f"{caller.role}/{caller.id}" if caller else ""
 
         async def consume() -> None:
-            async for message in request_iterator:
-                # A link's seqs are scoped by its authenticated sender: no caller can mark
-                # another's messages as already processed.
-                if self.links.accept(f"{link_scope}|{message.link_id}", message.seq):
-                    for c in message.chunks:
-                        if checker and not await checker.allows(c.request_id, c.worker_id, bool(c.outcome)):
-                            continue  # not this caller's request: dropped, never delivered
-                        if c.worker_id and c.worker_id not in listeners:
-                            listeners[c.worker_id] = self.inflight.listen_cancellations(c.worker_id)
-                            forwarders.append(asyncio.create_task(_forward(listeners[c.worker_id], outbox)))
-                        if not self.inflight.deliver(_chunk_from_pb(c)) and not c.outcome:
-                            outbox.put_nowait(c.request_id)  # nobody waits for these tokens: stop it
-                if message.seq:
-                    outbox.put_nowait(message.seq)
-            outbox.put_nowait("")  # the worker closed its side
+            try:
+                async for message in request_iterator:
+                    # A link's seqs are scoped by its authenticated sender: no caller can mark
+                    # another's messages as already processed.
+                    link = f"{link_scope}|{message.link_id}"
+                    if self.links.is_new(link, message.seq):
+                        # Every chunk is authorized before any is delivered: if Redis cannot say
+                        # (Unavailable), the message stays unprocessed and unacknowledged, and the
+                        # stream ends, so the sender resends it once it has reconnected.
+                        allowed = [c for c in message.chunks
+                                   if not checker or await checker.allows(c.request_id, c.worker_id, bool(c.outcome))]
+                        for c in allowed:  # the others are not this caller's: dropped, never delivered
+                            deliver(c)
+                        self.links.processed(link, message.seq)
+                    if message.seq:
+                        outbox.put_nowait(message.seq)
+                outbox.put_nowait("")  # the worker closed its side
+            except Unavailable as e:
+                outbox.put_nowait(e)
+
+        def deliver(c) -> None:
+            if c.worker_id and c.worker_id not in listeners:
+                listeners[c.worker_id] = self.inflight.listen_cancellations(c.worker_id)
+                forwarders.append(asyncio.create_task(_forward(listeners[c.worker_id], outbox)))
+            if not self.inflight.deliver(_chunk_from_pb(c)) and not c.outcome:
+                outbox.put_nowait(c.request_id)  # nobody waits for these tokens: stop it
 
         reader = asyncio.create_task(consume())
         try:
@@ -159,7 +172,7 @@ class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
                                             delivered_text="".join(stream.delivered_text))
 
 
-async def _next_response(outbox: asyncio.Queue[str | int]) -> token_sink_pb2.StreamTokensResponse | None:
+async def _next_response(outbox: asyncio.Queue[str | int | Unavailable]) -> token_sink_pb2.StreamTokensResponse | None:
     """One response for everything queued now: all cancellations and the newest ack
     (acks coalesce while the writer is behind). None once the sender closed its side."""
     items = [await outbox.get()]
@@ -167,6 +180,8 @@ async def _next_response(outbox: asyncio.Queue[str | int]) -> token_sink_pb2.Str
         items.append(outbox.get_nowait())
     response = token_sink_pb2.StreamTokensResponse()
     for item in items:
+        if isinstance(item, Unavailable):
+            raise item  # UNAVAILABLE: the sender reconnects and resends what is unacknowledged
         if item == "":
             return None
         if isinstance(item, int):

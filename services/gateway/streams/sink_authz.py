@@ -64,6 +64,7 @@ class StreamChecker:
         self._allowed: set[str] = set()
 
     async def allows(self, request_id: str, worker_id: str, final: bool) -> bool:
+        """Whether the caller may stream into the request; raises Unavailable while unprovable."""
         caller = self.caller
         if caller is None or caller.role == "scheduler":
             return True
@@ -78,11 +79,10 @@ class StreamChecker:
         return ok
 
     async def _placed_here(self, request_id: str) -> bool:
+        """Raises Unavailable while Redis cannot say: "cannot check now" is not "not yours", and
+        the caller must not drop (or acknowledge) the tokens for it."""
         assert self.caller is not None
-        try:
-            placed = await self.authz.placed_on(request_id)
-        except Unavailable:
-            return False
+        placed = await self.authz.placed_on(request_id)
         if placed != self.caller.id:
             log.warning("tokens for a request placed elsewhere refused", caller=self.caller.id,
                         request_id=request_id, placed_on=placed)

@@ -20,16 +20,21 @@ class SinkLinks:
         self._last: dict[str, tuple[int, float]] = {}
         self._next_prune = 0.0
 
-    def accept(self, link_id: str, seq: int) -> bool:
-        """True if the message is new and must be processed; False for a resent duplicate.
+    def is_new(self, link_id: str, seq: int) -> bool:
+        """True if the message has not been processed yet; False for a resent duplicate.
         Unsequenced messages (no link id) are always new."""
         if not link_id or not seq:
             return True
+        return seq > self._last.get(link_id, (0, 0.0))[0]
+
+    def processed(self, link_id: str, seq: int) -> None:
+        """The message is processed: a resend of it (or of anything before it) is a duplicate."""
+        if not link_id or not seq:
+            return
         now = self._clock()
         self._prune(now)
         last, _ = self._last.get(link_id, (0, 0.0))
         self._last[link_id] = (max(last, seq), now)
-        return seq > last
 
     def __len__(self) -> int:
         return len(self._last)

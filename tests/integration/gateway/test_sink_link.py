@@ -11,11 +11,16 @@ import asyncio
 import grpc
 import pytest
 
+from llmserve.cli.redis_server import RedisServer
+from llmserve.common import redis_client
+from llmserve.common.internal_auth import Caller, _caller
+from llmserve.common.redis_keys import request_key
 from llmserve.common.tokensink.client import OutChunk, SinkClient
 from llmserve.common.tokensink.v1 import token_sink_pb2 as pb
 from llmserve.common.tokensink.v1 import token_sink_pb2_grpc
 from llmserve.gateway.servicer import TokenSinkServicer
 from llmserve.gateway.streams.inflight import InflightRegistry, TokenEvent
+from llmserve.gateway.streams.sink_authz import SinkAuthorizer
 
 
 class FlakySink(token_sink_pb2_grpc.TokenSinkServiceServicer):
@@ -125,3 +130,46 @@ async def test_a_restarted_gateway_answers_unknown_requests_with_a_cancel():
     finally:
         await sink.close()
         await server.stop(None)
+
+
+class AsWorker(token_sink_pb2_grpc.TokenSinkServiceServicer):
+    """The real servicer with its authorizer, called as an authenticated worker (what the
+    internal-auth interceptor sets before a servicer runs)."""
+
+    def __init__(self, real: TokenSinkServicer, worker_id: str):
+        self.real, self.worker_id = real, worker_id
+
+    async def StreamTokens(self, request_iterator, context):
+        _caller.set(Caller("worker", self.worker_id))
+        async for response in self.real.StreamTokens(request_iterator, context):
+            yield response
+
+
+async def test_tokens_that_cannot_be_authorized_while_redis_is_down_are_resent_not_dropped(tmp_path):
+    """Redis down means "cannot check the placement now", not "not yours": the message stays
+    unacknowledged, and once Redis is back the resend is delivered. (The old code dropped the
+    chunks and acknowledged them: the client waited for ever.)"""
+    redis = RedisServer(data_dir=tmp_path / "redis").start()
+    client = redis_client.connect(redis.url, socket_timeout=1)
+    await client.hset(request_key("r1"), "worker", "w1")
+    inflight = InflightRegistry()
+    stream = inflight.open("r1")
+    server, address = await _serve(AsWorker(TokenSinkServicer(inflight, SinkAuthorizer(client)), "w1"))
+    sink = SinkClient("w1")
+    try:
+        redis.stop_process()
+        sink.send(address, [OutChunk("r1", 1, 0, [7], "a")])
+        await asyncio.sleep(1.0)
+        assert stream.events.empty()
+        assert sink._links[address].pending, "not acknowledged while unprovable"
+        redis.start()  # from this thread: the child dies with the thread that forked it (PDEATHSIG)
+        await client.hset(request_key("r1"), "worker", "w1")  # no persistence: the dispatch record again
+        got = await _collect(stream, 1, timeout=15)
+        assert [(e.index, e.token_ids, e.text) for e in got] == [(0, [7], "a")]
+        await sink.flush(timeout=5)
+        assert not sink._links[address].pending
+    finally:
+        await sink.close()
+        await server.stop(None)
+        await client.aclose()
+        redis.stop()
