@@ -12,14 +12,13 @@ import json
 import os
 import sys
 
-import redis.asyncio as aioredis
-
+from llmserve.common import redis_client
 from llmserve.common.api_keys import ApiKeyStore, KeyRecord
 from llmserve.common.settings import DEFAULT_REDIS_URL
 
 
 async def _with_store(redis_url: str, work):
-    r = aioredis.Redis.from_url(redis_url)
+    r = redis_client.connect(redis_url, socket_timeout=None)
     try:
         return await work(ApiKeyStore(r))
     finally:

@@ -118,11 +118,10 @@ def _run(coro_fn, args) -> int:
 
 
 async def _with_registry(coro_fn, args) -> int:
-    import redis.asyncio as aioredis
-
+    from llmserve.common import redis_client
     from llmserve.common.models.registry import ModelRegistry
 
-    client = aioredis.Redis.from_url(args.redis_url, socket_connect_timeout=2)
+    client = redis_client.connect(args.redis_url, socket_timeout=None, connect_timeout=2)
     try:
         return await coro_fn(ModelRegistry(client), args)
     finally:

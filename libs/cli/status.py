@@ -14,8 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import grpc
-import redis.asyncio as aioredis
 
+from llmserve.common import redis_client
 from llmserve.common.workers import WorkerLoad, registry_snapshot
 
 from .internal_creds import operator_auth
@@ -51,7 +51,7 @@ class StatusReport:
 
 
 async def _registry(redis_url: str, report: StatusReport, timeout: float) -> None:
-    r = aioredis.Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    r = redis_client.connect(redis_url, socket_timeout=timeout)
     try:
         report.workers, report.dead_workers = await registry_snapshot(r)
     except Exception as e:  # any failure: say so, show the rest

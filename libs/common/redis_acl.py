@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, ResponseError
 
+from .redis_client import SENTINEL_SCHEME, parse_sentinel_url
+
 _COMMANDS = "-@all +@read +@write +@scripting +@connection +@transaction +time -@dangerous"
 _P = "~llmserve:"
 _KEYS = {
@@ -40,6 +42,11 @@ class RedisCredentialsError(RuntimeError):
 
 def describe(url: str) -> str:
     """The URL without its password, for messages."""
+    target = parse_sentinel_url(url)
+    if target is not None:
+        hosts = ",".join(f"{host}:{port}" for host, port in target.sentinels)
+        user = target.username or ("default" if target.password else "")
+        return f"{SENTINEL_SCHEME}{user + '@' if user else ''}{hosts}/{target.master}"
     parts = urlsplit(url)
     user = parts.username or ("default" if parts.password else "")
     host = parts.hostname or "?"

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
+from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .redis_client import parse_sentinel_url
 
 
 def _split_list(value):
@@ -68,6 +70,11 @@ class InternalAuthSettings(BaseSettings):
 
 
 
+def _valid_redis_url(url: str) -> str:
+    parse_sentinel_url(url)  # a malformed Sentinel URL fails at start, naming what is wrong
+    return url
+
+
 class ServiceSettings(InternalAuthSettings):
     """Fields every service has (internal authentication's among them)."""
 
@@ -76,10 +83,13 @@ class ServiceSettings(InternalAuthSettings):
 
     host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
     port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
-    redis_url: str = Field(
+    redis_url: Annotated[str, AfterValidator(_valid_redis_url)] = Field(
         DEFAULT_REDIS_URL,
         validation_alias=AliasChoices("REDIS_URL", "LLMSERVE_REDIS_URL"),
-        description="Redis holding the streams, the worker registry and the rate limits.",
+        description="Redis holding the streams, the worker registry and the rate limits: "
+        "`redis://`, `rediss://` (TLS), `unix://`, or "
+        "`redis+sentinel://[user:password@]host:port[,host:port...]/<master>[/<db>]` to follow "
+        "the primary Sentinel names (see docs/ops.md).",
     )
     log_format: Literal["console", "json"] = Field(
         "console",

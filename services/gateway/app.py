@@ -58,7 +58,8 @@ class GatewayService(Service):
             log.info("no static API keys or JWT keys configured: only keys from `llmserve keys create` work")
         self.limiter = RateLimiter(settings)
         self.supervisor = Supervisor("gateway")
-        self.queue = RequestQueue(self.redis, settings.max_queue_len)
+        self.queue = RequestQueue(self.redis, settings.max_queue_len, min_replicas=settings.redis_min_replicas,
+                                  replica_wait_ms=settings.redis_replica_wait_ms)
         self.generation = GenerationService(settings, self.auth, self.catalog, self.queue, self.inflight,
                                             self.redis, self.limiter)
         self.limiter.metrics = self.generation.metrics

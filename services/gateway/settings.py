@@ -93,6 +93,15 @@ class GatewaySettings(ServiceSettings):
     redis_timeout_s: float = Field(
         1.0, gt=0, description="Socket timeout towards Redis: an outage answers UNAVAILABLE this fast."
     )
+    redis_min_replicas: int = Field(
+        0, ge=0, description="Replicas that must hold an enqueued request before it is accepted (Redis "
+        "`WAIT`, on the connection that wrote it): with Sentinel, a failover then cannot lose an accepted "
+        "request. Fewer within `redis_replica_wait_ms` answers UNAVAILABLE (the request is cancelled). "
+        "0: accept once the primary has it (see docs/ops.md for what a failover can then lose).",
+    )
+    redis_replica_wait_ms: int = Field(
+        100, ge=1, description="How long an enqueue waits for `redis_min_replicas` replicas."
+    )
     # -- rate limits (defaults per tenant; a stored API key may override them) -----------
     requests_per_minute: int = Field(600, ge=0, description="Requests a tenant may start per minute; 0: no limit.")
     tokens_per_minute: int = Field(
@@ -112,7 +121,15 @@ class GatewaySettings(ServiceSettings):
         "slots come back after it."
     )
     ratelimit_timeout_ms: float = Field(
-        15.0, gt=0, description="Longest wait for the rate limiter's Redis call before the policy decides."
+        15.0, gt=0, description="Longest wait for the rate limiter's Redis call before the policy decides "
+        "(while Redis is silent; see `ratelimit_slow_wait_ms` for a Redis that is merely slow)."
+    )
+    ratelimit_slow_wait_ms: float = Field(
+        1000.0, ge=0, description="Slow is not down: while Redis has answered some limiter call within "
+        "this long, a call past `ratelimit_timeout_ms` keeps waiting for its answer, up to this long in "
+        "all (a busy script or a fork stalls Redis for hundreds of ms). A Redis that has answered nothing "
+        "that recently is treated as down at `ratelimit_timeout_ms`. 0: every call is decided by "
+        "`ratelimit_timeout_ms`.",
     )
     ratelimit_on_redis_down: Literal["closed", "open"] = Field(
         "closed", description="Redis unreachable: `closed` answers UNAVAILABLE; `open` admits within a "

@@ -341,10 +341,16 @@ class WorkerRuntime:
     async def drain(self) -> None:
         """Stop taking work, let running requests finish (the bootstrap bounds the wait)."""
         self.draining = True
-        await self._heartbeat()
+        try:
+            await self._heartbeat()  # "draining": the scheduler sends nothing more here
+        except RedisError as e:  # Redis down: the running requests still finish and are delivered
+            log.warning("draining without a heartbeat", error=type(e).__name__)
         while self.active:
             await asyncio.sleep(0.02)
-        await self._flush_acks()
+        try:
+            await self._flush_acks()
+        except RedisError as e:  # unacknowledged entries are re-read: duplicates are dropped by attempt
+            log.warning("draining: acknowledgements not flushed", error=type(e).__name__)
 
     async def fail(self) -> None:
         """A fatal failure (an engine or the intake died): take no more work and leave what is

@@ -14,7 +14,10 @@ So nothing here is cancelled to enforce a deadline:
   policy decides then), whatever the sending task does, or whether it still lives. A timer
   that fires late, or a loop turn longer than STALL_S, means this process is the slow one,
   not Redis: the batch gets another deadline, up to `max_wait` (the socket timeout), so our
-  own CPU saturation does not turn into 503s while Redis is up;
+  own CPU saturation does not turn into 503s while Redis is up. Likewise while Redis has
+  answered some call within `slow_wait` (issue 18: slow is not down): a busy script or a fork
+  stalls it for hundreds of ms, and such a batch waits for its answer up to `slow_wait` in all;
+  only a Redis that has answered nothing that recently is taken for down at the deadline;
 - a batch past its deadline gives up its slot (its task still reads the late answer), and a
   call still queued after `max_wait` fails then;
 - each batch is sent by a short task of its own (at most `max_in_flight` at once: Redis runs
@@ -75,12 +78,14 @@ class BatchSender:
     def __init__(self, send: Callable[[list[Call]], Coroutine[None, None, None]], timeout: float, *,
                  on_lost: Callable[[list[Call], BaseException], None],
                  on_late: Callable[[list[Call]], None] | None = None, max_in_flight: int = 2,
-                 max_wait: float = 1.0):
+                 max_wait: float = 1.0, slow_wait: float = 0.0):
         self._send = send
         self._on_lost = on_lost
         self._on_late = on_late
         self.timeout = timeout
         self.max_wait = max(max_wait, timeout)  # no call waits longer, however busy we are
+        self.slow_wait = min(slow_wait, self.max_wait)
+        self._last_answer = float("-inf")  # loop time Redis last answered a batch
         self.max_in_flight = max_in_flight
         self.deaths = 0
         self._queue: collections.deque[Call] = collections.deque()
@@ -111,6 +116,19 @@ class BatchSender:
             self._dispatch_soon = True
             loop.call_soon(self._dispatch)
         return call
+
+    def answered(self) -> None:
+        """`send` got an answer from Redis: it is alive, however slow."""
+        self._last_answer = asyncio.get_running_loop().time()
+
+    def since_answer(self) -> float:
+        """Seconds since Redis last answered (inf: never)."""
+        return asyncio.get_running_loop().time() - self._last_answer
+
+    @staticmethod
+    def age(batch: list[Call]) -> float:
+        """Seconds since the batch's oldest call was made."""
+        return asyncio.get_running_loop().time() - min(call.enqueued for call in batch)
 
     @property
     def oldest_open_s(self) -> float:
@@ -195,19 +213,24 @@ class BatchSender:
         loop.call_soon(self._confirm, batch, sent, now)
 
     def _confirm(self, batch: list[Call], sent: float, fired: float) -> None:
-        if asyncio.get_running_loop().time() - fired > STALL_S:
+        now = asyncio.get_running_loop().time()
+        if now - fired > STALL_S:
             self._extend(batch, sent)
+        elif now - self._last_answer < self.slow_wait and now - sent < self.slow_wait:
+            self._extend(batch, sent, limit=self.slow_wait)  # Redis is alive, only slow
         else:
             self._expired(batch)
 
-    def _extend(self, batch: list[Call], sent: float) -> None:
-        """Redis may well have answered while we were busy: another deadline, up to max_wait."""
+    def _extend(self, batch: list[Call], sent: float, limit: float | None = None) -> None:
+        """Redis may well have answered while we were busy: another deadline, up to `limit`
+        (max_wait) after it was sent."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if now - sent >= self.max_wait:
+        limit = self.max_wait if limit is None else limit
+        if now - sent >= limit:
             self._expired(batch)
             return
-        due = min(now + self.timeout, sent + self.max_wait)
+        due = min(now + self.timeout, sent + limit)
         loop.call_at(due, self._expire, batch, sent, due)
 
     def _expired(self, batch: list[Call]) -> None:

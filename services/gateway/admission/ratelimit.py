@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from llmserve.common import redis_client
@@ -73,7 +74,8 @@ class RateLimiter:
         self.tenants = TenantAdmissions(settings.admission_max_waiting_per_tenant)
         self.metrics: GatewayMetrics | None = None  # set by the service that owns the instruments
         self.sender = BatchSender(self._send_batch, self._timeout, on_lost=self._sender_died,
-                                  on_late=self._late, max_wait=socket_timeout)
+                                  on_late=self._late, max_wait=socket_timeout,
+                                  slow_wait=min(settings.ratelimit_slow_wait_ms / 1000, socket_timeout))
         self._window_ms = int(settings.rate_window_s * 1000)
         self._lease_ms = int(settings.stream_lease_s * 1000)
         self._shas: dict[str, str] = {}
@@ -83,10 +85,13 @@ class RateLimiter:
     def start(self, supervisor: Supervisor | None = None) -> None:
         """Start the lease renewal (restarted by `supervisor` after a bug). Batches need no
         long-lived sender: each goes out on its own task (see limiter_sender)."""
+        loops = {"ratelimit-renew": self._renew_forever}
+        if self.sender.slow_wait:
+            loops["ratelimit-pulse"] = self._pulse_forever
         if supervisor is None:
-            self._tasks = [asyncio.create_task(self._renew_forever())]
+            self._tasks = [asyncio.create_task(loop()) for loop in loops.values()]
             return
-        self._tasks = [supervisor.spawn("ratelimit-renew", self._renew_forever)]
+        self._tasks = [supervisor.spawn(name, loop) for name, loop in loops.items()]
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -175,6 +180,7 @@ class RateLimiter:
         except (RedisError, OSError, TimeoutError) as e:
             self._failed(batch, e)
             return
+        self.sender.answered()
         if not any(call.expired for call in batch):  # a late one was counted at its deadline
             self.breaker.success()
         for calls, result in zip(groups.values(), results, strict=True):
@@ -199,13 +205,18 @@ class RateLimiter:
     def _late(self, batch: list[Call]) -> None:
         self.breaker.failure()
         log.warning("rate limiter: no answer from Redis within the deadline", calls=len(batch),
-                    breaker_open=self.breaker.is_open)
+                    breaker_open=self.breaker.is_open, waited_s=round(self.sender.age(batch), 3),
+                    since_answer_s=round(self.sender.since_answer(), 3))
         if self.breaker.is_open:  # waiting calls would only time out as well: decide them now
             self.sender.fail_queued(RedisDown("circuit breaker open"))
 
     def _failed(self, batch: list[Call], error: Exception) -> None:
         log.warning("rate limiter: Redis call failed", error=type(error).__name__)
-        if not any(call.expired for call in batch):  # a late one was counted at its deadline
+        # A refused or reset connection fails at once and costs an admission nothing: the breaker
+        # is for calls that would wait. Not opening it for those, the first admission after Redis
+        # is back goes straight to Redis instead of being refused for another `breaker_reset_s`.
+        fast = isinstance(error, (RedisConnectionError, ConnectionError))
+        if not fast and not any(call.expired for call in batch):  # a late one was counted at its deadline
             self.breaker.failure()
             if self.breaker.is_open:
                 self.sender.fail_queued(RedisDown("circuit breaker open"))
@@ -248,6 +259,7 @@ class RateLimiter:
             # One open connection per batch that may be on the wire: a burst's batches then
             # spend their deadline on Redis, not on TCP and HELLO handshakes.
             await asyncio.gather(*(self._redis.ping() for _ in range(self.sender.max_in_flight)))
+            self.sender.answered()
         except RedisError as e:
             log.warning("rate limiter: Redis not reachable at start", error=type(e).__name__)
 
@@ -273,6 +285,19 @@ class RateLimiter:
     async def _load_scripts(self) -> None:
         for name, body in _SCRIPTS.items():
             self._shas[name] = await self._redis.script_load(body)
+
+    async def _pulse_forever(self) -> None:
+        """Keep `sender.answered()` fresh while Redis is alive, idle or busy: a PING every
+        third of the slow wait, so that a Redis that stalls tells "slow" from "down" even on a
+        gateway that made no limiter call lately. (A stalled Redis answers the PING late.)"""
+        while True:
+            await asyncio.sleep(self.sender.slow_wait / 3)
+            try:
+                await self._redis.ping()
+            except (RedisError, OSError) as e:
+                log.debug("rate limiter: Redis pulse failed", error=type(e).__name__)
+                continue
+            self.sender.answered()
 
     async def _renew_forever(self) -> None:
         """Extend this gateway's live leases well before they expire."""

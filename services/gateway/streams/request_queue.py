@@ -28,25 +28,43 @@ _RECORD_TTL_MS = 24 * 3600 * 1000
 
 
 class RequestQueue:
-    def __init__(self, redis: aioredis.Redis, max_queue_len: int):
+    def __init__(self, redis: aioredis.Redis, max_queue_len: int, *, min_replicas: int = 0,
+                 replica_wait_ms: int = 100):
         self._redis = redis
         self.reply_to = ""  # this gateway's token sink address, known once the port is bound
         self._max_queue_len = max_queue_len
+        self._min_replicas = min_replicas
+        self._replica_wait_ms = replica_wait_ms
         self._enqueue = redis.register_script(_ENQUEUE)
 
     async def enqueue(self, job: Job, deadline_unix_ms: int, trace_context=None) -> None:
         item = to_work_item(job, self.reply_to, deadline_unix_ms, trace_context)
+        enqueue = {"keys": [keys.request_stream(job.model), keys.request_key(job.request_id)],
+                   "args": [self._max_queue_len, item.SerializeToString(), self.reply_to, _RECORD_TTL_MS]}
         try:
-            result = await self._enqueue(
-                keys=[keys.request_stream(job.model), keys.request_key(job.request_id)],
-                args=[self._max_queue_len, item.SerializeToString(), self.reply_to, _RECORD_TTL_MS],
-            )
+            if self._min_replicas:
+                result, replicas = await self._enqueue_replicated(enqueue)
+            else:
+                result, replicas = await self._enqueue(**enqueue), 0
         except RedisError as e:
             raise Unavailable(f"request queue unreachable: {type(e).__name__}", retry_after_s=1.0) from e
         if result == -1:
             raise AlreadyExists(f"request_id {job.request_id!r} was already used; a retry never starts a second generation")
         if result == -2:
             raise Unavailable(f"the queue for {job.model} is full ({self._max_queue_len})", retry_after_s=1.0)
+        if replicas < self._min_replicas:
+            await self.cancel(job.request_id)  # it may still run: tell the scheduler and worker not to
+            raise Unavailable(f"the request reached {replicas} of {self._min_replicas} Redis replicas within "
+                              f"{self._replica_wait_ms} ms (redis_min_replicas); not accepted", retry_after_s=1.0)
+
+    async def _enqueue_replicated(self, enqueue: dict) -> tuple[int, int]:
+        # WAIT counts the replicas that have this connection's writes: one pipeline keeps the
+        # script and the WAIT on one connection (another pooled one would answer for its own).
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._enqueue(**enqueue, client=pipe)
+            pipe.wait(self._min_replicas, self._replica_wait_ms)
+            result, replicas = await pipe.execute()
+        return int(result), int(replicas)
 
     async def still_known(self, request_id: str) -> bool:
         """False only when Redis answers and no longer knows the request (it lost its data)."""

@@ -1,5 +1,6 @@
 import os
 import socket
+from pathlib import Path
 
 from llmserve.cli.redis_server import RedisServer, free_port, port_free
 
@@ -27,7 +28,7 @@ def test_port_free_is_false_while_the_port_is_bound():
 
 def test_free_ports_lie_below_the_ephemeral_range():
     """An outgoing connection can never take a picked port while its server restarts."""
-    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     ports = {free_port() for _ in range(20)}
     assert all(port < low for port in ports)
     assert len(ports) > 1  # picked at random, not one fixed port
