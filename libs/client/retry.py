@@ -136,7 +136,6 @@ class CallPlan:
     def after_error(self, error: grpc.RpcError, endpoint: Endpoint, delivered: int = 0) -> float:
         """Seconds to wait before the next attempt; raises when there is none to make.
         `delivered`: for a stream, the completion tokens the caller has (its next index)."""
-        code = error.code()
         if delivered or self.resume_from is not None:
             return self.after_stream_break(error, endpoint, delivered)
         return self._after_error(error, endpoint)

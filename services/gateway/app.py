@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import socket
 
-from redis.exceptions import RedisError
-
 from grpc_health.v1 import health_pb2
+from redis.exceptions import RedisError
 
 from llmserve.common import internal_policy, redis_client
 from llmserve.common.api_keys import ApiKeyStore
@@ -32,8 +31,8 @@ from .routing.catalog import ModelCatalog
 from .servicer import GenerationServicer, TokenSinkServicer
 from .settings import GatewaySettings
 from .streams.inflight import InflightRegistry
-from .streams.request_queue import RequestQueue
 from .streams.reattach import Reattacher
+from .streams.request_queue import RequestQueue
 from .streams.sink_authz import SinkAuthorizer
 
 log = get_logger(__name__)

