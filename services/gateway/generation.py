@@ -26,7 +26,7 @@ from llmserve.common.metrics import GatewayMetrics, status_label
 
 from .admission.auth import Authenticator, Identity
 from .admission.ratelimit import RateLimiter
-from .admission.validation import GenerateParams, Job, Sampling, validate
+from .admission.validation import GenerateParams, Job, Sampling, check_request_id, validate
 from .routing.catalog import ModelCatalog
 from .routing.model_list import ModelLister, ModelStatus
 from .routing.router import ModelRouter
@@ -103,6 +103,7 @@ class GenerationService:
             raise InvalidArgument("resume_from_index needs the request_id of the request to re-attach to")
         if params.resume_from_index is None or params.resume_from_index < 0:
             raise InvalidArgument("resume_from_index must be >= 0")
+        check_request_id(params.request_id)
         record = await self.reattacher.check(params.request_id, identity.tenant)
         lease = self.limiter.adopt(identity.tenant, record.lease_id) if record.lease_id else None
         return Job(request_id=params.request_id, tenant=identity.tenant, model=record.model, prompt_token_ids=[],

@@ -73,7 +73,9 @@ class ReplyRouter:
         old = active.reply_to
         if old != reply_to:
             active.reply_to = reply_to
-            delivered = sum(len(c.token_ids) for c in active.sent)
+            # At the end of what the old gateway got on this link, so it takes the outcome.
+            last = active.sent[-1] if active.sent else None
+            delivered = last.index + len(last.token_ids) if last else 0
             if not any(c.outcome for c in active.sent):
                 self.sink.send(old, [OutChunk(request_id, active.attempt, delivered, [], "", outcome=Outcome.CANCELLED,
                                               error="the client re-attached through another gateway")])

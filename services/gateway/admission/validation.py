@@ -67,6 +67,11 @@ class Job:
     resume_from: int | None = None  # a re-attach (from this completion index), not a new request
 
 
+def check_request_id(request_id: str) -> None:
+    if not _REQUEST_ID.match(request_id):
+        raise InvalidArgument("request_id must be 1-128 characters of [A-Za-z0-9._:-]")
+
+
 def validate(params: GenerateParams, model: ModelProfile, tenant: str, settings: GatewaySettings) -> Job:
     request_id = params.request_id or uuid.uuid4().hex
     if not _REQUEST_ID.match(request_id):
