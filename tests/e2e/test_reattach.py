@@ -16,6 +16,7 @@ On the code before re-attach the first test fails at once: the retry answers ALR
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -24,6 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import grpc
+import httpx
 import pytest
 import redis
 
@@ -38,7 +40,7 @@ from tests.support.chaos import MAX_TOKENS, PROMPTS, reference_texts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 OTHER_KEY = "other-tenant-key"
-TTL_S, GRACE_S, LEASE_S = 1.5, 3.0, 3.0
+TTL_S, GRACE_S, LEASE_S = 1.5, 3.0, 5.0
 STREAMS_KEY = "llmserve:ratelimit:{dev}:streams"  # the tenant's concurrency leases
 ROUNDS = int(os.environ.get("LLMSERVE_REATTACH_ROUNDS", "3"))
 ENV = {
@@ -60,14 +62,18 @@ class Two:
     def address(self, name: str) -> str:
         return f"127.0.0.1:{self.gateways[name].port}"
 
-    def spawn(self, name: str, port: int | None = None, internal: int | None = None) -> ServiceProcess:
+    def http(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.gateways[name].http}"  # type: ignore[attr-defined]
+
+    def spawn(self, name: str) -> ServiceProcess:
+        """Start gateway `name` (again: on the same ports, as a restarted pod would)."""
         old = self.gateways.get(name)
-        port = port or (old.port if old else free_port())
-        internal = internal or getattr(old, "internal", None) or free_port()
+        port, internal, http = ((old.port, old.internal, old.http) if old  # type: ignore[attr-defined]
+                                else (free_port(), free_port(), free_port()))
         service = self.suite.spawn(name, "llmserve.gateway", port, {
-            "LLMSERVE_GATEWAY_PORT": str(port), "LLMSERVE_GATEWAY_HTTP_PORT": "0",
+            "LLMSERVE_GATEWAY_PORT": str(port), "LLMSERVE_GATEWAY_HTTP_PORT": str(http),
             "LLMSERVE_GATEWAY_INTERNAL_PORT": str(internal)})
-        service.internal = internal  # type: ignore[attr-defined]
+        service.internal, service.http = internal, http  # type: ignore[attr-defined]
         self.gateways[name] = service
         return service
 
@@ -98,6 +104,7 @@ def two(tmp_path_factory):
             pair = Two(suite, server.url)
             first = next(s for s in suite.services if s.name == "gateway")
             first.internal = suite.ports.gateway_internal  # type: ignore[attr-defined]
+            first.http = suite.ports.http  # type: ignore[attr-defined]
             pair.gateways["gateway"] = first
             pair.spawn("gateway2")
             suite.wait_serving(timeout=120)
@@ -191,6 +198,43 @@ def test_six_streams_reattach_on_the_second_gateway_exactly(two):
     assert pair.generations_started(broken[0].request_id) == 1
     pair.spawn("gateway")
     pair.suite.wait_serving(timeout=120)
+
+
+@pytest.mark.timeout(240)
+def test_an_sse_stream_reattaches_with_last_event_id(two):
+    pair, references = two
+    prompt = PROMPTS[1]
+    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": MAX_TOKENS,
+            "temperature": 0, "stream": True, "request_id": uuid.uuid4().hex}
+    headers = {"authorization": f"Bearer {pair.suite.api_key}"}
+    before, last_id = _sse(pair.http("gateway2"), body, headers, kill=lambda: pair.kill("gateway2"))
+    assert last_id and last_id.startswith(body["request_id"] + ":")
+    after, _ = _sse(pair.http("gateway"), body, headers | {"last-event-id": last_id})
+    assert "".join(before + after) == references[prompt]
+    assert pair.generations_started(body["request_id"]) == 1
+    pair.spawn("gateway2")
+    pair.suite.wait_serving(timeout=120)
+
+
+def _sse(base: str, body: dict, headers: dict, kill=None) -> tuple[list[str], str]:
+    """The content pieces of one SSE call and its last event id; `kill` runs after 2 pieces
+    (the call then breaks)."""
+    pieces: list[str] = []
+    last_id = ""
+    try:
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, headers=headers, timeout=120) as r:
+            assert r.status_code == 200, r.read()
+            for line in r.iter_lines():
+                if line.startswith("id: "):
+                    last_id = line[4:]
+                elif line.startswith("data: {"):
+                    content = json.loads(line[6:])["choices"][0]["delta"].get("content")
+                    pieces.extend([content] if content else [])
+                    if kill is not None and len(pieces) == 2:
+                        kill()
+    except httpx.HTTPError:
+        assert kill is not None, "the re-attached SSE stream broke"
+    return pieces, last_id
 
 
 @pytest.mark.timeout(300 + 60 * ROUNDS)
