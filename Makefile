@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 BUF := .tools/node_modules/.bin/buf
-.PHONY: help install protos model run compose-env test test-tools buf-lint buf-breaking docs docs-check schemas test-unit test-integration test-e2e lint format typecheck bench bench-engine chaos clean
+.PHONY: help install protos model run compose-env test test-tools buf-lint buf-breaking docs docs-check schemas test-unit test-integration test-e2e lint format typecheck bench bench-engine chaos chaos-reattach clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -97,3 +97,6 @@ schemas: install ## re-vendor the compose/Kubernetes JSON schemas into tests/sch
 
 chaos: model ## kill -9 workers 200 times mid-stream; results in bench/results/chaos.json
 	$(BIN)/python scripts/chaos.py --kills 200
+
+chaos-reattach: model ## kill -9 the gateway a Python client streams from, 20 times in a row (re-attach, no gap)
+	LLMSERVE_REATTACH_ROUNDS=20 $(BIN)/pytest -q -p no:cacheprovider tests/e2e/test_reattach.py -k twenty --timeout 3600

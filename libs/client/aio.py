@@ -54,20 +54,26 @@ class AsyncClient(ClientBase):
     async def stream(
         self, model: str, prompt: str | None = None, *, messages=None, timeout: float | None = None, **params
     ) -> AsyncIterator[StreamPiece]:
-        """Pieces as the tokens are made. Retried only until the first piece arrives."""
+        """Pieces as the tokens are made. Retried until the first piece arrives; after it, a stream
+        its gateway broke (UNAVAILABLE) re-attaches through another address, gap-free (retry.py)."""
         request, plan = self._generation(model, prompt, messages, timeout, params)
+        plan.streaming = True
+        next_index = 0  # completion tokens the caller has: a re-attach continues from here
         while True:
             endpoint, call_args = self._attempt(plan, request)
+            if plan.resume_from is not None:
+                request.resume_from_index = plan.resume_from
             call = endpoint.stub.GenerateStream(request, **call_args)
-            delivered = 0
             try:
                 async for message in call:
-                    delivered += 1
+                    if message.token_ids and message.index + len(message.token_ids) <= next_index:
+                        continue  # never a repeat, whatever a gateway resends
+                    next_index = max(next_index, message.index + len(message.token_ids))
                     yield to_piece(message)
                 plan.succeeded(endpoint)
                 return
             except grpc.RpcError as e:
-                delay = plan.after_error(e, endpoint, delivered)
+                delay = plan.after_error(e, endpoint, next_index)
             finally:
                 call.cancel()
             await asyncio.sleep(delay)

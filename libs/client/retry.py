@@ -3,8 +3,12 @@
 What is retried, and why it is safe:
 
 * Only UNAVAILABLE and RESOURCE_EXHAUSTED (by default), and for streams only before the
-  first message arrived. Once a token reached the caller, a retry would replay text the
-  caller already consumed; the client raises `StreamInterrupted` instead.
+  first message arrived. Once a token reached the caller, a plain retry would replay text the
+  caller already consumed. Instead, a stream that breaks with UNAVAILABLE (its gateway died)
+  *re-attaches*: the next attempt, on another gateway, carries `resume_from_index` (the
+  tokens the caller has), and that gateway takes the running generation over and streams it
+  from there on, exactly once, so the caller's iterator sees no gap (`reattach=False`, or any
+  other status: `StreamInterrupted` is raised).
 * Every attempt of one call carries the same `request_id` (the client makes one when the
   caller leaves it empty). The gateway records the id atomically with the enqueue and
   answers ALREADY_EXISTS for an id it has seen, so a retry can never start a second
@@ -13,7 +17,8 @@ What is retried, and why it is safe:
   ambiguous: "queue full" and "draining" happen before the enqueue, but a gateway that dies
   or loses Redis mid-call may have enqueued the request already. So when a retry answers
   ALREADY_EXISTS, it was our own earlier attempt that got through, and its tokens went to
-  a connection that is gone. `on_accepted` decides what happens then:
+  a connection that is gone. A stream (with `reattach`) then re-attaches to it from index 0.
+  Otherwise `on_accepted` decides what happens:
   - "raise" (default, at-most-once): raise `RequestAlreadyAccepted`; the caller decides.
   - "new_id" (at-least-once): retry with a fresh request_id. The abandoned generation
     may still run to completion somewhere (costing compute, never seen by the caller).
@@ -53,6 +58,7 @@ class RetryPolicy:
     jitter: float = 0.2  # +-20%: clients that failed together do not retry together
     retryable: frozenset[grpc.StatusCode] = field(default=_DEFAULT_CODES)
     on_accepted: Literal["raise", "new_id"] = "raise"
+    reattach: bool = True  # a stream broken by UNAVAILABLE continues through another gateway
 
     def backoff(self, retry_number: int) -> float:
         base = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (retry_number - 1))
@@ -116,6 +122,8 @@ class CallPlan:
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.attempt = 0
         self.maybe_accepted = False  # an earlier attempt may have been enqueued
+        self.resume_from: int | None = None  # set: the next attempt re-attaches from this index
+        self.streaming = False  # a GenerateStream call (it can re-attach), set by the client
 
     def next_attempt(self) -> tuple[Endpoint, float | None]:
         self.attempt += 1
@@ -126,14 +134,36 @@ class CallPlan:
         self.balancer.restore(endpoint)
 
     def after_error(self, error: grpc.RpcError, endpoint: Endpoint, delivered: int = 0) -> float:
-        """Seconds to wait before the next attempt; raises when there is none to make."""
+        """Seconds to wait before the next attempt; raises when there is none to make.
+        `delivered`: for a stream, the completion tokens the caller has (its next index)."""
+        if delivered or self.resume_from is not None:
+            return self.after_stream_break(error, endpoint, delivered)
+        return self._after_error(error, endpoint)
+
+    def after_stream_break(self, error: grpc.RpcError, endpoint: Endpoint, next_index: int) -> float:
+        """A stream broke after `next_index` tokens reached the caller: re-attach (see the
+        module docstring) after the returned delay, or raise `StreamInterrupted`."""
         code = error.code()
-        if delivered:
+        last_try = self.attempt >= self.policy.max_attempts
+        if not self.policy.reattach or code != grpc.StatusCode.UNAVAILABLE or last_try:
             raise StreamInterrupted(
-                f"stream {self.request_id} broke after {delivered} message(s): {code.name}: "
+                f"stream {self.request_id} broke after {next_index} token(s): {code.name}: "
                 f"{error.details()}",
                 error,
             ) from error
+        self.resume_from = next_index
+        hint = retry_after_s(error)
+        self.balancer.eject(endpoint, hint)
+        delay = 0.0
+        if self.balancer.seconds_until_healthy() > 0:
+            delay = max(self.policy.backoff(self.attempt), hint or 0.0)
+        if self.deadline is not None and time.monotonic() + delay >= self.deadline:
+            raise StreamInterrupted(f"stream {self.request_id} broke and its deadline leaves no re-attach",
+                                    error) from error
+        return delay
+
+    def _after_error(self, error: grpc.RpcError, endpoint: Endpoint) -> float:
+        code = error.code()
         if code == grpc.StatusCode.ALREADY_EXISTS and self.maybe_accepted:
             return self._already_accepted(error)
         if code not in self.policy.retryable or self.attempt >= self.policy.max_attempts:
@@ -154,6 +184,9 @@ class CallPlan:
         return delay
 
     def _already_accepted(self, error: grpc.RpcError) -> float:
+        if self.streaming and self.policy.reattach and self.attempt < self.policy.max_attempts:
+            self.resume_from = 0  # our own earlier attempt got through: take it over from the start
+            return 0.0
         if self.policy.on_accepted == "new_id" and self.attempt < self.policy.max_attempts:
             self.request_id = new_request_id()
             self.maybe_accepted = False

@@ -48,6 +48,10 @@ class ModelNotFound(LLMServeError):
     """The model is not served here."""
 
 
+class RequestNotFound(LLMServeError):
+    """A re-attach names a request this system does not know (or whose result expired)."""
+
+
 class AlreadyExists(LLMServeError):
     """The request_id was used before: a retry never starts a second generation."""
 
@@ -85,6 +89,7 @@ STATUS_OF: dict[type[LLMServeError], grpc.StatusCode] = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    RequestNotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
@@ -103,6 +108,7 @@ HTTP_STATUS_OF: dict[type[LLMServeError], int] = {
     PermissionDenied: 403,
     InvalidArgument: 400,
     ModelNotFound: 404,
+    RequestNotFound: 404,
     AlreadyExists: 409,
     RateLimited: 429,
     Unavailable: 503,
@@ -119,6 +125,7 @@ OPENAI_ERROR_OF: dict[type[LLMServeError], tuple[str, str]] = {
     PermissionDenied: ("permission_error", "model_not_allowed"),
     InvalidArgument: ("invalid_request_error", "invalid_argument"),
     ModelNotFound: ("invalid_request_error", "model_not_found"),
+    RequestNotFound: ("invalid_request_error", "request_not_found"),
     AlreadyExists: ("invalid_request_error", "duplicate_request_id"),
     RateLimited: ("rate_limit_error", "rate_limit_exceeded"),
     Unavailable: ("server_error", "unavailable"),

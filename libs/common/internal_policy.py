@@ -29,11 +29,15 @@ SCHEDULER: Policy = {
 
 _WORKER = "/llmserve.worker.v1.WorkerService/"
 #: Reading a worker's state is for operators and the services that place and watch work;
-#: everything that changes it (models, profiles, cancelling) is the operator's.
+#: everything that changes it (models, profiles, cancelling) is the operator's, but for
+#: gateways cancelling and re-attaching their clients' requests.
 WORKER: Policy = {
     _WORKER + "GetStatus": frozenset({"operator", "scheduler", "monitor"}),
     _WORKER + "ListModels": frozenset({"operator", "scheduler", "monitor"}),
     _WORKER + "CancelRequest": frozenset({"operator", "gateway", "scheduler"}),
+    # A gateway a client re-attached through moves the request's token stream to itself (the
+    # gateway checked the tenant).
+    _WORKER + "Reattach": frozenset({"gateway"}),
     _WORKER + "StartProfile": _OPERATOR,
     _WORKER + "LoadModel": _OPERATOR,
     _WORKER + "UnloadModel": _OPERATOR,

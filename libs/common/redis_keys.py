@@ -6,7 +6,9 @@
 | llmserve:worker:{worker_id}          | stream | scheduler | requests placed on one worker (group `worker`) |
 | llmserve:workers                     | set    | worker    | ids of registered workers (live or dead) |
 | llmserve:heartbeat:{worker_id}       | string | worker    | JSON load report, expires after the heartbeat TTL |
-| llmserve:request:{request_id}        | hash   | all       | idempotency and whereabouts: gateway, state, worker, attempt |
+| llmserve:request:{request_id}        | hash   | all       | idempotency and whereabouts: gateway, state, worker, attempt, tenant, lease |
+| llmserve:result:{request_id}         | string | worker    | a finished request's chunks (StoredResult), for re-attach; expires |
+| llmserve:gateway:{address}           | string | gateway   | a live gateway's token sink address; expires unless renewed |
 | llmserve:cancel:{request_id}         | string | gateway   | cancellation marker, seen by scheduler and worker |
 | llmserve:deadletter                  | stream | scheduler | requests that failed too many attempts |
 | llmserve:recovering:{worker_id}      | string | scheduler | lock: one scheduler recovers a dead worker |
@@ -46,6 +48,14 @@ def request_key(request_id: str) -> str:
 
 def cancel_key(request_id: str) -> str:
     return f"{PREFIX}:cancel:{request_id}"
+
+
+def result_key(request_id: str) -> str:
+    return f"{PREFIX}:result:{request_id}"
+
+
+def gateway_key(address: str) -> str:
+    return f"{PREFIX}:gateway:{address}"
 
 
 MODELS_SET = f"{PREFIX}:models"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 from grpc_health.v1 import health_pb2
+from redis.exceptions import RedisError
 
 from llmserve.common import internal_policy, redis_client
 from llmserve.common.api_keys import ApiKeyStore
+from llmserve.common.gateways import register_gateway, withdraw_gateway
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics_http import HealthState
@@ -28,6 +31,7 @@ from .routing.catalog import ModelCatalog
 from .servicer import GenerationServicer, TokenSinkServicer
 from .settings import GatewaySettings
 from .streams.inflight import InflightRegistry
+from .streams.reattach import Reattacher
 from .streams.request_queue import RequestQueue
 from .streams.sink_authz import SinkAuthorizer
 
@@ -60,8 +64,9 @@ class GatewayService(Service):
         self.supervisor = Supervisor("gateway")
         self.queue = RequestQueue(self.redis, settings.max_queue_len, min_replicas=settings.redis_min_replicas,
                                   replica_wait_ms=settings.redis_replica_wait_ms)
+        self.internal_auth = InternalAuth.from_settings(settings, "gateway", socket.gethostname())
         self.generation = GenerationService(settings, self.auth, self.catalog, self.queue, self.inflight,
-                                            self.redis, self.limiter)
+                                            self.redis, self.limiter, Reattacher(self.redis, self.internal_auth))
         self.limiter.metrics = self.generation.metrics
         self._health = None
         self.watchdog = AdmissionWatchdog(lambda: self.limiter.oldest_waiting_s, self._set_serving,
@@ -73,7 +78,6 @@ class GatewayService(Service):
         self.serves_metrics = True  # /metrics is on the HTTP API port, not a metrics_port
         self.http = OpenAIHttpServer(build_app(self.generation, self.health_state), settings)
         self.http_port = 0
-        self.internal_auth = InternalAuth.from_settings(settings, "gateway", socket.gethostname())
         self.token_sink = internal_port(
             "internal", settings.host, settings.internal_port,
             (token_sink_pb2.DESCRIPTOR.services_by_name["TokenSinkService"].full_name,),
@@ -119,6 +123,20 @@ class GatewayService(Service):
         self.http_port = await self.http.start()
         # The HTTP API gone while gRPC says SERVING would be a quiet death: fatal.
         self.supervisor.spawn("http", self.http.serve_until_stopped, "fatal")
+        # Workers cancel the requests of a gateway whose registration is gone (after a grace).
+        await self._register()
+        self.supervisor.spawn("registration", self._register_forever, "restart")
+
+    async def _register(self) -> None:
+        try:
+            await register_gateway(self.redis, self.internal_address, int(self.settings.registration_ttl_s * 1000))
+        except RedisError as e:  # the next beat retries; workers wait out their grace first
+            log.warning("gateway registration failed", error=type(e).__name__)
+
+    async def _register_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.registration_ttl_s / 3)
+            await self._register()
 
     async def drain(self) -> None:
         self.generation.draining = True
@@ -129,5 +147,8 @@ class GatewayService(Service):
         await self.watchdog.stop()
         await self.http.stop()
         await self.supervisor.stop()
+        if not len(self.inflight):  # drained: nothing of ours is left for a worker to keep
+            with contextlib.suppress(RedisError):
+                await withdraw_gateway(self.redis, self.internal_address)
         await self.limiter.close()
         await self.redis.aclose()

@@ -16,20 +16,23 @@ from llmserve.common.errors import (
     InvalidArgument,
     LLMServeError,
     RateLimited,
+    RequestNotFound,
     Unavailable,
     status_code_for,
 )
+from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import bind_request, get_logger, trace_id_of
 from llmserve.common.metrics import GatewayMetrics, status_label
 
 from .admission.auth import Authenticator, Identity
 from .admission.ratelimit import RateLimiter
-from .admission.validation import GenerateParams, Job, validate
+from .admission.validation import GenerateParams, Job, Sampling, check_request_id, validate
 from .routing.catalog import ModelCatalog
 from .routing.model_list import ModelLister, ModelStatus
 from .routing.router import ModelRouter
 from .settings import GatewaySettings
-from .streams.inflight import Event, FinishEvent, InflightRegistry, TokenEvent
+from .streams.inflight import Event, FinishEvent, InflightRegistry, RequestStream, TokenEvent
+from .streams.reattach import Reattacher
 from .streams.request_queue import RequestQueue
 
 log = get_logger(__name__)
@@ -43,7 +46,8 @@ class GenerationService:
     """The one path every front end (gRPC, HTTP, WebSocket) takes: admit, then stream."""
 
     def __init__(self, settings: GatewaySettings, auth: Authenticator, catalog: ModelCatalog,
-                 queue: RequestQueue, inflight: InflightRegistry, redis, limiter: RateLimiter):
+                 queue: RequestQueue, inflight: InflightRegistry, redis, limiter: RateLimiter,
+                 reattacher: Reattacher | None = None):
         self.settings = settings
         self.redis = redis
         self.auth = auth
@@ -51,6 +55,7 @@ class GenerationService:
         self.queue = queue
         self.inflight = inflight
         self.limiter = limiter
+        self.reattacher = reattacher or Reattacher(redis, InternalAuth())
         self.draining = False
         self.metrics = GatewayMetrics()
         self.router = ModelRouter(catalog, redis, settings)
@@ -79,6 +84,8 @@ class GenerationService:
         if self.draining:
             raise Unavailable("the gateway is draining; retry on another replica", retry_after_s=1.0)
         identity = await self.auth.authenticate(authorization)
+        if params.resume_from_index is not None:
+            return await self._admit_reattach(identity, params, received_at)
         if not params.model:
             raise InvalidArgument("model is required")
         params = dataclasses.replace(params, request_id=params.request_id or uuid.uuid4().hex)
@@ -88,6 +95,20 @@ class GenerationService:
         reserved = len(job.prompt_token_ids) + job.sampling.max_tokens
         lease = await self.limiter.acquire(identity.tenant, identity.limits, reserved)
         return dataclasses.replace(job, lease=lease, received_at=received_at)
+
+    async def _admit_reattach(self, identity: Identity, params: GenerateParams, received_at: float) -> Job:
+        """A re-attach: the same tenant's request, streamed from the client's index on. It takes
+        no new lease: it holds the one its first gateway took (admission already counted it)."""
+        if not params.request_id:
+            raise InvalidArgument("resume_from_index needs the request_id of the request to re-attach to")
+        if params.resume_from_index is None or params.resume_from_index < 0:
+            raise InvalidArgument("resume_from_index must be >= 0")
+        check_request_id(params.request_id)
+        record = await self.reattacher.check(params.request_id, identity.tenant)
+        lease = self.limiter.adopt(identity.tenant, record.lease_id) if record.lease_id else None
+        return Job(request_id=params.request_id, tenant=identity.tenant, model=record.model, prompt_token_ids=[],
+                   sampling=_UNUSED_SAMPLING, priority=0, lease=lease, received_at=received_at,
+                   resume_from=params.resume_from_index)
 
     async def list_models(self) -> list[ModelStatus]:
         return await self.lister.listing()
@@ -136,12 +157,15 @@ class GenerationService:
     async def _events(self, job: Job, timeout_s: float | None, trace_context) -> AsyncIterator[Event]:
         timeout = timeout_s if timeout_s is not None else self.settings.default_timeout_s
         deadline = time.monotonic() + timeout
-        stream = self.inflight.open(job.request_id)
+        stream = self.inflight.open(job.request_id, replace=job.resume_from is not None)
         if stream is None:
             raise AlreadyExists(f"request_id {job.request_id!r} is already streaming")
         enqueued = finished = False
         try:
-            await self.queue.enqueue(job, int((time.time() + timeout) * 1000), trace_context)
+            if job.resume_from is None:
+                await self.queue.enqueue(job, int((time.time() + timeout) * 1000), trace_context)
+            else:
+                await self._reattach(job, stream)
             enqueued = True
             self.metrics.request_started(job.model, job.tenant, len(job.prompt_token_ids))
             while True:
@@ -166,15 +190,39 @@ class GenerationService:
                 if finished:
                     return
         finally:
-            self.inflight.close(job.request_id)
+            self.inflight.close(job.request_id, stream)
             if enqueued and not finished:
                 await self._cancel(job.request_id, stream.worker_id)
+
+    async def _reattach(self, job: Job, stream: RequestStream) -> None:
+        """Own the request from now on and get its tokens from the client's index: from the
+        worker that runs it, or from its stored result once it finished."""
+        assert job.resume_from is not None
+        stream.next_index = job.resume_from
+        reply_to = self.queue.reply_to
+        worker, state = await self.reattacher.take_over(job.request_id, job.tenant, reply_to)
+        if worker and await self.reattacher.redirect(worker, job.request_id, reply_to, job.resume_from):
+            return
+        # Finished (its result is stored), or between workers (the next one reads the record
+        # and streams here), or still queued: the worker that takes it reads the record too.
+        result = await self.reattacher.stored_result(job.request_id)
+        if result is None and state == "finished":
+            raise RequestNotFound(f"request {job.request_id!r} finished and its result is no longer kept")
+        for chunk in result or ():
+            stream.offer(chunk)
+        log.info("re-attached", request_id=job.request_id, from_index=job.resume_from, worker=worker,
+                 from_stored_result=result is not None)
 
     async def _cancel(self, request_id: str, worker_id: str) -> None:
         log.info("cancelling", request_id=request_id)
         if worker_id:
             self.inflight.notify_worker_cancel(request_id, worker_id)
         await asyncio.shield(self.queue.cancel(request_id))
+
+
+# A re-attach runs with the sampling of the request it joins; this is never sent anywhere.
+_UNUSED_SAMPLING = Sampling(max_tokens=0, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, stop=(),
+                            seed=None)
 
 
 class _Clock:

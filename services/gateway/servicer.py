@@ -42,6 +42,7 @@ def params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
         seed=request.seed if request.HasField("seed") else None,
         request_id=request.request_id,
         priority=int(request.priority),
+        resume_from_index=request.resume_from_index if request.HasField("resume_from_index") else None,
     )
 
 

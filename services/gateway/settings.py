@@ -120,6 +120,13 @@ class GatewaySettings(ServiceSettings):
         30.0, ge=1, description="A concurrency slot expires unless renewed this often; a crashed gateway's "
         "slots come back after it."
     )
+    registration_ttl_s: float = Field(
+        6.0, ge=0.5,
+        description="This gateway's registration in Redis (`llmserve:gateway:{address}`) expires unless "
+        "renewed within this long (it is renewed every third of it). Workers treat the requests of a "
+        "gateway whose registration is gone as orphans and cancel them once the worker's "
+        "orphan_grace_s passed without a re-attach (docs/reattach.md).",
+    )
     ratelimit_timeout_ms: float = Field(
         15.0, gt=0, description="Longest wait for the rate limiter's Redis call before the policy decides "
         "(while Redis is silent; see `ratelimit_slow_wait_ms` for a Redis that is merely slow)."

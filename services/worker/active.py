@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llmserve.common.logging import request_context, trace_id_of
@@ -23,6 +23,10 @@ class Active:
     owed_text: str = ""  # decoded by a previous attempt, never delivered: goes out first
     span: Any = None  # the request's "worker.generate" span, in the gateway's trace
     payload: bytes = b""  # the work item as read (immutable): a forced unload requeues it to resume elsewhere
+    tenant: str = ""
+    #: Every chunk sent for this attempt, in order: resent to a gateway a client re-attached
+    #: through, and stored as the result once finished (a few bytes per token).
+    sent: list = field(default_factory=list)
 
 
 def log_context(item: work_pb2.WorkItem):

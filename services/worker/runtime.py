@@ -37,6 +37,7 @@ from llmserve.common.workers import WorkerLoad, expire_heartbeat, publish_heartb
 from .active import Active, engine_request, log_context
 from .engine.types import TokenOutput
 from .engine_thread import EngineThread
+from .reattach import ReplyRouter
 from .resume import owed_text
 from .served_models import ModelSet, ServedModel
 from .settings import WorkerSettings
@@ -54,8 +55,10 @@ class WorkerRuntime:
         self.models = models
         self.stream = keys.worker_stream(settings.worker_id)
         self.active: dict[str, Active] = {}
-        self.sink = SinkClient(settings.worker_id, on_cancel=self.cancel,
+        self.sink = SinkClient(settings.worker_id, on_cancel_from=self._cancel_from,
                                auth=InternalAuth.from_settings(settings, "worker", settings.worker_id))
+        self.replies = ReplyRouter(redis, self.sink, settings.worker_id, self.active, self.cancel,
+                                   settings.orphan_grace_s, settings.result_ttl_s)
         self.handoff = Handoff(redis, self.sink)
         self.address = ""
         self.draining = False
@@ -85,6 +88,8 @@ class WorkerRuntime:
         # only a write; restarting it loses nothing.
         self.supervisor.spawn("intake", self._intake_loop, "fatal")
         self.supervisor.spawn("heartbeat", self._heartbeat_loop, "restart")
+        self.supervisor.spawn("orphans", lambda: self.replies.watch(self.settings.heartbeat_interval_ms / 1000),
+                              "restart")
 
     def start_model(self, model: ServedModel) -> None:
         """Give a model its own step thread (at start, or once a LoadModel finished)."""
@@ -107,6 +112,14 @@ class WorkerRuntime:
         model.engine.abort_request(request_id)
         model.thread and model.thread.wake()
         return True
+
+    def _cancel_from(self, request_id: str, gateway: str) -> None:
+        if self.replies.accepts_cancel(request_id, gateway):
+            self.cancel(request_id)
+
+    def reattach(self, request_id: str, reply_to: str, from_index: int) -> bool:
+        """Its client re-attached through `reply_to`: stream the request there (see reattach.py)."""
+        return self.replies.reattach(request_id, reply_to, from_index)
 
     async def hand_off(self, served_id: str) -> list[str]:
         """Stop every request of `served_id` here and resume each on another worker from what
@@ -212,6 +225,8 @@ class WorkerRuntime:
             for request_id, flag in zip(started, flags, strict=True):
                 if flag is not None:
                     self.cancel(request_id)
+            # Its client may have re-attached through another gateway while it was queued.
+            await self.replies.adopt_owners(started)
 
     def _admit_duplicate(self, entry: StreamEntry, item: work_pb2.WorkItem, model: ServedModel) -> bool:
         """True if `item` may start now. A second delivery of a request held here (a Redis
@@ -264,7 +279,7 @@ class WorkerRuntime:
         tokenizer = getattr(model.engine, "tokenizer", None)
         active = Active(entry.entry_id, item.reply_to, item.attempt, item.deadline_unix_ms, model.served_id,
                         owed_text(tokenizer, list(item.prompt_token_ids), list(item.resume_token_ids),
-                                  item.resume_text), payload=entry.payload)
+                                  item.resume_text), payload=entry.payload, tenant=item.tenant)
         active.span = _tracer.start_span(
             "worker.generate", context=extract_context(dict(item.trace_context)),
             attributes={"llmserve.request_id": item.request_id, "llmserve.worker": self.settings.worker_id,
@@ -287,16 +302,17 @@ class WorkerRuntime:
                 continue
             text, active.owed_text = active.owed_text + out.text, ""
             outcome = out.finish_reason or Outcome.UNSPECIFIED
-            by_gateway[active.reply_to].append(OutChunk(
-                out.request_id, active.attempt, out.index, out.token_ids, text,
-                outcome=outcome, prompt_tokens=out.prompt_tokens,
-                completion_tokens=out.completion_tokens, error=out.error or "",
-            ))
+            chunk = OutChunk(out.request_id, active.attempt, out.index, out.token_ids, text,
+                             outcome=outcome, prompt_tokens=out.prompt_tokens,
+                             completion_tokens=out.completion_tokens, error=out.error or "")
+            active.sent.append(chunk)
+            by_gateway[active.reply_to].append(chunk)
             if out.finished:
                 if active.payload:
                     with log_context(work_pb2.WorkItem.FromString(active.payload)):
                         log.info("request finished", outcome=outcome, completion_tokens=out.completion_tokens)
                 del self.active[out.request_id]
+                self.replies.finished(out.request_id, active)
                 active.span.set_attribute("llmserve.completion_tokens", out.completion_tokens)
                 active.span.set_attribute("llmserve.finish_reason", outcome)
                 active.span.end()

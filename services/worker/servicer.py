@@ -33,6 +33,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     async def CancelRequest(self, request, context):
         return worker_pb2.CancelRequestResponse(found=self.runtime.cancel(request.request_id))
 
+    async def Reattach(self, request, context):
+        if not request.request_id or not request.reply_to or request.from_index < 0:
+            raise InvalidArgument("request_id, reply_to and from_index >= 0 are required")
+        found = self.runtime.reattach(request.request_id, request.reply_to, request.from_index)
+        return worker_pb2.ReattachResponse(found=found)
+
     async def StartProfile(self, request, context):
         if request.num_steps < 1:
             raise InvalidArgument("num_steps must be >= 1")

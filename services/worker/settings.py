@@ -54,6 +54,16 @@ class WorkerSettings(ServiceSettings):
     )
     heartbeat_interval_ms: int = Field(500, ge=50)
     heartbeat_ttl_ms: int = Field(3000, ge=200, description="A worker silent this long counts as dead.")
+    orphan_grace_s: float = Field(
+        10.0, ge=0,
+        description="A request whose gateway's registration has been gone this long (and that no client "
+        "re-attached to through another gateway) is cancelled and its KV freed (docs/reattach.md).",
+    )
+    result_ttl_s: float = Field(
+        300.0, ge=0,
+        description="A finished request's output stays in Redis this long, so a client whose gateway died "
+        "can still fetch it by re-attaching (resume_from_index). 0: not stored.",
+    )
     profile_dir: str = Field("bench/traces", description="Where StartProfile writes traces (the request names "
                              "no path: files are `<worker id>-<time>.json` here).")
     model_dirs: StrList = Field(

@@ -62,7 +62,7 @@ class _GatewayLink:
     #: unreachable for thousands of steps, so its clients are gone).
     MAX_PENDING = 4096
 
-    def __init__(self, address: str, sender_id: str, on_cancel: Callable[[str], None], auth: InternalAuth):
+    def __init__(self, address: str, sender_id: str, on_cancel: Callable[[str, str], None], auth: InternalAuth):
         self.address = address
         self.auth = auth
         self.sender_id = sender_id
@@ -101,7 +101,7 @@ class _GatewayLink:
                     if response.acked_seq:
                         self.acknowledge(response.acked_seq)
                     for request_id in response.cancel_request_ids:
-                        self.on_cancel(request_id)
+                        self.on_cancel(request_id, self.address)
                 # Only the gateway ends a stream (this side never does): reconnect and resend.
                 log.warning("token sink stream ended by the gateway", gateway=self.address)
             except asyncio.CancelledError:
@@ -135,11 +135,13 @@ class SinkClient:
     """Sends token chunks to the gateways that own the requests."""
 
     def __init__(self, sender_id: str, on_cancel: Callable[[str], None] = lambda _rid: None,
-                 auth: InternalAuth | None = None):
+                 auth: InternalAuth | None = None, on_cancel_from: Callable[[str, str], None] | None = None):
         self.sender_id = sender_id
         #: This process's internal credential, attached to every call into a gateway's sink.
         self.auth = auth or InternalAuth()
-        self.on_cancel = on_cancel
+        #: Called with (request id, gateway address) when given (a worker ignores a gateway that
+        #: no longer owns the request: its client re-attached elsewhere); else `on_cancel(id)`.
+        self.on_cancel: Callable[[str, str], None] = on_cancel_from or (lambda rid, _gateway: on_cancel(rid))
         self._links: dict[str, _GatewayLink] = {}
 
     def send(self, reply_to: str, chunks: list[OutChunk]) -> None:

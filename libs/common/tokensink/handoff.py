@@ -67,9 +67,22 @@ class Handoff:
     """Moves work items out of a worker's stream to resume elsewhere (see the module docstring)."""
 
     def __init__(self, redis: aioredis.Redis, sink: SinkClient):
+        self.redis = redis
         self.sink = sink
         self._move = redis.register_script(_MOVE)
         self._forget = redis.register_script(_FORGET)
+
+    async def _current_owner(self, item: work_pb2.WorkItem) -> work_pb2.WorkItem:
+        """`item`, or a copy sent to the gateway its client re-attached through since (the
+        record's `gateway`): that one is fenced, and the next attempt streams there."""
+        raw = await self.redis.hget(keys.request_key(item.request_id), "gateway")
+        owner = raw.decode() if isinstance(raw, bytes) else raw
+        if not owner or owner == item.reply_to:
+            return item
+        moved = work_pb2.WorkItem()
+        moved.CopyFrom(item)
+        moved.reply_to = owner
+        return moved
 
     async def hand_back(self, stream: str, entry_id, item: work_pb2.WorkItem, payload: bytes) -> bool:
         """Move entry `entry_id` (`item`, as `payload`) back to its model's request stream with
@@ -88,6 +101,7 @@ class Handoff:
         (another path moved the entry first). `item` is left as it was: what moves is a copy."""
         request = keys.request_key(item.request_id)
         attempt = item.attempt + 1
+        item = await self._current_owner(item)
         progress = await fence(item.reply_to, item.request_id, attempt, auth=self.sink.auth)
         if progress is None:
             moved = await self._forget(keys=[stream, request], args=[entry_id, ABANDONED, keys.WORKER_GROUP])

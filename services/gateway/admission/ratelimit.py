@@ -133,6 +133,14 @@ class RateLimiter:
         self.tenants.took(tenant)
         return lease
 
+    def adopt(self, tenant: str, lease_id: str) -> Lease:
+        """Hold the lease another gateway took for a request re-attached here: renewed from now
+        on, released when the stream here ends. A lease that already expired stays gone."""
+        lease = Lease(tenant, lease_id, 0)
+        self._live[lease_id] = lease
+        self.tenants.took(tenant)
+        return lease
+
     async def release(self, lease: Lease, used_tokens: int) -> None:
         """Free the concurrency slot and charge the real token use; best effort."""
         if lease.local:

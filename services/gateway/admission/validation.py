@@ -38,6 +38,7 @@ class GenerateParams:
     seed: int | None = None
     request_id: str = ""
     priority: int = 0
+    resume_from_index: int | None = None  # set: re-attach to request_id from this index
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,12 @@ class Job:
     priority: int
     lease: Any = None  # the rate limiter's Lease, taken after validation
     received_at: float = 0.0  # time.monotonic() when the call arrived: latencies count from here
+    resume_from: int | None = None  # a re-attach (from this completion index), not a new request
+
+
+def check_request_id(request_id: str) -> None:
+    if not _REQUEST_ID.match(request_id):
+        raise InvalidArgument("request_id must be 1-128 characters of [A-Za-z0-9._:-]")
 
 
 def validate(params: GenerateParams, model: ModelProfile, tenant: str, settings: GatewaySettings) -> Job:

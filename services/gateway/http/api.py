@@ -30,6 +30,7 @@ from llmserve.common.logging import get_logger
 from llmserve.common.metrics_http import HealthState
 
 from ..admission.auth import single_authorization
+from ..admission.validation import GenerateParams
 from ..generation import GenerationService
 from ..routing.model_list import ModelStatus
 from ..streams.inflight import TokenEvent
@@ -137,6 +138,7 @@ class _Api:
             return error_response(e)
         try:
             parsed = parse_body(body, chat=chat)
+            resume_from_last_event(parsed.params, request.headers.get("last-event-id"))
             timeout = _timeout(request.headers.get(_TIMEOUT_HEADER))
             job = await self.service.admit(single_authorization(request.headers.getlist("authorization")),
                                            parsed.params)
@@ -145,7 +147,7 @@ class _Api:
         builder = ResponseBuilder(parsed, job.request_id, job.model)
         events = self.service.stream(job, timeout)
         if parsed.stream:
-            return EventStreamResponse(events, builder, parsed)
+            return EventStreamResponse(events, builder, parsed, job.request_id)
         return WholeResponse(events, builder)
 
     async def read_body(self, request: Request) -> bytes:
@@ -174,6 +176,21 @@ def _registry_fields(m: ModelStatus) -> dict:
         "versions": [{"id": v.served_id, "ready_workers": v.ready_workers, "workers": v.worker_ids}
                      for v in m.versions],
     }  # fmt: skip
+
+
+def resume_from_last_event(params: GenerateParams, last_event_id: str | None) -> None:
+    """SSE `Last-Event-ID: <request_id>:<index>` (our event ids) re-attaches like the body's
+    `request_id` + `resume_from_index`; the body's, when set, must agree."""
+    if not last_event_id:
+        return
+    request_id, sep, index = last_event_id.strip().rpartition(":")
+    if not sep or not request_id or not index.isdigit():
+        raise InvalidArgument("Last-Event-ID must be `<request_id>:<index>` as this gateway's events carry it")
+    if params.request_id and params.request_id != request_id:
+        raise InvalidArgument("Last-Event-ID names another request than request_id")
+    params.request_id = request_id
+    if params.resume_from_index is None:
+        params.resume_from_index = int(index)
 
 
 def _timeout(value: str | None) -> float | None:
@@ -252,10 +269,11 @@ class EventStreamResponse(_Disconnectable):
     HTTP status; an error after that arrives as a `data: {"error": ...}` event.
     """
 
-    def __init__(self, events, builder: ResponseBuilder, request: OpenAIRequest):
+    def __init__(self, events, builder: ResponseBuilder, request: OpenAIRequest, request_id: str = ""):
         super().__init__(events)
         self.builder = builder
         self.chat = request.chat
+        self.request_id = request_id
 
     async def produce(self, send) -> None:
         started = False
@@ -265,7 +283,9 @@ class EventStreamResponse(_Disconnectable):
                     started = True
                     await self._start(send)
                 if isinstance(event, TokenEvent):
-                    await _data(send, self.builder.chunk(event))
+                    # The id is where a re-attach continues (`Last-Event-ID`, docs/reattach.md).
+                    await _data(send, self.builder.chunk(event),
+                                f"{self.request_id}:{event.index + len(event.token_ids)}")
                 else:
                     for chunk in self.builder.final_chunks(event):
                         await _data(send, chunk)
@@ -289,11 +309,12 @@ class EventStreamResponse(_Disconnectable):
             await _data(send, self.builder.chunk(None, first=True))
 
 
-async def _data(send, obj: dict) -> None:
+async def _data(send, obj: dict, event_id: str = "") -> None:
+    head = f"id: {event_id}\n".encode() if event_id else b""
     await send(
         {
             "type": "http.response.body",
-            "body": b"data: " + json.dumps(obj).encode() + b"\n\n",
+            "body": head + b"data: " + json.dumps(obj).encode() + b"\n\n",
             "more_body": True,
         }
     )

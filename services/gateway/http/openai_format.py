@@ -69,6 +69,7 @@ def parse_request(body: Any, *, chat: bool) -> OpenAIRequest:
         seed=_seed(body.get("seed")),
         request_id=_opt(body, "request_id", str) or "",
         priority=_priority(body.get("priority")),
+        resume_from_index=_opt(body, "resume_from_index", int),
     )
     if chat:
         params.messages = _messages(body.get("messages"))

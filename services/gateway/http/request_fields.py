@@ -18,7 +18,7 @@ from llmserve.common.errors import InvalidArgument
 _COMMON_HONOURED = frozenset({
     "model", "max_tokens", "temperature", "top_p", "stop", "seed", "stream", "stream_options", "n",
     # llmserve extensions (documented in docs/backend.md)
-    "top_k", "repetition_penalty", "request_id", "priority",
+    "top_k", "repetition_penalty", "request_id", "priority", "resume_from_index",
 })
 HONOURED = {
     True: _COMMON_HONOURED | {"messages", "max_completion_tokens"},

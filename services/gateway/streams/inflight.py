@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from llmserve.common.errors import LLMServeError
+from llmserve.common.errors import Cancelled, LLMServeError
 from llmserve.common.logging import get_logger
 from llmserve.common.outcome import Outcome
 
@@ -79,6 +79,7 @@ class RequestStream:
         self.attempt = chunk.attempt
         self.worker_id = chunk.worker_id or self.worker_id
         end = chunk.index + len(chunk.token_ids)
+        self._learn_prefix(chunk, end)
         if chunk.index > self.next_index:
             log.warning("token gap; chunk dropped", request_id=self.request_id,
                         expected=self.next_index, got=chunk.index)
@@ -91,7 +92,8 @@ class RequestStream:
             self.delivered_token_ids.extend(new_tokens)
             self.delivered_text.append(chunk.text)
             self.next_index = end
-        elif not chunk.token_ids and chunk.text:
+        elif not chunk.token_ids and chunk.text and chunk.index >= self.next_index:
+            # (an older index: replayed to a re-attached client that has it already)
             self.events.put_nowait(TokenEvent(self.next_index, [], chunk.text))  # held-back text
             self.delivered_text.append(chunk.text)
         if chunk.outcome:
@@ -102,6 +104,19 @@ class RequestStream:
         return True
 
 
+    def _learn_prefix(self, chunk: Chunk, end: int) -> None:
+        """A re-attached stream starts at the client's index, knowing none of the tokens before
+        it; the worker resends them all: they are recorded (not delivered), so that a fence
+        answers the whole progress and a later worker resumes exactly."""
+        known = len(self.delivered_token_ids)
+        if known >= self.next_index or not chunk.index <= known < end:
+            return
+        upto = min(end, self.next_index)
+        self.delivered_token_ids.extend(chunk.token_ids[known - chunk.index:upto - chunk.index])
+        if end <= self.next_index:
+            self.delivered_text.append(chunk.text)
+
+
 class InflightRegistry:
     """request_id -> RequestStream for requests whose client is connected here."""
 
@@ -109,15 +124,22 @@ class InflightRegistry:
         self._streams: dict[str, RequestStream] = {}
         self._cancel_listeners: dict[str, asyncio.Queue[str]] = {}
 
-    def open(self, request_id: str) -> RequestStream | None:
-        """A new stream, or None if the id is already streaming here."""
-        if request_id in self._streams:
-            return None
+    def open(self, request_id: str, replace: bool = False) -> RequestStream | None:
+        """A new stream, or None if the id is already streaming here. With `replace` (a client
+        re-attaching here), an older stream of the id is ended (CANCELLED) and replaced."""
+        old = self._streams.get(request_id)
+        if old is not None:
+            if not replace:
+                return None
+            old.finished = True
+            old.events.put_nowait(Cancelled("the client re-attached to this request on another call"))
         stream = self._streams[request_id] = RequestStream(request_id)
         return stream
 
-    def close(self, request_id: str) -> None:
-        self._streams.pop(request_id, None)
+    def close(self, request_id: str, stream: RequestStream | None = None) -> None:
+        """Forget the id's stream (only `stream`, when given: a replaced one leaves its successor)."""
+        if stream is None or self._streams.get(request_id) is stream:
+            self._streams.pop(request_id, None)
 
     def deliver(self, chunk: Chunk) -> bool:
         """Route a chunk; False when nobody here waits for it from that worker (it should stop)."""

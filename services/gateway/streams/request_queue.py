@@ -15,12 +15,14 @@ from llmserve.common.v1 import work_pb2
 
 from ..admission.validation import Job
 
-# One atomic step: idempotency check, queue bound, enqueue, whereabouts record.
+# One atomic step: idempotency check, queue bound, enqueue, whereabouts record (with what a
+# re-attach through another gateway needs: the tenant allowed to, the model, the lease).
 _ENQUEUE = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return -2 end
 redis.call('XADD', KEYS[1], '*', 'data', ARGV[2])
-redis.call('HSET', KEYS[2], 'gateway', ARGV[3], 'state', 'queued', 'attempt', 1)
+redis.call('HSET', KEYS[2], 'gateway', ARGV[3], 'state', 'queued', 'attempt', 1, 'tenant', ARGV[5],
+           'model', ARGV[6], 'lease', ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
 """
@@ -40,7 +42,8 @@ class RequestQueue:
     async def enqueue(self, job: Job, deadline_unix_ms: int, trace_context=None) -> None:
         item = to_work_item(job, self.reply_to, deadline_unix_ms, trace_context)
         enqueue = {"keys": [keys.request_stream(job.model), keys.request_key(job.request_id)],
-                   "args": [self._max_queue_len, item.SerializeToString(), self.reply_to, _RECORD_TTL_MS]}
+                   "args": [self._max_queue_len, item.SerializeToString(), self.reply_to, _RECORD_TTL_MS, job.tenant,
+                            job.model, getattr(job.lease, "lease_id", "") or ""]}
         try:
             if self._min_replicas:
                 result, replicas = await self._enqueue_replicated(enqueue)
@@ -49,7 +52,8 @@ class RequestQueue:
         except RedisError as e:
             raise Unavailable(f"request queue unreachable: {type(e).__name__}", retry_after_s=1.0) from e
         if result == -1:
-            raise AlreadyExists(f"request_id {job.request_id!r} was already used; a retry never starts a second generation")
+            raise AlreadyExists(f"request_id {job.request_id!r} was already used; a retry never starts a second "
+                                "generation (set resume_from_index to re-attach to it)")
         if result == -2:
             raise Unavailable(f"the queue for {job.model} is full ({self._max_queue_len})", retry_after_s=1.0)
         if replicas < self._min_replicas:

@@ -53,3 +53,27 @@ def test_deadline_outcome_becomes_an_error_event_and_ends_the_stream():
     s.offer(Chunk("r", 1, 0, [10], "late"))
     got = events(s)
     assert len(got) == 1 and isinstance(got[0], DeadlineExceeded)
+
+
+def test_a_reattached_stream_delivers_from_the_clients_index_and_learns_what_came_before():
+    s = RequestStream("r")
+    s.next_index = 2  # the client re-attached with two tokens
+    for i, t in enumerate("abcd"):
+        s.offer(Chunk("r", 1, i, [10 + i], t))
+    s.offer(Chunk("r", 1, 1, [], "held"))  # held-back text of an index the client has: not again
+    got = events(s)
+    assert [(e.index, e.token_ids, e.text) for e in got] == [(2, [12], "c"), (3, [13], "d")]
+    assert s.delivered_token_ids == [10, 11, 12, 13] and "".join(s.delivered_text) == "abcd"
+
+
+def test_a_reattach_on_the_same_gateway_ends_the_older_local_stream():
+    from llmserve.common.errors import Cancelled
+    from llmserve.gateway.streams.inflight import InflightRegistry
+
+    registry = InflightRegistry()
+    old = registry.open("r")
+    assert registry.open("r") is None  # a plain second request is refused
+    new = registry.open("r", replace=True)
+    assert isinstance(events(old)[0], Cancelled)
+    registry.close("r", old)  # the old call's cleanup leaves its successor
+    assert registry.get("r") is new
