@@ -21,8 +21,9 @@ _COMMANDS = "-@all +@read +@write +@scripting +@connection +@transaction +time -
 _P = "~llmserve:"
 _KEYS = {
     "gateway": "requests:* request:* cancel:* apikey:* apikeys ratelimit:* model:* models workers heartbeat:*",
-    "scheduler": "requests:* worker:* workers heartbeat:* request:* cancel:* deadletter recovering:* model:* models",
-    "worker": "worker:* workers heartbeat:* request:* cancel:* requests:* model:* models",
+    "scheduler": "requests:* worker:* workers heartbeat:* request:* cancel:* deadletter recovering:* model:* models "
+                 "fair:*",
+    "worker": "worker:* workers heartbeat:* request:* cancel:* requests:* model:* models fair:*",
     "monitor": "workers heartbeat:* model:* models",
 }
 #: ACL rules per service (without the password): `ACL SETUSER svc-<name> on >pw <rules>`.

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from opentelemetry import trace
 
+from llmserve.common import fair_share
 from llmserve.common import redis_keys as keys
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger, request_context, trace_id_of
@@ -29,7 +30,7 @@ from llmserve.common.tokensink.client import OutChunk, SinkClient
 from llmserve.common.v1 import work_pb2
 from llmserve.common.workers import registry_snapshot
 
-from .dispatch import CANCELLED, DISPATCHED, WORKER_GONE, Dispatcher
+from .dispatch import CANCELLED, DISPATCHED, NOT_YOUR_TURN, WORKER_GONE, Dispatcher
 from .placement import Placement
 from .recovery import WorkerRecovery
 from .redis_liveness import RedisLiveness
@@ -57,12 +58,8 @@ def pending_from_entry(entry: StreamEntry) -> Pending:
         reply_to=item.reply_to, attempt=item.attempt,
         need_tokens=len(item.prompt_token_ids) + item.sampling.max_tokens, payload=entry.payload,
         enqueued_unix_ms=item.enqueued_unix_ms, trace_context=dict(item.trace_context),
+        max_out=item.sampling.max_tokens,
     )
-
-
-def _log_context(p: Pending):
-    """Lines logged while handling `p` carry its request fields (one loop serves them all)."""
-    return request_context(p.request_id, trace_id_of(p.trace_context), p.tenant, p.model)
 
 
 def _log_context(p: Pending):
@@ -77,7 +74,8 @@ class SchedulerCore:
         self.redis = redis
         self.waiting = WaitingQueue(settings.tenant_weights)
         self.placement = Placement(settings.max_worker_backlog)
-        self.dispatcher = Dispatcher(redis)
+        self.dispatcher = Dispatcher(redis, settings.scheduler_id, settings.tenant_weights,
+                                     settings.fair_mark_stale_ms)
         self.sink = SinkClient(f"scheduler/{settings.scheduler_id}",
                                auth=InternalAuth.from_settings(settings, "scheduler", settings.scheduler_id))
         self.recovery = WorkerRecovery(redis, self.sink, settings.scheduler_id,
@@ -174,34 +172,45 @@ class SchedulerCore:
         for p in self.waiting.remove_where(lambda p: past_deadline(p.deadline_unix_ms, now_ms)):
             if await self.dispatcher.drop(p, "expired"):
                 self._notify(p, Outcome.DEADLINE_EXCEEDED)
+        for (model, priority), state in (await self.dispatcher.mark_held(self.waiting.held_tenants())).items():
+            self.waiting.sync(model, priority, *fair_share.parse_state(state))
         blocked_models: set[str] = set()
+        not_our_turn: set[tuple[str, int, str]] = set()  # a peer holds a tenant that is further behind
         progress = True
         while progress:
             progress = False
             for p in self.waiting.peek_order():
-                if p.model in blocked_models:
+                if p.model in blocked_models or (p.model, p.priority, p.tenant) in not_our_turn:
                     continue
                 worker = self.placement.choose(p.model)
                 if worker is None:
                     blocked_models.add(p.model)
                     continue
-                self.waiting.pop(p)
-                with _log_context(p):
-                    result = await self.dispatcher.dispatch(p, worker.worker_id)
-                    if result == DISPATCHED:
-                        self.placement.reserve(worker, p.need_tokens, p.model)
-                        self.dispatched += 1
-                        waited = max(0.0, time.time() - p.enqueued_unix_ms / 1000) if p.enqueued_unix_ms else 0.0
-                        self.metrics.dispatched(p.model, p.priority, waited)
-                        self._trace_dispatch(p, worker.worker_id)
-                        log.info("dispatched", worker=worker.worker_id, waited_s=round(waited, 4))
-                    elif result == CANCELLED:
-                        self._notify(p, Outcome.CANCELLED)
-                    elif result == WORKER_GONE:  # its heartbeat ended since our last registry read
-                        self.waiting.push(p)
-                        self.placement.forget(worker.worker_id)
+                result = await self._dispatch_one(p, worker)
+                if result == NOT_YOUR_TURN:
+                    not_our_turn.add((p.model, p.priority, p.tenant))
                 progress = True
                 break  # the order changed: start again from the best candidate
+
+    async def _dispatch_one(self, p: Pending, worker) -> int:
+        with _log_context(p):
+            result = await self.dispatcher.dispatch(p, worker.worker_id, self.waiting.holds(p) == 1)
+            if result == DISPATCHED:
+                self.waiting.pop(p)
+                self.placement.reserve(worker, p.need_tokens, p.model)
+                self.dispatched += 1
+                waited = max(0.0, time.time() - p.enqueued_unix_ms / 1000) if p.enqueued_unix_ms else 0.0
+                self.metrics.dispatched(p.model, p.priority, waited)
+                self._trace_dispatch(p, worker.worker_id)
+                log.info("dispatched", worker=worker.worker_id, waited_s=round(waited, 4))
+            elif result == WORKER_GONE:  # its heartbeat ended since our last registry read
+                self.placement.forget(worker.worker_id)
+            elif result != NOT_YOUR_TURN:  # cancelled, or a peer handed it over already
+                self.waiting.remove_where(lambda q: q is p)
+                if result == CANCELLED:
+                    self._notify(p, Outcome.CANCELLED)
+        self.waiting.sync(p.model, p.priority, *fair_share.parse_state(self.dispatcher.last_state))
+        return result
 
     def _trace_dispatch(self, p: Pending, worker_id: str) -> None:
         """One span from enqueue to dispatch, in the request's trace."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from llmserve.common.model_store import DEFAULT_MODEL
@@ -43,6 +43,20 @@ class SchedulerSettings(ServiceSettings):
         3, ge=1, description="Workers a request may take down before it is dead-lettered."
     )
     tenant_weights: dict[str, float] = Field(
-        default_factory=dict, description="Fair-share weight per tenant (default 1)."
+        default_factory=dict, description="Fair-share weight per tenant (default 1): a tenant's share of "
+        "dispatched tokens (prompt + output) is its weight over the sum of the weights of the tenants "
+        "waiting in the same priority class and model.",
     )
+    fair_mark_stale_ms: int = Field(
+        1_000, ge=100, description="A replica's mark that it holds a tenant's work counts this long (it "
+        "refreshes it every round): a replica may not dispatch for a tenant ahead of one a live peer holds.",
+    )
+
+    @field_validator("tenant_weights")
+    @classmethod
+    def _positive_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        bad = [t for t, w in weights.items() if not w > 0]
+        if bad:
+            raise ValueError(f"tenant weights must be > 0: {bad}")
+        return weights
 

@@ -8,13 +8,14 @@ heartbeats and new work for it is handed back to the queue.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llmserve.common.errors import ModelNotFound, ResourceExhausted, Unavailable
 from llmserve.common.workers import ModelLoad
 
 from .engine.interface import Engine
 from .engine_thread import EngineThread
+from .step_rates import StepRates
 
 
 @dataclass
@@ -27,11 +28,13 @@ class ServedModel:
     ref: str = ""  # the reference it was loaded from
     thread: EngineThread | None = None
     serving: bool = True  # False from the moment an unload starts
+    rates: StepRates = field(default_factory=StepRates)  # measured on the engine thread
 
     def load(self) -> ModelLoad:
         s = self.engine.stats()
         return ModelLoad(s.total_kv_blocks, s.free_kv_blocks, s.block_size, s.running, s.waiting,
-                         self.memory_bytes)
+                         self.memory_bytes, prefill_tokens_per_s=round(self.rates.prefill_tokens_per_s, 1),
+                         decode_tokens_per_s=round(self.rates.decode_tokens_per_s, 1))
 
 
 def _gib(n: int) -> str:
