@@ -30,6 +30,7 @@ from llmserve.common.tokensink.client import OutChunk, SinkClient
 from llmserve.common.v1 import work_pb2
 from llmserve.common.workers import registry_snapshot
 
+from .admission import unmeetable
 from .dispatch import CANCELLED, DISPATCHED, NOT_YOUR_TURN, WORKER_GONE, Dispatcher
 from .placement import Placement
 from .recovery import WorkerRecovery
@@ -58,7 +59,7 @@ def pending_from_entry(entry: StreamEntry) -> Pending:
         reply_to=item.reply_to, attempt=item.attempt,
         need_tokens=len(item.prompt_token_ids) + item.sampling.max_tokens, payload=entry.payload,
         enqueued_unix_ms=item.enqueued_unix_ms, trace_context=dict(item.trace_context),
-        max_out=item.sampling.max_tokens,
+        max_out=item.sampling.max_tokens, prompt_tokens=len(item.prompt_token_ids),
     )
 
 
@@ -82,6 +83,7 @@ class SchedulerCore:
                                        max_attempts=settings.max_attempts)
         self.liveness = RedisLiveness(redis, settings.redis_restart_grace_ms / 1000)
         self.dispatched = 0
+        self.refused_deadline: dict[str, int] = {}  # tenant -> requests refused: deadline out of reach
         self.metrics = SchedulerMetrics()
         self._streams: set[str] = set()
         self._last_refresh = 0.0
@@ -191,6 +193,19 @@ class SchedulerCore:
                     not_our_turn.add((p.model, p.priority, p.tenant))
                 progress = True
                 break  # the order changed: start again from the best candidate
+        await self._refuse_unmeetable()
+
+    async def _refuse_unmeetable(self) -> None:
+        """What is still held after dispatch waits: refuse now what cannot start in time."""
+        if not len(self.waiting):
+            return
+        doomed = {id(p) for p in unmeetable(self.waiting.all(), self.placement.workers.values(), time.time() * 1000)}
+        if not doomed:
+            return
+        for p in self.waiting.remove_where(lambda q: id(q) in doomed):
+            if await self.dispatcher.drop(p, "refused_deadline"):
+                self.refused_deadline[p.tenant] = self.refused_deadline.get(p.tenant, 0) + 1
+                self._notify(p, Outcome.DEADLINE_EXCEEDED)
 
     async def _dispatch_one(self, p: Pending, worker) -> int:
         with _log_context(p):
