@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from dataclasses import dataclass
@@ -28,9 +29,10 @@ from llmserve.common.supervise import Supervisor
 from llmserve.common.telemetry import extract_context
 from llmserve.common.tokensink.client import OutChunk, SinkClient
 from llmserve.common.v1 import work_pb2
-from llmserve.common.workers import registry_snapshot
+from llmserve.common.workers import WorkerLoad, registry_snapshot
 
 from .admission import unmeetable
+from .batching import Window, next_close
 from .dispatch import CANCELLED, DISPATCHED, NOT_YOUR_TURN, WORKER_GONE, Dispatcher
 from .placement import Placement
 from .recovery import WorkerRecovery
@@ -106,7 +108,15 @@ class SchedulerCore:
         if now - self._last_reclaim >= self.settings.reclaim_idle_ms / 3000:
             await self._reclaim()
             self._last_reclaim = now
-        block = self.settings.idle_block_ms
+        block: int | None = self.settings.idle_block_ms
+        if len(self.waiting):
+            # A batching window is open: poll instead of blocking, since Redis ends a blocked
+            # read's timeout only at its own cron tick (up to 100 ms late at the default hz).
+            windows = {m: self.settings.window(m) for m in {p.model for p in self.waiting.all()}}
+            until_close = next_close(windows, self.waiting.all(), time.monotonic())
+            if until_close * 1000 < self.settings.idle_block_ms:
+                await asyncio.sleep(min(until_close, 0.005))
+                block = None
         entries = await read_group(self.redis, keys.SCHEDULER_GROUP, self.settings.scheduler_id,
                                    sorted(self._streams), count=self.settings.read_batch, block_ms=block)
         for entry in entries:
@@ -176,7 +186,7 @@ class SchedulerCore:
                 self._notify(p, Outcome.DEADLINE_EXCEEDED)
         for (model, priority), state in (await self.dispatcher.mark_held(self.waiting.held_tenants())).items():
             self.waiting.sync(model, priority, *fair_share.parse_state(state))
-        blocked_models: set[str] = set()
+        blocked_models = await self._dispatch_windows()  # models with a window: not one by one
         not_our_turn: set[tuple[str, int, str]] = set()  # a peer holds a tenant that is further behind
         progress = True
         while progress:
@@ -195,6 +205,40 @@ class SchedulerCore:
                 break  # the order changed: start again from the best candidate
         await self._refuse_unmeetable()
 
+    async def _dispatch_windows(self) -> set[str]:
+        """Dispatch each batching window that is ready, whole, to one worker; the models that have one."""
+        windowed = set()
+        for model in sorted({p.model for p in self.waiting.all()}):
+            window = self.settings.window(model)
+            if not window.enabled:
+                continue
+            windowed.add(model)
+            while window.ready([p for p in self.waiting.all() if p.model == model], time.monotonic()):
+                worker = self.placement.choose(model)
+                if worker is None or not await self._dispatch_batch(model, window, worker):
+                    break
+        return windowed
+
+    async def _dispatch_batch(self, model: str, window: Window, worker: WorkerLoad) -> int:
+        """Up to a window's worth of `model`'s requests, in fair order, all to `worker`."""
+        count = tokens = 0
+        skip: set[tuple[int, str]] = set()
+        while not window.full(count, tokens):
+            p = next((q for q in self.waiting.peek_order() if q.model == model and (q.priority, q.tenant) not in skip),
+                     None)
+            if p is None or (count and self.placement.backlog(worker) >= self.placement.max_backlog):
+                break
+            result = await self._dispatch_one(p, worker)
+            if result == DISPATCHED:
+                count, tokens = count + 1, tokens + p.need_tokens
+            elif result == NOT_YOUR_TURN:
+                skip.add((p.priority, p.tenant))
+            elif result == WORKER_GONE:
+                break
+        if count:
+            log.info("batch dispatched", model=model, worker=worker.worker_id, requests=count, tokens=tokens)
+        return count
+
     async def _refuse_unmeetable(self) -> None:
         """What is still held after dispatch waits: refuse now what cannot start in time."""
         if not len(self.waiting):
@@ -207,7 +251,7 @@ class SchedulerCore:
                 self.refused_deadline[p.tenant] = self.refused_deadline.get(p.tenant, 0) + 1
                 self._notify(p, Outcome.DEADLINE_EXCEEDED)
 
-    async def _dispatch_one(self, p: Pending, worker) -> int:
+    async def _dispatch_one(self, p: Pending, worker: WorkerLoad) -> int:
         with _log_context(p):
             result = await self.dispatcher.dispatch(p, worker.worker_id, self.waiting.holds(p) == 1)
             if result == DISPATCHED:

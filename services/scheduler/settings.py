@@ -5,11 +5,21 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from llmserve.common.model_store import DEFAULT_MODEL
 from llmserve.common.settings import ServiceSettings, StrList
+
+from .batching import Window
+
+
+class BatchWindow(BaseModel):
+    """One model's batching window (see max_batch_* of the scheduler)."""
+
+    max_batch_requests: int = Field(0, ge=0)
+    max_batch_tokens: int = Field(0, ge=0)
+    max_batch_wait_ms: int = Field(0, ge=0)
 
 
 class SchedulerSettings(ServiceSettings):
@@ -51,6 +61,28 @@ class SchedulerSettings(ServiceSettings):
         1_000, ge=100, description="A replica's mark that it holds a tenant's work counts this long (it "
         "refreshes it every round): a replica may not dispatch for a tenant ahead of one a live peer holds.",
     )
+
+    max_batch_requests: int = Field(
+        0, ge=0, description="Batching window: dispatch a model's held requests together once this many "
+        "have come (0: no count bound). Only with max_batch_wait_ms > 0.",
+    )
+    max_batch_tokens: int = Field(
+        0, ge=0, description="Batching window: ... or once their prompt + max_tokens reach this (0: no bound).",
+    )
+    max_batch_wait_ms: int = Field(
+        0, ge=0, description="Batching window: ... or once the oldest waited this long. 0 (default): no window, "
+        "every request is dispatched at once. A window's requests go to one worker together.",
+    )
+    batch_windows: dict[str, BatchWindow] = Field(
+        default_factory=dict, description="Per model id, a window replacing the three max_batch_* above "
+        '(JSON: {"model": {"max_batch_requests": 8, "max_batch_wait_ms": 50}}).',
+    )
+
+    def window(self, model: str) -> Window:
+        w = self.batch_windows.get(model)
+        if w is None:
+            return Window(self.max_batch_requests, self.max_batch_tokens, self.max_batch_wait_ms)
+        return Window(w.max_batch_requests, w.max_batch_tokens, w.max_batch_wait_ms)
 
     @field_validator("tenant_weights")
     @classmethod

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
 
 
@@ -40,6 +41,7 @@ class Pending:
     max_out: int = 0  # max_tokens: the part of the charge refunded if not produced
     prompt_tokens: int = 0
     seq: int = 0  # arrival order here (set by push)
+    held_since: float = 0.0  # monotonic time this scheduler first held it (set by push)
 
 
 _arrivals = itertools.count(1)
@@ -83,6 +85,7 @@ class WaitingQueue:
         cls = self._classes.setdefault((p.priority, p.model), _FairClass())
         if not p.seq:
             p.seq = next(_arrivals)
+            p.held_since = time.monotonic()
         bisect.insort(cls.queues.setdefault(p.tenant, []), p, key=order_key)
         self._size += 1
 

@@ -22,10 +22,12 @@ class ScriptedEngine:
         self._aborted: set[str] = set()  # every id ever aborted
         self._to_abort: set[str] = set()  # aborts of running requests not yet acted on
         self.seen: list[str] = []  # request ids in admission order
+        self.seen_at: dict[str, float] = {}  # request id -> unix time of admission
 
     def add_request(self, request: EngineRequest) -> None:
         with self._lock:
             self.seen.append(request.request_id)
+            self.seen_at[request.request_id] = time.time()
             self._running[request.request_id] = (request, len(request.resume_token_ids))
 
     def abort_request(self, request_id: str) -> None:
