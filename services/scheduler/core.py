@@ -16,6 +16,7 @@ from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger, request_context, trace_id_of
 from llmserve.common.metrics import SchedulerMetrics
 from llmserve.common.outcome import Outcome
+from llmserve.common.prefix_affinity import prefix_key
 from llmserve.common.streams import (
     StreamEntry,
     consume_forever,
@@ -62,6 +63,7 @@ def pending_from_entry(entry: StreamEntry) -> Pending:
         need_tokens=len(item.prompt_token_ids) + item.sampling.max_tokens, payload=entry.payload,
         enqueued_unix_ms=item.enqueued_unix_ms, trace_context=dict(item.trace_context),
         max_out=item.sampling.max_tokens, prompt_tokens=len(item.prompt_token_ids),
+        prefix=prefix_key(item.prompt_token_ids),
     )
 
 
@@ -76,7 +78,8 @@ class SchedulerCore:
         self.supervisor = supervisor or Supervisor("scheduler")
         self.redis = redis
         self.waiting = WaitingQueue(settings.tenant_weights)
-        self.placement = Placement(settings.max_worker_backlog)
+        self.placement = Placement(settings.max_worker_backlog,
+                                   settings.affinity_backlog_slack if settings.prefix_affinity else None)
         self.dispatcher = Dispatcher(redis, settings.scheduler_id, settings.tenant_weights,
                                      settings.fair_mark_stale_ms)
         self.sink = SinkClient(f"scheduler/{settings.scheduler_id}",
@@ -194,7 +197,7 @@ class SchedulerCore:
             for p in self.waiting.peek_order():
                 if p.model in blocked_models or (p.model, p.priority, p.tenant) in not_our_turn:
                     continue
-                worker = self.placement.choose(p.model)
+                worker = self.placement.choose(p.model, p.prefix, p.need_tokens)
                 if worker is None:
                     blocked_models.add(p.model)
                     continue
@@ -256,7 +259,7 @@ class SchedulerCore:
             result = await self.dispatcher.dispatch(p, worker.worker_id, self.waiting.holds(p) == 1)
             if result == DISPATCHED:
                 self.waiting.pop(p)
-                self.placement.reserve(worker, p.need_tokens, p.model)
+                self.placement.reserve(worker, p.need_tokens, p.model, p.prefix)
                 self.dispatched += 1
                 waited = max(0.0, time.time() - p.enqueued_unix_ms / 1000) if p.enqueued_unix_ms else 0.0
                 self.metrics.dispatched(p.model, p.priority, waited)

@@ -78,6 +78,15 @@ class SchedulerSettings(ServiceSettings):
         '(JSON: {"model": {"max_batch_requests": 8, "max_batch_wait_ms": 50}}).',
     )
 
+    prefix_affinity: bool = Field(
+        True, description="Place a request on a worker that recently ran its prompt's prefix (its first "
+        "64 tokens) while that worker's load allows; else on the one with the most free KV.",
+    )
+    affinity_backlog_slack: int = Field(
+        4, ge=0, description="Prefix affinity yields once the holder's backlog exceeds the least loaded "
+        "candidate's by more than this.",
+    )
+
     def window(self, model: str) -> Window:
         w = self.batch_windows.get(model)
         if w is None:

@@ -42,6 +42,7 @@ class Pending:
     prompt_tokens: int = 0
     seq: int = 0  # arrival order here (set by push)
     held_since: float = 0.0  # monotonic time this scheduler first held it (set by push)
+    prefix: str = ""  # its prompt's prefix key (llmserve.common.prefix_affinity)
 
 
 _arrivals = itertools.count(1)

@@ -20,6 +20,7 @@ from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import WorkerMetrics
 from llmserve.common.outcome import Outcome
+from llmserve.common.prefix_affinity import prefix_key
 from llmserve.common.streams import (
     StreamEntry,
     consume_forever,
@@ -276,6 +277,7 @@ class WorkerRuntime:
                         "llmserve.prompt_tokens": len(item.prompt_token_ids)})
         self.active[item.request_id] = active
         model.engine.add_request(engine_request(item))
+        model.prefixes.add(prefix_key(item.prompt_token_ids))
         with log_context(item):
             log.info("request started", worker=self.settings.worker_id, attempt=item.attempt,
                      prompt_tokens=len(item.prompt_token_ids))
