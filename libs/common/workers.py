@@ -47,6 +47,10 @@ class WorkerLoad:
     waiting: int = 0  # in the engine and in its stream, not yet running
     draining: bool = False
     sent_unix_ms: int = 0
+    # Requests its intake takes from its stream ahead of running them (0: not said). Schedulers
+    # place no more than this ahead on it, so its whole backlog is in the engines' waiting
+    # queues, which go by priority: nothing high waits in the stream behind something low.
+    max_backlog: int = 0
     model_loads: dict[str, ModelLoad] = field(default_factory=dict)
 
     def model_load(self, model: str) -> ModelLoad:

@@ -229,7 +229,7 @@ class SchedulerCore:
         while not window.full(count, tokens):
             p = next((q for q in self.waiting.peek_order() if q.model == model and (q.priority, q.tenant) not in skip),
                      None)
-            if p is None or (count and self.placement.backlog(worker) >= self.placement.max_backlog):
+            if p is None or (count and not self.placement.has_room(worker)):
                 break
             result = await self._dispatch_one(p, worker)
             if result == DISPATCHED:

@@ -67,11 +67,15 @@ class Placement:
     def backlog(self, w: WorkerLoad) -> int:
         return w.waiting + len(self._reserved.get(w.worker_id, ()))
 
+    def has_room(self, w: WorkerLoad) -> bool:
+        """Its backlog is below our bound and the worker's own intake bound (see WorkerLoad)."""
+        return self.backlog(w) < min(self.max_backlog, w.max_backlog or self.max_backlog)
+
     def choose(self, model: str, prefix: str = "", need_tokens: int = 0) -> WorkerLoad | None:
         """A holder of `prefix` while its load allows, else the serving worker with the most
         free KV; only workers whose backlog still has room."""
         candidates = [w for w in self.workers.values()
-                      if model in w.models and not w.draining and self.backlog(w) < self.max_backlog]
+                      if model in w.models and not w.draining and self.has_room(w)]
         if not candidates:
             return None
         by_free_kv = lambda w: (self.free_blocks(w, model), -self.backlog(w))  # noqa: E731

@@ -157,6 +157,7 @@ class WorkerRuntime:
             block_size=next((x.block_size for x in loads.values()), 16),
             running=sum(x.running for x in loads.values()), waiting=sum(x.waiting for x in loads.values()),
             draining=self.draining, model_loads={m: loads[m] for m in serving},
+            max_backlog=self.settings.max_backlog,
         )
 
     async def publish_load(self) -> None:
