@@ -24,6 +24,7 @@ class ModelLoad:
     # Measured over recent engine steps (0: not measured yet): what schedulers estimate waits from.
     prefill_tokens_per_s: float = 0.0  # prompt tokens computed per second of step time
     decode_tokens_per_s: float = 0.0  # tokens generated per second of step time, all sequences
+    mean_completion_tokens: float = 0.0  # of recently finished requests
     prefix_keys: list[str] = field(default_factory=list)  # recently run prompt prefixes (prefix_affinity.py)
 
 

@@ -6,8 +6,12 @@ the order the queue serves them in, fair share aside), at the rates the model's 
 measured and report in their heartbeats (prompt tokens per second of prefill, generated
 tokens per second of decode, summed over the workers):
 
-    start ≈ now + Σ ahead prompt / prefill rate + Σ ahead max_tokens / decode rate
+    start ≈ now + Σ ahead prompt / prefill rate + Σ ahead output / decode rate
                 + own prompt / prefill rate
+
+where a request's output is its max_tokens, or less: the mean completion the workers report
+for the model (max_tokens is often far above what is produced, and counting it in full would
+refuse requests that would have made it).
 
 Work already on the workers is not counted, so the estimate errs early: a refusal means that
 even the work held here alone makes the deadline unreachable. With no decode rate measured yet
@@ -37,18 +41,26 @@ def measured_rates(workers: Iterable[WorkerLoad], model: str) -> tuple[float, fl
     return prefill, decode
 
 
+def mean_completion(workers: Iterable[WorkerLoad], model: str) -> float:
+    """The largest mean completion any serving worker reports (0: none measured)."""
+    return max((w.model_load(model).mean_completion_tokens for w in workers
+                if model in w.models and not w.draining), default=0.0)
+
+
 def _queue_order(p: Pending) -> tuple[int, float, int]:
     return (-p.priority, p.deadline_unix_ms or math.inf, p.seq)
 
 
-def estimated_starts(held: list[Pending], prefill_tps: float, decode_tps: float, now_ms: float) -> dict[str, float]:
+def estimated_starts(held: list[Pending], prefill_tps: float, decode_tps: float, now_ms: float,
+                     mean_out: float = 0.0) -> dict[str, float]:
     """request id -> estimated start (unix ms) of each held request of one model."""
     starts = {}
     ahead_s = 0.0
     for p in sorted(held, key=_queue_order):
         own_prefill_s = p.prompt_tokens / prefill_tps if prefill_tps > 0 else 0.0
         starts[p.request_id] = now_ms + (ahead_s + own_prefill_s) * 1000
-        ahead_s += own_prefill_s + (p.max_out / decode_tps if decode_tps > 0 else 0.0)
+        out = min(p.max_out, mean_out) if mean_out > 0 else p.max_out
+        ahead_s += own_prefill_s + (out / decode_tps if decode_tps > 0 else 0.0)
     return starts
 
 
@@ -65,6 +77,6 @@ def unmeetable(held: list[Pending], workers: Iterable[WorkerLoad], now_ms: float
         prefill_tps, decode_tps = measured_rates(workers, model)
         if decode_tps <= 0:
             continue
-        starts = estimated_starts(requests, prefill_tps, decode_tps, now_ms)
+        starts = estimated_starts(requests, prefill_tps, decode_tps, now_ms, mean_completion(workers, model))
         refused += [p for p in requests if p.deadline_unix_ms and starts[p.request_id] > p.deadline_unix_ms]
     return refused

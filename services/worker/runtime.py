@@ -305,6 +305,9 @@ class WorkerRuntime:
                     with log_context(item):
                         log.info("request finished", outcome=outcome, completion_tokens=out.completion_tokens)
                     self._refunds.append((item, out.completion_tokens))
+                served = self.models.serving(active.model)
+                if served is not None:
+                    served.rates.finished(out.completion_tokens)
                 del self.active[out.request_id]
                 active.span.set_attribute("llmserve.completion_tokens", out.completion_tokens)
                 active.span.set_attribute("llmserve.finish_reason", outcome)

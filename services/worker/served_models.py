@@ -37,6 +37,7 @@ class ServedModel:
         return ModelLoad(s.total_kv_blocks, s.free_kv_blocks, s.block_size, s.running, s.waiting,
                          self.memory_bytes, prefill_tokens_per_s=round(self.rates.prefill_tokens_per_s, 1),
                          decode_tokens_per_s=round(self.rates.decode_tokens_per_s, 1),
+                         mean_completion_tokens=round(self.rates.mean_completion_tokens, 1),
                          prefix_keys=self.prefixes.keys())
 
 

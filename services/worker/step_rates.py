@@ -17,6 +17,10 @@ class StepRates:
     def __init__(self) -> None:
         self.prefill_tokens_per_s = 0.0
         self.decode_tokens_per_s = 0.0
+        self.mean_completion_tokens = 0.0  # of finished requests: max_tokens is often far above it
+
+    def finished(self, completion_tokens: int) -> None:
+        self.mean_completion_tokens = _ema(self.mean_completion_tokens, float(max(completion_tokens, 1)))
 
     def record(self, step: StepStats, seconds: float) -> None:
         prefill, decode = step.prefill_tokens + step.recompute_tokens, step.decode_tokens

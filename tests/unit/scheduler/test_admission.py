@@ -35,3 +35,11 @@ def test_200_queued_make_a_200_ms_deadline_unreachable_but_not_a_late_one():
 
 def test_nothing_refused_before_a_rate_is_measured():
     assert unmeetable([pending(i, priority=3) for i in range(200)] + [pending(9, deadline=1)], [worker(0)], 0) == []
+
+
+def test_the_mean_completion_reported_caps_what_max_tokens_would_count():
+    held = [pending(i, priority=3, out=4096) for i in range(10)] + [pending(900, deadline=5_000)]
+    w = worker(decode=1000)
+    assert [p.request_id for p in unmeetable(held, [w], now_ms=0)] == ["r900"]  # 10 x 4096 tokens: 41 s
+    w.model_loads["m"].mean_completion_tokens = 200.0  # what they really produce: 2 s
+    assert unmeetable(held, [w], now_ms=0) == []
