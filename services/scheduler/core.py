@@ -39,6 +39,7 @@ from .placement import Placement
 from .recovery import WorkerRecovery
 from .redis_liveness import RedisLiveness
 from .settings import SchedulerSettings
+from .tenant_stats import TenantStats
 from .waiting import Pending, WaitingQueue
 
 log = get_logger(__name__)
@@ -88,7 +89,7 @@ class SchedulerCore:
                                        max_attempts=settings.max_attempts)
         self.liveness = RedisLiveness(redis, settings.redis_restart_grace_ms / 1000)
         self.dispatched = 0
-        self.refused_deadline: dict[str, int] = {}  # tenant -> requests refused: deadline out of reach
+        self.tenants = TenantStats(settings.tenant_weights)
         self.metrics = SchedulerMetrics()
         self._streams: set[str] = set()
         self._last_refresh = 0.0
@@ -251,7 +252,7 @@ class SchedulerCore:
             return
         for p in self.waiting.remove_where(lambda q: id(q) in doomed):
             if await self.dispatcher.drop(p, "refused_deadline"):
-                self.refused_deadline[p.tenant] = self.refused_deadline.get(p.tenant, 0) + 1
+                self.tenants.refused(p.tenant)
                 self._notify(p, Outcome.DEADLINE_EXCEEDED)
 
     async def _dispatch_one(self, p: Pending, worker: WorkerLoad) -> int:
@@ -263,6 +264,7 @@ class SchedulerCore:
                 self.dispatched += 1
                 waited = max(0.0, time.time() - p.enqueued_unix_ms / 1000) if p.enqueued_unix_ms else 0.0
                 self.metrics.dispatched(p.model, p.priority, waited)
+                self.tenants.dispatched(p.tenant, p.need_tokens, waited)
                 self._trace_dispatch(p, worker.worker_id)
                 log.info("dispatched", worker=worker.worker_id, waited_s=round(waited, 4))
             elif result == WORKER_GONE:  # its heartbeat ended since our last registry read

@@ -39,7 +39,7 @@ async def test_a_deadline_200_queued_requests_make_unreachable_is_refused_at_onc
             await asyncio.sleep(0.001)
         refused_after_ms = (time.perf_counter() - start) * 1000
         held = len(apps[0].service.core.waiting)
-        assert apps[0].service.core.refused_deadline == {"t": 1}
+        assert apps[0].service.core.tenants.refused_deadline == {"t": 1}
     assert state == b"refused_deadline", state
     assert "tight" not in engine.seen
     print(f"refused after {refused_after_ms:.1f} ms with {held} held, decode rate {rate:.0f} tok/s")
@@ -64,5 +64,5 @@ async def test_a_feasible_deadline_overtakes_later_deadlines_of_its_class(redis_
         await wait_for(lambda: "later" in engine.seen)
     order = engine.seen
     assert order.index("urgent") < order.index("later") <= seen_before + 4, (seen_before, order[seen_before:])
-    assert apps[0].service.core.refused_deadline == {}
+    assert apps[0].service.core.tenants.refused_deadline == {}
     await r.aclose()
