@@ -22,12 +22,11 @@ retry with the same deadline would be refused again, so no retry hint is given.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 from llmserve.common.workers import WorkerLoad
 
-from .waiting import Pending
+from .waiting import Pending, due_ms
 
 
 def measured_rates(workers: Iterable[WorkerLoad], model: str) -> tuple[float, float]:
@@ -48,7 +47,7 @@ def mean_completion(workers: Iterable[WorkerLoad], model: str) -> float:
 
 
 def _queue_order(p: Pending) -> tuple[int, float, int]:
-    return (-p.priority, p.deadline_unix_ms or math.inf, p.seq)
+    return (-p.priority, due_ms(p), p.seq)
 
 
 def estimated_starts(held: list[Pending], prefill_tps: float, decode_tps: float, now_ms: float,

@@ -124,9 +124,16 @@ class SchedulerCore:
         entries = await read_group(self.redis, keys.SCHEDULER_GROUP, self.settings.scheduler_id,
                                    sorted(self._streams), count=self.settings.read_batch, block_ms=block)
         for entry in entries:
-            self.waiting.push(pending_from_entry(entry))
+            self.waiting.push(self._pending(entry))
         if len(self.waiting):
             await self._dispatch_ready()
+
+    def _pending(self, entry: StreamEntry) -> Pending:
+        p = pending_from_entry(entry)
+        target = self.settings.tenant_ttft_target_ms.get(p.tenant, 0)
+        if target:
+            p.ttft_target_unix_ms = (p.enqueued_unix_ms or int(time.time() * 1000)) + target
+        return p
 
     def stop(self) -> None:
         self._stopping = True
@@ -165,7 +172,7 @@ class SchedulerCore:
                 # Entries this consumer read before a restart are still ours to dispatch.
                 for entry in await read_own_pending(self.redis, keys.SCHEDULER_GROUP,
                                                     self.settings.scheduler_id, stream):
-                    self.waiting.push(pending_from_entry(entry))
+                    self.waiting.push(self._pending(entry))
                 self._streams.add(stream)
         self._last_refresh = time.monotonic()
 
@@ -181,7 +188,7 @@ class SchedulerCore:
                                              self.settings.scheduler_id,
                                              min_idle_ms=self.settings.reclaim_idle_ms):
                 if entry.entry_id not in mine:
-                    self.waiting.push(pending_from_entry(entry))
+                    self.waiting.push(self._pending(entry))
 
     async def _dispatch_ready(self) -> None:
         now_ms = int(time.time() * 1000)

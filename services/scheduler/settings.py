@@ -57,6 +57,11 @@ class SchedulerSettings(ServiceSettings):
         "dispatched tokens (prompt + output) is its weight over the sum of the weights of the tenants "
         "waiting in the same priority class and model.",
     )
+    tenant_ttft_target_ms: dict[str, int] = Field(
+        default_factory=dict, description="Per tenant, a time-to-first-token target: within its priority "
+        "class and fair share, a request is ordered by the earlier of its deadline and enqueue + target "
+        "(earliest first). A target only orders; only a deadline refuses.",
+    )
     fair_mark_stale_ms: int = Field(
         1_000, ge=100, description="A replica's mark that it holds a tenant's work counts this long (it "
         "refreshes it every round): a replica may not dispatch for a tenant ahead of one a live peer holds.",
@@ -92,6 +97,14 @@ class SchedulerSettings(ServiceSettings):
         if w is None:
             return Window(self.max_batch_requests, self.max_batch_tokens, self.max_batch_wait_ms)
         return Window(w.max_batch_requests, w.max_batch_tokens, w.max_batch_wait_ms)
+
+    @field_validator("tenant_ttft_target_ms")
+    @classmethod
+    def _positive_targets(cls, targets: dict[str, int]) -> dict[str, int]:
+        bad = [t for t, ms in targets.items() if ms <= 0]
+        if bad:
+            raise ValueError(f"TTFT targets must be > 0 ms: {bad}")
+        return targets
 
     @field_validator("tenant_weights")
     @classmethod

@@ -4,7 +4,7 @@ Order: priority class first (HIGH before NORMAL before LOW); within a class (one
 weighted fair share among tenants by tokens (start-time fair queuing, see
 llmserve.common.fair_share: the tenant with the lowest start tag goes next, an idle tenant
 rejoins at the class's virtual time so it cannot bank credit); within a tenant, earliest
-deadline first (none = last), then oldest. Requests whose deadline cannot be met are refused
+deadline first (or TTFT target, a per-tenant setting, when earlier; none = last), then oldest. Requests whose deadline cannot be met are refused
 before they reach this order (see admission.py).
 
 The tags here follow this replica's own dispatches at once; the scheduler overwrites them with
@@ -43,14 +43,21 @@ class Pending:
     seq: int = 0  # arrival order here (set by push)
     held_since: float = 0.0  # monotonic time this scheduler first held it (set by push)
     prefix: str = ""  # its prompt's prefix key (llmserve.common.prefix_affinity)
+    ttft_target_unix_ms: int = 0  # enqueue + its tenant's TTFT target (0: none); orders, never refuses
+
+
+def due_ms(p: Pending) -> float:
+    """What it is ordered by: the earlier of its deadline and its TTFT target (none: last)."""
+    due = [t for t in (p.deadline_unix_ms, p.ttft_target_unix_ms) if t]
+    return min(due) if due else math.inf
 
 
 _arrivals = itertools.count(1)
 
 
 def order_key(p: Pending) -> tuple[float, int]:
-    """Within a tenant: earliest deadline first, then first come."""
-    return (p.deadline_unix_ms or math.inf, p.seq)
+    """Within a tenant: earliest deadline (or TTFT target) first, then first come."""
+    return (due_ms(p), p.seq)
 
 
 class _FairClass:
