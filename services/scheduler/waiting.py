@@ -130,7 +130,7 @@ class WaitingQueue:
 
     def remove_where(self, predicate) -> list[Pending]:
         """Remove (without charging the tenant) every request matching predicate."""
-        removed = []
+        removed: list[Pending] = []
         for cls in self._classes.values():
             for tenant in list(cls.queues):
                 keep = [p for p in cls.queues[tenant] if not predicate(p)]
