@@ -30,6 +30,18 @@ class QueueRow:
 
 
 @dataclass
+class TenantRow:
+    tenant: str
+    weight: float
+    tokens_last_minute: int
+    share: float
+    weight_share: float
+    wait_p50_ms: float
+    wait_p99_ms: float
+    refused_deadline: int
+
+
+@dataclass
 class AlertRow:
     name: str
     severity: str
@@ -46,6 +58,7 @@ class StatusReport:
     dead_workers: list[str] = field(default_factory=list)
     queues: list[QueueRow] | None = None
     dispatched: int = 0
+    tenants: list[TenantRow] = field(default_factory=list)
     alerts: list[AlertRow] | None = None
     errors: dict[str, str] = field(default_factory=dict)
 
@@ -72,6 +85,8 @@ async def _queues(address: str, report: StatusReport, timeout: float) -> None:
         return
     report.queues = [QueueRow(q.model, q.waiting, q.workers) for q in response.queues]
     report.dispatched = response.dispatched
+    report.tenants = [TenantRow(t.tenant, t.weight, t.tokens_last_minute, t.share, t.weight_share, t.wait_p50_ms,
+                                t.wait_p99_ms, t.refused_deadline) for t in response.tenants]
 
 
 async def _alerts(address: str, report: StatusReport, timeout: float) -> None:
@@ -146,6 +161,14 @@ def render(report: StatusReport) -> str:
     )
     if report.queues is not None:
         out.append(f"dispatched by this scheduler since start: {report.dispatched}")
+    if report.tenants:
+        out += ["", "TENANTS (this scheduler, last minute; fair share by tokens)"]
+        out.append(table(
+            ["tenant", "weight", "tokens", "share", "weight share", "wait p50", "wait p99", "refused (deadline)"],
+            [(t.tenant, f"{t.weight:g}", t.tokens_last_minute, f"{t.share:.0%}", f"{t.weight_share:.0%}",
+              f"{t.wait_p50_ms:.0f}ms", f"{t.wait_p99_ms:.0f}ms", t.refused_deadline) for t in report.tenants],
+            right=(1, 2, 3, 4, 5, 6, 7),
+        ))
     out += ["", "ALERTS"]
     if report.alerts is None:
         out.append("(monitor unreachable)")

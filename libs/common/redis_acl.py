@@ -22,9 +22,11 @@ from .redis_client import SENTINEL_SCHEME, parse_sentinel_url
 _COMMANDS = "-@all +@read +@write +@scripting +@connection +@transaction +time -@dangerous"
 _P = "~llmserve:"
 _KEYS = {
-    "gateway": "requests:* request:* cancel:* apikey:* apikeys ratelimit:* model:* models workers heartbeat:*",
-    "scheduler": "requests:* worker:* workers heartbeat:* request:* cancel:* deadletter recovering:* model:* models",
-    "worker": "worker:* workers heartbeat:* request:* cancel:* requests:* model:* models",
+    "gateway": "requests:* request:* cancel:* apikey:* apikeys ratelimit:* model:* models workers heartbeat:* "
+               "gateway:* result:*",
+    "scheduler": "requests:* worker:* workers heartbeat:* request:* cancel:* deadletter recovering:* model:* models "
+                 "fair:*",
+    "worker": "worker:* workers heartbeat:* request:* cancel:* requests:* model:* models fair:* gateway:* result:*",
     "monitor": "workers heartbeat:* model:* models",
 }
 #: ACL rules per service (without the password): `ACL SETUSER svc-<name> on >pw <rules>`.

@@ -12,6 +12,7 @@
 | llmserve:cancel:{request_id}         | string | gateway   | cancellation marker, seen by scheduler and worker |
 | llmserve:deadletter                  | stream | scheduler | requests that failed too many attempts |
 | llmserve:recovering:{worker_id}      | string | scheduler | lock: one scheduler recovers a dead worker |
+| llmserve:fair:{model}:{priority}     | hash   | scheduler, worker | fair-share virtual clock shared by scheduler replicas (fair_share.py) |
 | llmserve:apikey:{key_id}             | hash   | CLI       | stored API key: SHA-256 of the secret, tenant, models, limits |
 | llmserve:apikeys                     | set    | CLI       | ids of stored API keys |
 | llmserve:ratelimit:{tenant}:window   | zset   | gateway   | admissions in the sliding minute (requests per minute) |
@@ -56,6 +57,10 @@ def result_key(request_id: str) -> str:
 
 def gateway_key(address: str) -> str:
     return f"{PREFIX}:gateway:{address}"
+
+
+def fair_key(model: str, priority: int) -> str:
+    return f"{PREFIX}:fair:{model}:{priority}"
 
 
 MODELS_SET = f"{PREFIX}:models"

@@ -79,9 +79,9 @@ def _entries(stream: str | bytes, items) -> list[StreamEntry]:
 
 
 async def read_group(
-    r: aioredis.Redis, group: str, consumer: str, streams: list[str], *, count: int, block_ms: int
+    r: aioredis.Redis, group: str, consumer: str, streams: list[str], *, count: int, block_ms: int | None
 ) -> list[StreamEntry]:
-    """New entries for this consumer from any of `streams` (blocks up to block_ms)."""
+    """New entries for this consumer from any of `streams` (blocks up to block_ms; None: not at all)."""
     if not streams:
         return []
     # [(stream, [(id, fields), ...]), ...]; redis-py types replies loosely.

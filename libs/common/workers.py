@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import redis.asyncio as aioredis
 
@@ -21,6 +21,11 @@ class ModelLoad:
     running: int = 0
     waiting: int = 0
     memory_bytes: int = 0  # weights plus KV cache, as measured after loading
+    # Measured over recent engine steps (0: not measured yet): what schedulers estimate waits from.
+    prefill_tokens_per_s: float = 0.0  # prompt tokens computed per second of step time
+    decode_tokens_per_s: float = 0.0  # tokens generated per second of step time, all sequences
+    mean_completion_tokens: float = 0.0  # of recently finished requests
+    prefix_keys: list[str] = field(default_factory=list)  # recently run prompt prefixes (prefix_affinity.py)
 
 
 @dataclass
@@ -43,6 +48,10 @@ class WorkerLoad:
     waiting: int = 0  # in the engine and in its stream, not yet running
     draining: bool = False
     sent_unix_ms: int = 0
+    # Requests its intake takes from its stream ahead of running them (0: not said). Schedulers
+    # place no more than this ahead on it, so its whole backlog is in the engines' waiting
+    # queues, which go by priority: nothing high waits in the stream behind something low.
+    max_backlog: int = 0
     model_loads: dict[str, ModelLoad] = field(default_factory=dict)
 
     def model_load(self, model: str) -> ModelLoad:
@@ -55,8 +64,15 @@ class WorkerLoad:
     @classmethod
     def from_json(cls, raw: str | bytes) -> WorkerLoad:
         data = json.loads(raw)
-        loads = {m: ModelLoad(**v) for m, v in (data.pop("model_loads", None) or {}).items()}
-        return cls(**data, model_loads=loads)
+        loads = {m: _known(ModelLoad, v) for m, v in (data.pop("model_loads", None) or {}).items()}
+        data.pop("model_loads", None)
+        return _known(cls, {**data, "model_loads": loads})
+
+
+def _known(cls, data: dict):
+    """`cls(**data)` without fields this version does not know (a newer worker's heartbeat)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 async def publish_heartbeat(r: aioredis.Redis, load: WorkerLoad, ttl_ms: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from dataclasses import dataclass
@@ -9,11 +10,13 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from opentelemetry import trace
 
+from llmserve.common import fair_share
 from llmserve.common import redis_keys as keys
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger, request_context, trace_id_of
 from llmserve.common.metrics import SchedulerMetrics
 from llmserve.common.outcome import Outcome
+from llmserve.common.prefix_affinity import prefix_key
 from llmserve.common.streams import (
     StreamEntry,
     consume_forever,
@@ -27,13 +30,16 @@ from llmserve.common.supervise import Supervisor
 from llmserve.common.telemetry import extract_context
 from llmserve.common.tokensink.client import OutChunk, SinkClient
 from llmserve.common.v1 import work_pb2
-from llmserve.common.workers import registry_snapshot
+from llmserve.common.workers import WorkerLoad, registry_snapshot
 
-from .dispatch import CANCELLED, DISPATCHED, WORKER_GONE, Dispatcher
+from .admission import unmeetable
+from .batching import Window, next_close
+from .dispatch import CANCELLED, DISPATCHED, NOT_YOUR_TURN, WORKER_GONE, Dispatcher
 from .placement import Placement
 from .recovery import WorkerRecovery
 from .redis_liveness import RedisLiveness
 from .settings import SchedulerSettings
+from .tenant_stats import TenantStats
 from .waiting import Pending, WaitingQueue
 
 log = get_logger(__name__)
@@ -57,12 +63,9 @@ def pending_from_entry(entry: StreamEntry) -> Pending:
         reply_to=item.reply_to, attempt=item.attempt,
         need_tokens=len(item.prompt_token_ids) + item.sampling.max_tokens, payload=entry.payload,
         enqueued_unix_ms=item.enqueued_unix_ms, trace_context=dict(item.trace_context),
+        max_out=item.sampling.max_tokens, prompt_tokens=len(item.prompt_token_ids),
+        prefix=prefix_key(item.prompt_token_ids),
     )
-
-
-def _log_context(p: Pending):
-    """Lines logged while handling `p` carry its request fields (one loop serves them all)."""
-    return request_context(p.request_id, trace_id_of(p.trace_context), p.tenant, p.model)
 
 
 def _log_context(p: Pending):
@@ -76,14 +79,17 @@ class SchedulerCore:
         self.supervisor = supervisor or Supervisor("scheduler")
         self.redis = redis
         self.waiting = WaitingQueue(settings.tenant_weights)
-        self.placement = Placement(settings.max_worker_backlog)
-        self.dispatcher = Dispatcher(redis)
+        self.placement = Placement(settings.max_worker_backlog,
+                                   settings.affinity_backlog_slack if settings.prefix_affinity else None)
+        self.dispatcher = Dispatcher(redis, settings.scheduler_id, settings.tenant_weights,
+                                     settings.fair_mark_stale_ms)
         self.sink = SinkClient(f"scheduler/{settings.scheduler_id}",
                                auth=InternalAuth.from_settings(settings, "scheduler", settings.scheduler_id))
         self.recovery = WorkerRecovery(redis, self.sink, settings.scheduler_id,
                                        max_attempts=settings.max_attempts)
         self.liveness = RedisLiveness(redis, settings.redis_restart_grace_ms / 1000)
         self.dispatched = 0
+        self.tenants = TenantStats(settings.tenant_weights)
         self.metrics = SchedulerMetrics()
         self._streams: set[str] = set()
         self._last_refresh = 0.0
@@ -106,13 +112,28 @@ class SchedulerCore:
         if now - self._last_reclaim >= self.settings.reclaim_idle_ms / 3000:
             await self._reclaim()
             self._last_reclaim = now
-        block = self.settings.idle_block_ms
+        block: int | None = self.settings.idle_block_ms
+        if len(self.waiting):
+            # A batching window is open: poll instead of blocking, since Redis ends a blocked
+            # read's timeout only at its own cron tick (up to 100 ms late at the default hz).
+            windows = {m: self.settings.window(m) for m in {p.model for p in self.waiting.all()}}
+            until_close = next_close(windows, self.waiting.all(), time.monotonic())
+            if until_close * 1000 < self.settings.idle_block_ms:
+                await asyncio.sleep(min(until_close, 0.005))
+                block = None
         entries = await read_group(self.redis, keys.SCHEDULER_GROUP, self.settings.scheduler_id,
                                    sorted(self._streams), count=self.settings.read_batch, block_ms=block)
         for entry in entries:
-            self.waiting.push(pending_from_entry(entry))
+            self.waiting.push(self._pending(entry))
         if len(self.waiting):
             await self._dispatch_ready()
+
+    def _pending(self, entry: StreamEntry) -> Pending:
+        p = pending_from_entry(entry)
+        target = self.settings.tenant_ttft_target_ms.get(p.tenant, 0)
+        if target:
+            p.ttft_target_unix_ms = (p.enqueued_unix_ms or int(time.time() * 1000)) + target
+        return p
 
     def stop(self) -> None:
         self._stopping = True
@@ -151,7 +172,7 @@ class SchedulerCore:
                 # Entries this consumer read before a restart are still ours to dispatch.
                 for entry in await read_own_pending(self.redis, keys.SCHEDULER_GROUP,
                                                     self.settings.scheduler_id, stream):
-                    self.waiting.push(pending_from_entry(entry))
+                    self.waiting.push(self._pending(entry))
                 self._streams.add(stream)
         self._last_refresh = time.monotonic()
 
@@ -167,41 +188,100 @@ class SchedulerCore:
                                              self.settings.scheduler_id,
                                              min_idle_ms=self.settings.reclaim_idle_ms):
                 if entry.entry_id not in mine:
-                    self.waiting.push(pending_from_entry(entry))
+                    self.waiting.push(self._pending(entry))
 
     async def _dispatch_ready(self) -> None:
         now_ms = int(time.time() * 1000)
         for p in self.waiting.remove_where(lambda p: past_deadline(p.deadline_unix_ms, now_ms)):
             if await self.dispatcher.drop(p, "expired"):
                 self._notify(p, Outcome.DEADLINE_EXCEEDED)
-        blocked_models: set[str] = set()
+        for (model, priority), state in (await self.dispatcher.mark_held(self.waiting.held_tenants())).items():
+            self.waiting.sync(model, priority, *fair_share.parse_state(state))
+        blocked_models = await self._dispatch_windows()  # models with a window: not one by one
+        not_our_turn: set[tuple[str, int, str]] = set()  # a peer holds a tenant that is further behind
         progress = True
         while progress:
             progress = False
             for p in self.waiting.peek_order():
-                if p.model in blocked_models:
+                if p.model in blocked_models or (p.model, p.priority, p.tenant) in not_our_turn:
                     continue
-                worker = self.placement.choose(p.model)
+                worker = self.placement.choose(p.model, p.prefix, p.need_tokens)
                 if worker is None:
                     blocked_models.add(p.model)
                     continue
-                self.waiting.pop(p)
-                with _log_context(p):
-                    result = await self.dispatcher.dispatch(p, worker.worker_id)
-                    if result == DISPATCHED:
-                        self.placement.reserve(worker, p.need_tokens, p.model)
-                        self.dispatched += 1
-                        waited = max(0.0, time.time() - p.enqueued_unix_ms / 1000) if p.enqueued_unix_ms else 0.0
-                        self.metrics.dispatched(p.model, p.priority, waited)
-                        self._trace_dispatch(p, worker.worker_id)
-                        log.info("dispatched", worker=worker.worker_id, waited_s=round(waited, 4))
-                    elif result == CANCELLED:
-                        self._notify(p, Outcome.CANCELLED)
-                    elif result == WORKER_GONE:  # its heartbeat ended since our last registry read
-                        self.waiting.push(p)
-                        self.placement.forget(worker.worker_id)
+                result = await self._dispatch_one(p, worker)
+                if result == NOT_YOUR_TURN:
+                    not_our_turn.add((p.model, p.priority, p.tenant))
                 progress = True
                 break  # the order changed: start again from the best candidate
+        await self._refuse_unmeetable()
+
+    async def _dispatch_windows(self) -> set[str]:
+        """Dispatch each batching window that is ready, whole, to one worker; the models that have one."""
+        windowed = set()
+        for model in sorted({p.model for p in self.waiting.all()}):
+            window = self.settings.window(model)
+            if not window.enabled:
+                continue
+            windowed.add(model)
+            while window.ready([p for p in self.waiting.all() if p.model == model], time.monotonic()):
+                worker = self.placement.choose(model)
+                if worker is None or not await self._dispatch_batch(model, window, worker):
+                    break
+        return windowed
+
+    async def _dispatch_batch(self, model: str, window: Window, worker: WorkerLoad) -> int:
+        """Up to a window's worth of `model`'s requests, in fair order, all to `worker`."""
+        count = tokens = 0
+        skip: set[tuple[int, str]] = set()
+        while not window.full(count, tokens):
+            p = next((q for q in self.waiting.peek_order() if q.model == model and (q.priority, q.tenant) not in skip),
+                     None)
+            if p is None or (count and not self.placement.has_room(worker)):
+                break
+            result = await self._dispatch_one(p, worker)
+            if result == DISPATCHED:
+                count, tokens = count + 1, tokens + p.need_tokens
+            elif result == NOT_YOUR_TURN:
+                skip.add((p.priority, p.tenant))
+            elif result == WORKER_GONE:
+                break
+        if count:
+            log.info("batch dispatched", model=model, worker=worker.worker_id, requests=count, tokens=tokens)
+        return count
+
+    async def _refuse_unmeetable(self) -> None:
+        """What is still held after dispatch waits: refuse now what cannot start in time."""
+        if not len(self.waiting):
+            return
+        doomed = {id(p) for p in unmeetable(self.waiting.all(), self.placement.workers.values(), time.time() * 1000)}
+        if not doomed:
+            return
+        for p in self.waiting.remove_where(lambda q: id(q) in doomed):
+            if await self.dispatcher.drop(p, "refused_deadline"):
+                self.tenants.refused(p.tenant)
+                self._notify(p, Outcome.DEADLINE_EXCEEDED)
+
+    async def _dispatch_one(self, p: Pending, worker: WorkerLoad) -> int:
+        with _log_context(p):
+            result = await self.dispatcher.dispatch(p, worker.worker_id, self.waiting.holds(p) == 1)
+            if result == DISPATCHED:
+                self.waiting.pop(p)
+                self.placement.reserve(worker, p.need_tokens, p.model, p.prefix)
+                self.dispatched += 1
+                waited = max(0.0, time.time() - p.enqueued_unix_ms / 1000) if p.enqueued_unix_ms else 0.0
+                self.metrics.dispatched(p.model, p.priority, waited)
+                self.tenants.dispatched(p.tenant, p.need_tokens, waited)
+                self._trace_dispatch(p, worker.worker_id)
+                log.info("dispatched", worker=worker.worker_id, waited_s=round(waited, 4))
+            elif result == WORKER_GONE:  # its heartbeat ended since our last registry read
+                self.placement.forget(worker.worker_id)
+            elif result != NOT_YOUR_TURN:  # cancelled, or a peer handed it over already
+                self.waiting.remove_where(lambda q: q is p)
+                if result == CANCELLED:
+                    self._notify(p, Outcome.CANCELLED)
+        self.waiting.sync(p.model, p.priority, *fair_share.parse_state(self.dispatcher.last_state))
+        return result
 
     def _trace_dispatch(self, p: Pending, worker_id: str) -> None:
         """One span from enqueue to dispatch, in the request's trace."""

@@ -18,4 +18,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         return scheduler_pb2.GetQueueStatsResponse(
             queues=[scheduler_pb2.ModelQueue(model=q.model, waiting=q.waiting, workers=q.workers) for q in queues],
             dispatched=self.core.dispatched,
+            tenants=[scheduler_pb2.TenantShare(
+                tenant=t.tenant, weight=t.weight, tokens_last_minute=t.tokens_last_minute, share=t.share,
+                weight_share=t.weight_share, wait_p50_ms=t.wait_p50_ms, wait_p99_ms=t.wait_p99_ms,
+                refused_deadline=t.refused_deadline) for t in self.core.tenants.shares()],
         )

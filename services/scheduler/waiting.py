@@ -1,14 +1,23 @@
 """Requests held by this scheduler until a worker has room, in dispatch order.
 
-Order: priority class first (HIGH before NORMAL before LOW); within a class, weighted fair
-share among tenants by virtual time (a tenant's dispatched count divided by its weight;
-the tenant furthest behind goes next; a tenant that was idle rejoins at the current
-minimum, so it cannot bank credit); within a tenant, oldest first.
+Order: priority class first (HIGH before NORMAL before LOW); within a class (one per model),
+weighted fair share among tenants by tokens (start-time fair queuing, see
+llmserve.common.fair_share: the tenant with the lowest start tag goes next, an idle tenant
+rejoins at the class's virtual time so it cannot bank credit); within a tenant, earliest
+deadline first (or TTFT target, a per-tenant setting, when earlier; none = last), then oldest. Requests whose deadline cannot be met are refused
+before they reach this order (see admission.py).
+
+The tags here follow this replica's own dispatches at once; the scheduler overwrites them with
+the shared clock in Redis (`sync`) after each dispatch and every round, so all replicas order
+by the same clock.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import bisect
+import itertools
+import math
+import time
 from dataclasses import dataclass, field
 
 
@@ -25,78 +34,111 @@ class Pending:
     deadline_unix_ms: int
     reply_to: str
     attempt: int
-    need_tokens: int  # prompt + max_tokens: the KV it may take
+    need_tokens: int  # prompt + max_tokens: the KV it may take, and its fair-share charge
     payload: bytes
     enqueued_unix_ms: int = 0
     trace_context: dict[str, str] = field(default_factory=dict)
+    max_out: int = 0  # max_tokens: the part of the charge refunded if not produced
+    prompt_tokens: int = 0
+    seq: int = 0  # arrival order here (set by push)
+    held_since: float = 0.0  # monotonic time this scheduler first held it (set by push)
+    prefix: str = ""  # its prompt's prefix key (llmserve.common.prefix_affinity)
+    ttft_target_unix_ms: int = 0  # enqueue + its tenant's TTFT target (0: none); orders, never refuses
 
 
-class _PriorityClass:
+def due_ms(p: Pending) -> float:
+    """What it is ordered by: the earlier of its deadline and its TTFT target (none: last)."""
+    due = [t for t in (p.deadline_unix_ms, p.ttft_target_unix_ms) if t]
+    return min(due) if due else math.inf
+
+
+_arrivals = itertools.count(1)
+
+
+def order_key(p: Pending) -> tuple[float, int]:
+    """Within a tenant: earliest deadline (or TTFT target) first, then first come."""
+    return (due_ms(p), p.seq)
+
+
+class _FairClass:
+    """One (priority, model) class: its tenants' queues and fair-share tags."""
+
     def __init__(self) -> None:
-        self.queues: dict[str, deque[Pending]] = {}
-        self.vtime: dict[str, float] = {}
+        self.queues: dict[str, list[Pending]] = {}  # each sorted by order_key
+        self.vtime = 0.0
+        self.finish: dict[str, float] = {}
 
-    def push(self, p: Pending) -> None:
-        queue = self.queues.get(p.tenant)
-        if queue is None:
-            active = [self.vtime[t] for t in self.queues]
-            floor = min(active) if active else 0.0
-            self.vtime[p.tenant] = max(self.vtime.get(p.tenant, 0.0), floor)
-            queue = self.queues[p.tenant] = deque()
-        queue.append(p)
+    def start(self, tenant: str) -> float:
+        return max(self.finish.get(tenant, 0.0), self.vtime)
 
-    def next_tenant(self) -> str | None:
-        if not self.queues:
-            return None
-        return min(self.queues, key=lambda t: (self.vtime[t], self.queues[t][0].entry_id))
+    def charge(self, tenant: str, cost: float) -> None:
+        start = self.start(tenant)
+        self.finish[tenant] = start + cost
+        self.vtime = max(self.vtime, start)
+
+    def order(self) -> list[str]:
+        return sorted(self.queues, key=lambda t: (self.start(t), self.queues[t][0].seq))
 
 
 class WaitingQueue:
     def __init__(self, weights: dict[str, float] | None = None):
         self.weights = weights or {}
-        self._classes: dict[int, _PriorityClass] = {}
+        self._classes: dict[tuple[int, str], _FairClass] = {}
         self._size = 0
 
     def __len__(self) -> int:
         return self._size
 
     def push(self, p: Pending) -> None:
-        self._classes.setdefault(p.priority, _PriorityClass()).push(p)
+        cls = self._classes.setdefault((p.priority, p.model), _FairClass())
+        if not p.seq:
+            p.seq = next(_arrivals)
+            p.held_since = time.monotonic()
+        bisect.insort(cls.queues.setdefault(p.tenant, []), p, key=order_key)
         self._size += 1
 
     def peek_order(self):
         """Candidates in dispatch order: (class, tenant) heads, best first (one per model is enough)."""
-        for priority in sorted(self._classes, reverse=True):
-            cls = self._classes[priority]
-            for tenant in sorted(cls.queues, key=lambda t: (cls.vtime[t], cls.queues[t][0].entry_id)):
+        for key in sorted(self._classes, key=lambda k: -k[0]):
+            cls = self._classes[key]
+            for tenant in cls.order():
                 yield cls.queues[tenant][0]
 
     def pop(self, p: Pending) -> None:
-        """Remove a head returned by peek_order (dispatched or dropped)."""
-        cls = self._classes[p.priority]
+        """Remove a head returned by peek_order (dispatched): the tenant is charged its tokens."""
+        cls = self._classes[(p.priority, p.model)]
         queue = cls.queues[p.tenant]
         queue.remove(p)
-        cls.vtime[p.tenant] += 1.0 / self.weights.get(p.tenant, 1.0)
+        cls.charge(p.tenant, p.need_tokens / self.weights.get(p.tenant, 1.0))
         if not queue:
             del cls.queues[p.tenant]
-        if not cls.queues:
-            del self._classes[p.priority]
         self._size -= 1
+
+    def holds(self, p: Pending) -> int:
+        """Requests of `p`'s tenant held in its class."""
+        cls = self._classes.get((p.priority, p.model))
+        return len(cls.queues.get(p.tenant, ())) if cls else 0
+
+    def held_tenants(self) -> dict[tuple[str, int], set[str]]:
+        """(model, priority) -> tenants with work held here."""
+        return {(m, prio): set(c.queues) for (prio, m), c in self._classes.items() if c.queues}
+
+    def sync(self, model: str, priority: int, vtime: float, finish: dict[str, float]) -> None:
+        """Take the shared clock's tags for one class (what every replica dispatched)."""
+        cls = self._classes.setdefault((priority, model), _FairClass())
+        cls.vtime, cls.finish = vtime, dict(finish)
 
     def remove_where(self, predicate) -> list[Pending]:
         """Remove (without charging the tenant) every request matching predicate."""
-        removed = []
-        for priority in list(self._classes):
-            cls = self._classes[priority]
+        removed: list[Pending] = []
+        for cls in self._classes.values():
             for tenant in list(cls.queues):
-                keep = deque(p for p in cls.queues[tenant] if not predicate(p))
+                keep = [p for p in cls.queues[tenant] if not predicate(p)]
                 removed.extend(p for p in cls.queues[tenant] if predicate(p))
                 if keep:
                     cls.queues[tenant] = keep
                 else:
                     del cls.queues[tenant]
-            if not cls.queues:
-                del self._classes[priority]
         self._size -= len(removed)
         return removed
 

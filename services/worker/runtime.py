@@ -15,10 +15,12 @@ from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from llmserve.common import redis_keys as keys
+from llmserve.common.fair_share import Refunder
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
 from llmserve.common.metrics import WorkerMetrics
 from llmserve.common.outcome import Outcome
+from llmserve.common.prefix_affinity import prefix_key
 from llmserve.common.streams import (
     StreamEntry,
     consume_forever,
@@ -41,7 +43,7 @@ from .reattach import ReplyRouter
 from .resume import owed_text
 from .served_models import ModelSet, ServedModel
 from .settings import WorkerSettings
-from .step_metrics import record_step
+from .step_metrics import record_step, step_of
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer("llmserve.worker")
@@ -71,6 +73,9 @@ class WorkerRuntime:
         self._retiring: dict[str, int] = {}  # request id -> the attempt released
         self._deferred: dict[str, tuple[StreamEntry, work_pb2.WorkItem, ServedModel]] = {}
         self._hand_backs: set[asyncio.Future] = set()
+        # Finished requests whose unproduced output the tenant's fair share gets back.
+        self._refunder = Refunder(redis)
+        self._refunds: list[tuple[work_pb2.WorkItem, int]] = []
         self.metrics = WorkerMetrics(settings.worker_id)
 
     async def start(self, address: str) -> None:
@@ -165,6 +170,7 @@ class WorkerRuntime:
             block_size=next((x.block_size for x in loads.values()), 16),
             running=sum(x.running for x in loads.values()), waiting=sum(x.waiting for x in loads.values()),
             draining=self.draining, model_loads={m: loads[m] for m in serving},
+            max_backlog=self.settings.max_backlog,
         )
 
     async def publish_load(self) -> None:
@@ -287,6 +293,7 @@ class WorkerRuntime:
                         "llmserve.prompt_tokens": len(item.prompt_token_ids)})
         self.active[item.request_id] = active
         model.engine.add_request(engine_request(item))
+        model.prefixes.add(prefix_key(item.prompt_token_ids))
         with log_context(item):
             log.info("request started", worker=self.settings.worker_id, attempt=item.attempt,
                      prompt_tokens=len(item.prompt_token_ids))
@@ -309,8 +316,13 @@ class WorkerRuntime:
             by_gateway[active.reply_to].append(chunk)
             if out.finished:
                 if active.payload:
-                    with log_context(work_pb2.WorkItem.FromString(active.payload)):
+                    item = work_pb2.WorkItem.FromString(active.payload)
+                    with log_context(item):
                         log.info("request finished", outcome=outcome, completion_tokens=out.completion_tokens)
+                    self._refunds.append((item, out.completion_tokens))
+                served = self.models.serving(active.model)
+                if served is not None:
+                    served.rates.finished(out.completion_tokens)
                 del self.active[out.request_id]
                 self.replies.finished(out.request_id, active)
                 active.span.set_attribute("llmserve.completion_tokens", out.completion_tokens)
@@ -323,8 +335,10 @@ class WorkerRuntime:
     def _record_step(self, model: ServedModel, seconds: float, outputs: list[TokenOutput]) -> None:
         """Metrics of one step, from the engine's own account of it (on the engine thread)."""
         record_step(self.metrics, model.served_id, model.engine, seconds, outputs)
+        model.rates.record(step_of(model.engine, outputs), seconds)
 
     async def _flush_acks(self) -> None:
+        await self._flush_refunds()
         if not self._to_ack:
             return
         ids, self._to_ack = self._to_ack, []
@@ -336,6 +350,14 @@ class WorkerRuntime:
         except RedisError:
             self._to_ack.extend(ids)
             raise
+
+    async def _flush_refunds(self) -> None:
+        refunds, self._refunds = self._refunds, []
+        for item, produced in refunds:
+            try:
+                await self._refunder.refund(item.request_id, item.tenant, item.model, item.priority, produced)
+            except RedisError as e:  # only the tenant's share is off by what it did not use
+                log.warning("fair-share refund failed", request_id=item.request_id, error=type(e).__name__)
 
     async def _heartbeat(self) -> None:
         if self.failed:  # out of service for good: recovery is moving our work

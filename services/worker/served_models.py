@@ -8,13 +8,15 @@ heartbeats and new work for it is handed back to the queue.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llmserve.common.errors import ModelNotFound, ResourceExhausted, Unavailable
+from llmserve.common.prefix_affinity import RecentPrefixes
 from llmserve.common.workers import ModelLoad
 
 from .engine.interface import Engine
 from .engine_thread import EngineThread
+from .step_rates import StepRates
 
 
 @dataclass
@@ -27,11 +29,16 @@ class ServedModel:
     ref: str = ""  # the reference it was loaded from
     thread: EngineThread | None = None
     serving: bool = True  # False from the moment an unload starts
+    rates: StepRates = field(default_factory=StepRates)  # measured on the engine thread
+    prefixes: RecentPrefixes = field(default_factory=RecentPrefixes)  # of the prompts started here
 
     def load(self) -> ModelLoad:
         s = self.engine.stats()
         return ModelLoad(s.total_kv_blocks, s.free_kv_blocks, s.block_size, s.running, s.waiting,
-                         self.memory_bytes)
+                         self.memory_bytes, prefill_tokens_per_s=round(self.rates.prefill_tokens_per_s, 1),
+                         decode_tokens_per_s=round(self.rates.decode_tokens_per_s, 1),
+                         mean_completion_tokens=round(self.rates.mean_completion_tokens, 1),
+                         prefix_keys=self.prefixes.keys())
 
 
 def _gib(n: int) -> str:

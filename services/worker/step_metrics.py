@@ -13,15 +13,21 @@ from .engine.interface import Engine
 from .engine.types import StepStats, TokenOutput
 
 
+def step_of(engine: Engine, outputs: list[TokenOutput]) -> StepStats:
+    """What the step computed: the engine's own account, else what its outputs show."""
+    step = getattr(engine, "last_step", None)
+    if isinstance(step, StepStats):
+        return step
+    return StepStats(
+        scheduled_seqs=sum(1 for o in outputs if o.token_ids),
+        decode_tokens=sum(len(o.token_ids) for o in outputs),
+    )
+
+
 def record_step(
     metrics: WorkerMetrics, model: str, engine: Engine, seconds: float, outputs: list[TokenOutput]
 ) -> None:
-    step = getattr(engine, "last_step", None)
-    if not isinstance(step, StepStats):
-        step = StepStats(
-            scheduled_seqs=sum(1 for o in outputs if o.token_ids),
-            decode_tokens=sum(len(o.token_ids) for o in outputs),
-        )
+    step = step_of(engine, outputs)
     metrics.step(
         model,
         step.scheduled_seqs,

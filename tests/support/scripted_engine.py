@@ -11,7 +11,9 @@ from llmserve.worker.engine.types import EngineRequest, EngineStats, FinishReaso
 
 
 class ScriptedEngine:
-    def __init__(self, total_blocks: int = 100, block_size: int = 16, step_delay_s: float = 0.001):
+    def __init__(self, total_blocks: int = 100, block_size: int = 16, step_delay_s: float = 0.001,
+                 stop_after: int = 0):
+        self.stop_after = stop_after  # > 0: every request stops (reason STOP) after this many tokens
         self.total_blocks = total_blocks
         self.block_size = block_size
         self.step_delay_s = step_delay_s
@@ -20,10 +22,12 @@ class ScriptedEngine:
         self._aborted: set[str] = set()  # every id ever aborted
         self._to_abort: set[str] = set()  # aborts of running requests not yet acted on
         self.seen: list[str] = []  # request ids in admission order
+        self.seen_at: dict[str, float] = {}  # request id -> unix time of admission
 
     def add_request(self, request: EngineRequest) -> None:
         with self._lock:
             self.seen.append(request.request_id)
+            self.seen_at[request.request_id] = time.time()
             self._running[request.request_id] = (request, len(request.resume_token_ids))
 
     def abort_request(self, request_id: str) -> None:
@@ -54,7 +58,10 @@ class ScriptedEngine:
                 token = (req.prompt_token_ids[-1] + done + 1) % 1000
                 done += 1
                 finished = done >= req.sampling.max_tokens
-                outputs.append(self._out(req, [token], done - 1, FinishReason.LENGTH if finished else None))
+                reason = FinishReason.LENGTH if finished else None
+                if not finished and self.stop_after and done >= self.stop_after:
+                    finished, reason = True, FinishReason.STOP
+                outputs.append(self._out(req, [token], done - 1, reason))
                 if finished:
                     del self._running[rid]
                 else:

@@ -3,14 +3,20 @@
 vLLM v1 shape: there is no separate prefill and decode phase. Each sequence simply has
 tokens without KV (`num_uncomputed_tokens`: the whole prompt at first, then one per step);
 every step hands out a token budget, running sequences first (decodes and unfinished prefill
-chunks, oldest first), then waiting ones (FCFS). A long prompt gets a chunk of whatever
-budget is left. When the KV blocks run out, the newest running sequence is preempted: its
+chunks), then waiting ones. A long prompt gets a chunk of whatever budget is left. When the
+KV blocks run out, the running sequence that comes last in that order is preempted: its
 blocks are freed and it waits to recompute, so no request fails for lack of KV.
+
+Order (`order_key`), both for the waiting queue and for who keeps KV: priority class first
+(HIGH before LOW), then earliest deadline (none = last), then arrival. So a HIGH request
+starts before any waiting LOW one, and under KV pressure the lowest-priority,
+latest-deadline, newest sequence is the one recomputed.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import bisect
+import math
 from dataclasses import dataclass, field
 
 from .block_manager import BlockManager
@@ -45,6 +51,11 @@ class SchedulerOutput:
         return not self.scheduled
 
 
+def order_key(seq: Sequence) -> tuple[int, float, int]:
+    """Sort key: smaller goes first and keeps its KV longest."""
+    return (-seq.priority, seq.deadline if seq.deadline is not None else math.inf, seq.seq_id)
+
+
 class BatchScheduler:
     """Owns the waiting queue and running list; allocates KV through the block manager."""
 
@@ -52,13 +63,13 @@ class BatchScheduler:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
-        self.waiting: deque[Sequence] = deque()
+        self.waiting: list[Sequence] = []  # sorted by order_key
         self.running: list[Sequence] = []
         self.num_preemptions = 0
 
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
-        self.waiting.append(seq)
+        bisect.insort(self.waiting, seq, key=order_key)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -72,12 +83,13 @@ class BatchScheduler:
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        self.running.sort(key=order_key)  # the last one is the first to give up its KV
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             num_new = min(seq.num_uncomputed_tokens, budget)
             while not self.block_manager.allocate(seq, num_new):
-                victim = self.running.pop()  # newest running sequence
+                victim = self.running.pop()  # lowest priority, latest deadline, newest
                 self._preempt(victim, out)
                 if victim is seq:
                     break
@@ -102,7 +114,7 @@ class BatchScheduler:
                     self.block_manager.free(seq)  # give back prefix-cache hits
                     seq.num_computed_tokens = 0
                     break
-            self.waiting.popleft()
+            self.waiting.pop(0)
             # Only first-time hits: a preempted sequence finding its own blocks again saves
             # recompute, and its tokens were already counted when first computed.
             out.prefix_hit_tokens += max(0, hit - seq.max_computed_tokens)
@@ -119,7 +131,7 @@ class BatchScheduler:
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         self.block_manager.free(seq)
         seq.reset_for_recompute()
-        self.waiting.appendleft(seq)
+        bisect.insort(self.waiting, seq, key=order_key)
         out.preempted.append(seq)
         self.num_preemptions += 1
 

@@ -35,10 +35,10 @@ async def workers(redis_url: str, engines: list, **overrides):
 
 
 @contextlib.asynccontextmanager
-async def schedulers(redis_url: str, n: int = 1, **overrides):
+async def schedulers(redis_url: str, n: int = 1, first_id: int = 0, **overrides):
     async with contextlib.AsyncExitStack() as stack:
         apps = []
-        for i in range(n):
+        for i in range(first_id, first_id + n):
             s = SchedulerSettings(redis_url=redis_url, port=0, scheduler_id=f"s{i}", registry_refresh_ms=20,
                                   drain_seconds=1, **overrides)
             apps.append(await stack.enter_async_context(GrpcApp(SchedulerService(s), s)))

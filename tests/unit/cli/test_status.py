@@ -86,3 +86,24 @@ async def test_status_names_what_is_down_and_still_shows_the_rest(redis_url):
 
     args.redis_url = f"redis://127.0.0.1:{free_port()}/0"
     assert await asyncio.to_thread(run_status, args) == 2, "nothing answered"
+
+
+async def test_status_shows_each_tenants_token_share_and_queue_wait(redis_url, catalog):
+    from tests.support.workload import enqueue, work_item
+
+    engines = [ScriptedEngine(step_delay_s=0)]
+    async with running_stack(redis_url, engines, catalog) as stack:
+        await wait_for_workers(redis_url, 1)
+        r = aioredis.from_url(redis_url)
+        await enqueue(r, [work_item(f"{t}{i}", tenant=t, max_tokens=2) for i in range(10) for t in ("a", "b")])
+        await r.aclose()
+        for _ in range(200):
+            if len(engines[0].seen) == 20:
+                break
+            await asyncio.sleep(0.02)
+        report = await collect(redis_url, f"127.0.0.1:{stack.scheduler.port}", f"127.0.0.1:{free_port()}", 1.0)
+    assert [(t.tenant, t.tokens_last_minute, t.share, t.weight_share) for t in report.tenants] == [
+        ("a", 50, 0.5, 0.5), ("b", 50, 0.5, 0.5)]  # 10 x (3 prompt + 2 max_tokens) each
+    lines = render(report).splitlines()
+    row = lines[lines.index("TENANTS (this scheduler, last minute; fair share by tokens)") + 3].split()
+    assert row[:5] == ["a", "1", "50", "50%", "50%"] and row[-1] == "0"

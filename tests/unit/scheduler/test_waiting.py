@@ -67,3 +67,26 @@ def test_within_a_tenant_oldest_first_and_remove_where():
     assert {p.request_id for p in removed} == {"r1", "r3"}
     assert [p.request_id for p in drain(q, 3)] == ["r0", "r2", "r4"]
     assert len(q) == 0
+
+
+def test_within_a_tenant_the_earliest_deadline_or_ttft_target_goes_first():
+    q = WaitingQueue()
+    plain, late, soon, target = pending(0), pending(1), pending(2), pending(3)
+    late.deadline_unix_ms, soon.deadline_unix_ms = 9_000, 5_000
+    target.ttft_target_unix_ms = 7_000
+    for p in (plain, late, soon, target):
+        q.push(p)
+    assert [p.request_id for p in drain(q, 4)] == ["r2", "r3", "r1", "r0"]
+
+
+def test_settings_refuse_bad_weights_and_targets():
+    import pytest
+    from pydantic import ValidationError
+
+    from llmserve.scheduler.settings import SchedulerSettings
+
+    with pytest.raises(ValidationError):
+        SchedulerSettings(tenant_weights={"a": 0})
+    with pytest.raises(ValidationError):
+        SchedulerSettings(tenant_ttft_target_ms={"a": -1})
+    assert SchedulerSettings(batch_windows={"m": {"max_batch_requests": 8, "max_batch_wait_ms": 50}}).window("m").enabled

@@ -1,0 +1,36 @@
+"""Measured prefill and decode rates of one engine, for the heartbeat.
+
+Schedulers estimate how long a queued request waits from these (see the scheduler's
+admission.py), so they follow what this engine really does on this machine: an exponential
+average over recent steps of tokens per second of step time, per phase. A step that mixes
+phases counts for the phase with most of its tokens (a prefill-heavy step measures prefill).
+"""
+
+from __future__ import annotations
+
+from .engine.types import StepStats
+
+_ALPHA = 0.2  # weight of the newest step
+
+
+class StepRates:
+    def __init__(self) -> None:
+        self.prefill_tokens_per_s = 0.0
+        self.decode_tokens_per_s = 0.0
+        self.mean_completion_tokens = 0.0  # of finished requests: max_tokens is often far above it
+
+    def finished(self, completion_tokens: int) -> None:
+        self.mean_completion_tokens = _ema(self.mean_completion_tokens, float(max(completion_tokens, 1)))
+
+    def record(self, step: StepStats, seconds: float) -> None:
+        prefill, decode = step.prefill_tokens + step.recompute_tokens, step.decode_tokens
+        if prefill + decode <= 0 or seconds <= 0:
+            return
+        if prefill >= decode:
+            self.prefill_tokens_per_s = _ema(self.prefill_tokens_per_s, (prefill + decode) / seconds)
+        else:
+            self.decode_tokens_per_s = _ema(self.decode_tokens_per_s, (prefill + decode) / seconds)
+
+
+def _ema(old: float, new: float) -> float:
+    return new if old <= 0 else (1 - _ALPHA) * old + _ALPHA * new
