@@ -40,11 +40,29 @@ class Constraint:
         return cls(kind, "" if kind == "json_object" else getattr(pb, kind))
 
 
+def from_public_pb(pb) -> Constraint | None:
+    """The constraint of a public `llmserve.gateway.v1.StructuredOutput` (None when unset)."""
+    kind = pb.WhichOneof("kind")
+    if kind is None or (kind == "json_object" and not pb.json_object):
+        return None
+    if kind == "choice":
+        return choice(list(pb.choice.choices), "structured_output.choice")
+    if kind == "json_schema":
+        try:
+            schema = json.loads(pb.json_schema)
+        except ValueError:
+            raise InvalidArgument("structured_output.json_schema must be JSON text",
+                                  param="structured_output.json_schema") from None
+        return json_schema(schema, "structured_output.json_schema")
+    return Constraint(kind, "" if kind == "json_object" else getattr(pb, kind))
+
+
 def json_schema(schema: object, param: str) -> Constraint:
-    """A JSON-schema constraint from a decoded schema (an object or a boolean)."""
+    """A JSON-schema constraint from a decoded schema (an object or a boolean); `checked` tells
+    whether xgrammar can enforce it."""
     if not isinstance(schema, dict | bool):
         raise InvalidArgument(f"{param} must be a JSON schema (an object)", param=param)
-    return checked(Constraint("json_schema", json.dumps(schema, separators=(",", ":"))), param)
+    return Constraint("json_schema", json.dumps(schema, separators=(",", ":")))
 
 
 def choice(choices: object, param: str) -> Constraint:
@@ -52,7 +70,7 @@ def choice(choices: object, param: str) -> Constraint:
     if not isinstance(choices, list) or not choices or not all(isinstance(c, str) and c for c in choices):
         raise InvalidArgument(f"{param} must be a non-empty list of non-empty strings", param=param)
     grammar = "root ::= " + " | ".join(_ebnf_literal(c) for c in choices)
-    return checked(Constraint("grammar", grammar), param)
+    return Constraint("grammar", grammar)
 
 
 def _ebnf_literal(text: str) -> str:

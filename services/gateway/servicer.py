@@ -9,6 +9,7 @@ import grpc
 from llmserve.common.internal_auth import current_caller
 from llmserve.common.logging import get_logger
 from llmserve.common.outcome import Outcome
+from llmserve.common.structured import from_public_pb
 from llmserve.common.tokensink.v1 import token_sink_pb2, token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
@@ -41,6 +42,7 @@ def params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
         seed=request.seed if request.HasField("seed") else None,
         request_id=request.request_id,
         priority=int(request.priority),
+        constraint=from_public_pb(request.structured_output) if request.HasField("structured_output") else None,
     )
 
 

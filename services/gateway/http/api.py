@@ -265,7 +265,9 @@ class EventStreamResponse(_Disconnectable):
                     started = True
                     await self._start(send)
                 if isinstance(event, TokenEvent):
-                    await _data(send, self.builder.chunk(event))
+                    chunk = self.builder.chunk(event)
+                    if chunk is not None:  # None: held back as a possible tool call
+                        await _data(send, chunk)
                 else:
                     for chunk in self.builder.final_chunks(event):
                         await _data(send, chunk)
