@@ -288,7 +288,7 @@ class EventStreamResponse(_Disconnectable):
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         if self.chat:
-            await _data(send, self.builder.chunk(None, first=True))
+            await _data(send, self.builder.role_chunk())
 
 
 async def _data(send, obj: dict) -> None:

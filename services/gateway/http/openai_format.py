@@ -207,20 +207,14 @@ class ResponseBuilder:
             choice["text"] = text
         return {**self._base(False), "choices": [choice], "usage": usage(finish)}
 
-    def chunk(self, event: TokenEvent | None, *, first: bool = False) -> dict | None:
-        """A token chunk (or, with event None and first, the chat role announcement); None when a
-        possible tool call holds the text back."""
-        text = event.text if event is not None else ""
-        if self.calls is not None and event is not None:
+    def chunk(self, event: TokenEvent) -> dict | None:
+        """A token chunk; None when a possible tool call holds the text back."""
+        text = event.text
+        if self.calls is not None:
             text = self.calls.feed(text)
             if not text:
                 return None
-        if self.chat:
-            delta = {"role": "assistant", "content": text} if first else {"content": text}
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}
-        else:
-            choice = {"index": 0, "text": text, "finish_reason": None, "logprobs": None}
-        return {**self._base(True), "choices": [choice]}
+        return self._chunk_of(text)
 
     def final_chunks(self, finish: FinishEvent) -> list[dict]:
         """The finish chunk, and usage: in its own chunk when asked (as OpenAI does), else in the last one."""
@@ -233,6 +227,11 @@ class ResponseBuilder:
         if not self.include_usage:
             return [*held, {**last, "usage": usage(finish)}]
         return [*held, {**last, "usage": None}, {**self._base(True), "choices": [], "usage": usage(finish)}]
+
+    def role_chunk(self) -> dict:
+        """The chat stream's first chunk: the assistant role announcement."""
+        return {**self._base(True), "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                 "finish_reason": None, "logprobs": None}]}
 
     def _chunk_of(self, text: str) -> dict:
         if self.chat:

@@ -73,7 +73,8 @@ class GrammarBackend:
             pending = [self._compiled[r.request_id] for r in inbox if r.request_id in self._compiled]
         if idle and pending and not any(f.done() for f in pending):
             wait_futures(pending, timeout=0.01, return_when="FIRST_COMPLETED")
-        ready, waiting = [], []
+        ready: list[EngineRequest] = []
+        waiting: list[EngineRequest] = []
         with self._lock:
             for r in inbox:
                 f = self._compiled.get(r.request_id)
