@@ -10,6 +10,7 @@ from llmserve.common.errors import Unavailable
 from llmserve.common.internal_auth import current_caller
 from llmserve.common.logging import get_logger
 from llmserve.common.outcome import Outcome
+from llmserve.common.structured import from_public_pb
 from llmserve.common.tokensink.v1 import token_sink_pb2, token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
@@ -43,6 +44,7 @@ def params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
         request_id=request.request_id,
         priority=int(request.priority),
         resume_from_index=request.resume_from_index if request.HasField("resume_from_index") else None,
+        constraint=from_public_pb(request.structured_output) if request.HasField("structured_output") else None,
     )
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmserve.common.logging import request_context, trace_id_of
+from llmserve.common.structured import Constraint
 from llmserve.common.v1 import work_pb2
 
 from .engine.types import EngineRequest, SamplingParams
@@ -47,5 +48,6 @@ def engine_request(item: work_pb2.WorkItem) -> EngineRequest:
         resume_token_ids=list(item.resume_token_ids),
         deadline=item.deadline_unix_ms / 1000 if item.deadline_unix_ms else None,
         priority=item.priority,
+        constraint=Constraint.from_pb(item.constraint) if item.HasField("constraint") else None,
     )
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmserve.common.errors import InvalidArgument
+from llmserve.common.structured import Constraint, checked
 
 from ..routing.catalog import ModelProfile
 from ..settings import GatewaySettings
@@ -39,6 +40,8 @@ class GenerateParams:
     request_id: str = ""
     priority: int = 0
     resume_from_index: int | None = None  # set: re-attach to request_id from this index
+    constraint: Constraint | None = None  # structured output (checked here, at admission)
+    constraint_param: str = "structured_output"  # the request field it came from, for the 400
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class Job:
     sampling: Sampling
     priority: int
     lease: Any = None  # the rate limiter's Lease, taken after validation
+    constraint: Constraint | None = None  # structured output, enforced by the worker
     received_at: float = 0.0  # time.monotonic() when the call arrived: latencies count from here
     resume_from: int | None = None  # a re-attach (from this completion index), not a new request
 
@@ -80,6 +84,7 @@ def validate(params: GenerateParams, model: ModelProfile, tenant: str, settings:
     sampling = _sampling(params, len(prompt_ids), model, settings)
     if params.priority not in (0, PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH):
         raise InvalidArgument(f"priority {params.priority} is not a Priority value")
+    constraint = checked(params.constraint, params.constraint_param) if params.constraint else None
     return Job(
         request_id=request_id,
         tenant=tenant,
@@ -87,6 +92,7 @@ def validate(params: GenerateParams, model: ModelProfile, tenant: str, settings:
         prompt_token_ids=prompt_ids,
         sampling=sampling,
         priority=params.priority or PRIORITY_NORMAL,
+        constraint=constraint,
     )
 
 

@@ -283,9 +283,10 @@ class EventStreamResponse(_Disconnectable):
                     started = True
                     await self._start(send)
                 if isinstance(event, TokenEvent):
-                    # The id is where a re-attach continues (`Last-Event-ID`, docs/reattach.md).
-                    await _data(send, self.builder.chunk(event),
-                                f"{self.request_id}:{event.index + len(event.token_ids)}")
+                    chunk = self.builder.chunk(event)
+                    if chunk is not None:  # None: held back as a possible tool call
+                        # The id is where a re-attach continues (`Last-Event-ID`, docs/reattach.md).
+                        await _data(send, chunk, f"{self.request_id}:{event.index + len(event.token_ids)}")
                 else:
                     for chunk in self.builder.final_chunks(event):
                         await _data(send, chunk)
@@ -306,7 +307,7 @@ class EventStreamResponse(_Disconnectable):
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         if self.chat:
-            await _data(send, self.builder.chunk(None, first=True))
+            await _data(send, self.builder.role_chunk())
 
 
 async def _data(send, obj: dict, event_id: str = "") -> None:

@@ -16,6 +16,9 @@ from llmserve.common.errors import InvalidArgument, LLMServeError, bounded, http
 from ..admission.validation import GenerateParams
 from ..streams.inflight import FinishEvent, TokenEvent
 from .request_fields import check_fields
+from .structured_fields import constraint_of
+from .tool_calls import CallBuffer, Tools, parse_calls, parse_tools, render_messages
+from .tool_calls import constraint as tool_constraint
 
 _MAX_SEED = 2**64 - 1
 _PRIORITIES = {"low": 1, "normal": 2, "high": 3}
@@ -29,6 +32,7 @@ class OpenAIRequest:
     chat: bool
     stream: bool
     include_usage: bool
+    tools: Tools | None = None  # tool calling (chat): the completion is read back as calls
 
 
 def parse_body(raw: bytes, *, chat: bool) -> OpenAIRequest:
@@ -71,8 +75,15 @@ def parse_request(body: Any, *, chat: bool) -> OpenAIRequest:
         priority=_priority(body.get("priority")),
         resume_from_index=_opt(body, "resume_from_index", int),
     )
+    params.constraint, params.constraint_param = constraint_of(body, chat=chat)
+    tools = parse_tools(body) if chat else None
+    if tools is not None and tools.forced:
+        if params.constraint is not None:
+            raise InvalidArgument("a required tool call cannot be combined with another output constraint",
+                                  param="tool_choice")
+        params.constraint, params.constraint_param = tool_constraint(tools), "tools"
     if chat:
-        params.messages = _messages(body.get("messages"))
+        params.messages = render_messages(_messages(body.get("messages")), tools)
     else:
         params.prompt = _prompt(body.get("prompt"))
     stream = bool(_opt(body, "stream", bool))
@@ -80,7 +91,7 @@ def parse_request(body: Any, *, chat: bool) -> OpenAIRequest:
     if options is not None and not isinstance(options, dict):
         raise InvalidArgument("stream_options must be an object")
     include_usage = bool(_opt(options or {}, "include_usage", bool))
-    return OpenAIRequest(params, chat, stream, include_usage)
+    return OpenAIRequest(params, chat, stream, include_usage, tools)
 
 
 def _opt(body: dict, name: str, kind: type) -> Any:
@@ -127,14 +138,22 @@ def _priority(value: Any) -> int:
     raise InvalidArgument("priority must be low, normal or high")
 
 
-def _messages(value: Any) -> list[dict[str, str]]:
+def _messages(value: Any) -> list[dict]:
     if not isinstance(value, list):
         raise InvalidArgument("messages must be a list of {role, content} objects")
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise InvalidArgument(f"messages[{i}] must be an object with a string role")
-        out.append({"role": m["role"], "content": _content(m.get("content"), i)})
+        message = {"role": m["role"], "content": _content(m.get("content"), i)}
+        calls = m.get("tool_calls")
+        if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
+            raise InvalidArgument(f"messages[{i}].tool_calls must be a list of tool calls")
+        if calls and m["role"] == "assistant":
+            message["tool_calls"] = calls
+        if m["role"] == "tool":
+            message["tool_call_id"] = str(m.get("tool_call_id") or "")
+        out.append(message)
     return out
 
 
@@ -168,6 +187,8 @@ class ResponseBuilder:
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + request_id
         self.model = model
         self.created = int(time.time())
+        self.tools = request.tools
+        self.calls = CallBuffer(request.tools) if request.tools is not None else None
 
     def _base(self, chunk: bool) -> dict:
         kind = ("chat.completion" if self.chat else "text_completion") + (
@@ -177,31 +198,61 @@ class ResponseBuilder:
 
     def whole(self, text: str, finish: FinishEvent) -> dict:
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish.reason, "logprobs": None}
-        if self.chat:
+        calls = parse_calls(text, self.tools) if self.tools is not None and finish.reason == "stop" else None
+        if calls:
+            choice["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
+            choice["finish_reason"] = "tool_calls"
+        elif self.chat:
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
         return {**self._base(False), "choices": [choice], "usage": usage(finish)}
 
-    def chunk(self, event: TokenEvent | None, *, first: bool = False) -> dict:
-        """A token chunk (or, with event None and first, the chat role announcement)."""
-        text = event.text if event is not None else ""
+    def chunk(self, event: TokenEvent) -> dict | None:
+        """A token chunk; None when a possible tool call holds the text back."""
+        text = event.text
+        if self.calls is not None:
+            text = self.calls.feed(text)
+            if not text:
+                return None
+        return self._chunk_of(text)
+
+    def final_chunks(self, finish: FinishEvent) -> list[dict]:
+        """The finish chunk, and usage: in its own chunk when asked (as OpenAI does), else in the last one."""
+        held = self._held_chunks(finish)
+        last = self._chunk_of("")
+        last["choices"][0]["finish_reason"] = "tool_calls" if held and "tool_calls" in held[-1]["choices"][0][
+            "delta"] else finish.reason
         if self.chat:
-            delta = {"role": "assistant", "content": text} if first else {"content": text}
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}
+            last["choices"][0]["delta"] = {}
+        if not self.include_usage:
+            return [*held, {**last, "usage": usage(finish)}]
+        return [*held, {**last, "usage": None}, {**self._base(True), "choices": [], "usage": usage(finish)}]
+
+    def role_chunk(self) -> dict:
+        """The chat stream's first chunk: the assistant role announcement."""
+        return {**self._base(True), "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                 "finish_reason": None, "logprobs": None}]}
+
+    def _chunk_of(self, text: str) -> dict:
+        if self.chat:
+            choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None, "logprobs": None}
         else:
             choice = {"index": 0, "text": text, "finish_reason": None, "logprobs": None}
         return {**self._base(True), "choices": [choice]}
 
-    def final_chunks(self, finish: FinishEvent) -> list[dict]:
-        """The finish chunk, and usage: in its own chunk when asked (as OpenAI does), else in the last one."""
-        last = self.chunk(None)
-        last["choices"][0]["finish_reason"] = finish.reason
-        if self.chat:
-            last["choices"][0]["delta"] = {}
-        if not self.include_usage:
-            return [{**last, "usage": usage(finish)}]
-        return [{**last, "usage": None}, {**self._base(True), "choices": [], "usage": usage(finish)}]
+    def _held_chunks(self, finish: FinishEvent) -> list[dict]:
+        """What a tool-call buffer still holds at the end: content, or the calls as one delta each."""
+        if self.calls is None:
+            return []
+        text, calls = self.calls.finish()
+        if calls and finish.reason == "stop":
+            chunk = self._chunk_of("")
+            chunk["choices"][0]["delta"] = {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}
+            return [chunk]
+        if calls:  # ended by length: what was made is content after all
+            text = self.calls.held
+        return [self._chunk_of(text)] if text else []
 
 
 def usage(finish: FinishEvent) -> dict:

@@ -18,10 +18,10 @@ from llmserve.common.errors import InvalidArgument
 _COMMON_HONOURED = frozenset({
     "model", "max_tokens", "temperature", "top_p", "stop", "seed", "stream", "stream_options", "n",
     # llmserve extensions (documented in docs/backend.md)
-    "top_k", "repetition_penalty", "request_id", "priority", "resume_from_index",
+    "top_k", "repetition_penalty", "request_id", "priority", "resume_from_index", "structured_outputs",
 })
 HONOURED = {
-    True: _COMMON_HONOURED | {"messages", "max_completion_tokens"},
+    True: _COMMON_HONOURED | {"messages", "max_completion_tokens", "response_format", "tools", "tool_choice"},
     False: _COMMON_HONOURED | {"prompt"},
 }
 
@@ -38,9 +38,9 @@ _ANY_FALSY = object()  # neutral: null, false, 0, "", [] or {}
 NOT_IMPLEMENTED: dict[bool, dict[str, tuple[Any, ...]]] = {
     True: {
         "frequency_penalty": (_ANY_FALSY,), "presence_penalty": (_ANY_FALSY,), "logit_bias": (_ANY_FALSY,),
-        "logprobs": (_ANY_FALSY,), "top_logprobs": (_ANY_FALSY,), "tools": (_ANY_FALSY,),
-        "tool_choice": (None, "none"), "functions": (_ANY_FALSY,), "function_call": (None, "none"),
-        "response_format": (None, {"type": "text"}), "modalities": (None, ["text"]), "audio": (None,),
+        "logprobs": (_ANY_FALSY,), "top_logprobs": (_ANY_FALSY,),
+        "functions": (_ANY_FALSY,), "function_call": (None, "none"),
+        "modalities": (None, ["text"]), "audio": (None,),
         "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,),
         "web_search_options": (None,), "moderation": (None,),
     },

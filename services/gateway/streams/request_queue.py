@@ -106,4 +106,5 @@ def to_work_item(job: Job, reply_to: str, deadline_unix_ms: int, trace_context=N
         attempt=1,
         trace_context=inject_context(trace_context),
         enqueued_unix_ms=int(time.time() * 1000),
+        constraint=job.constraint.to_pb() if job.constraint else None,
     )

@@ -15,6 +15,7 @@ import torch
 from .batch_scheduler import BatchScheduler
 from .config import EngineConfig
 from .detokenizer import IncrementalDetokenizer
+from .grammar import GrammarBackend, accept
 from .loader import EngineParts, load_engine_parts
 from .profiling import StepTimer, TraceRecorder
 from .sampler import Sampler, SampleRow, new_request_seed
@@ -39,6 +40,7 @@ class LLMEngine:
         self.batch_scheduler = BatchScheduler(parts.block_manager, config.max_num_seqs,
                                               config.max_num_batched_tokens)
         self.sampler = Sampler()
+        self.grammar = GrammarBackend(self.tokenizer, self.eos_token_ids)  # structured output
         self.timer = StepTimer(sync_cuda=config.torch_device().type == "cuda")  # given to the runner each step
         self.tracer = TraceRecorder()
         self._lock = threading.Lock()
@@ -76,6 +78,7 @@ class LLMEngine:
             if request.request_id in self._live_ids:
                 raise ValueError(f"request id {request.request_id!r} is already in the engine")
             self._live_ids.add(request.request_id)
+            self.grammar.submit(request)  # a constrained request waits in the inbox until compiled
             self._inbox.append(request)
 
     def abort_request(self, request_id: str) -> None:
@@ -140,6 +143,8 @@ class LLMEngine:
         step = self.batch_scheduler.update_after_step(sched)
         sampling = [item.seq for item in sched.scheduled if item.sample]
         rows = [self._sample_row(seq) for seq in sampling]
+        if rows:
+            logits = self.grammar.mask(logits, [seq.grammar for seq in sampling])
         tokens = self.sampler(logits, rows) if rows else []
         self.timer.mark("sample")
         for seq, token in zip(sampling, tokens, strict=True):
@@ -156,12 +161,19 @@ class LLMEngine:
         with self._lock:
             inbox, self._inbox = self._inbox, []
             aborts, self._aborts = self._aborts, []
+        idle = not self.batch_scheduler.running and not self.batch_scheduler.waiting
+        inbox, compiling = self.grammar.split_ready(inbox, idle)
         for request in inbox:
             self._add_sequence(request, outputs)
         for request_id in aborts:
             seq = self._live.get(request_id)
             if seq is not None:
                 self._finish(seq, FinishReason.CANCELLED, outputs)
+        if compiling:  # still compiling: they (and aborts meant for them) wait for the next step
+            waiting_ids = {r.request_id for r in compiling}
+            with self._lock:
+                self._inbox[:0] = compiling
+                self._aborts.extend(a for a in aborts if a in waiting_ids)
 
     def _add_sequence(self, request: EngineRequest, outputs: list[TokenOutput]) -> None:
         detok = IncrementalDetokenizer(
@@ -171,7 +183,10 @@ class LLMEngine:
         self._live[seq.request_id] = seq
         seed = request.sampling.seed
         self._seeds[seq.seq_id] = new_request_seed() if seed is None else seed
-        if not request.prompt_token_ids:
+        seq.grammar, grammar_error = self.grammar.matcher(request)
+        if grammar_error is not None:
+            self._finish(seq, FinishReason.ERROR, outputs, error=grammar_error)
+        elif not request.prompt_token_ids:
             self._finish(seq, FinishReason.ERROR, outputs, error="empty prompt")
         elif seq.num_tokens >= self.max_model_len:
             msg = f"prompt of {seq.num_tokens} tokens does not fit the context ({self.max_model_len})"
@@ -191,9 +206,15 @@ class LLMEngine:
         seq.append_token(token)
         params = seq.sampling
         is_eos = token in self.eos_token_ids and not params.ignore_eos
+        done = False
+        if seq.grammar is not None:
+            accepted, done = accept(seq.grammar, token)
+            if not accepted:
+                self._finish(seq, FinishReason.ERROR, outputs, error="sampled token rejected by the constraint")
+                return
         result = seq.detokenizer.add_tokens([] if is_eos else [token])
         reason = None
-        if is_eos or result.stopped:
+        if is_eos or result.stopped or done:
             reason = FinishReason.STOP
         elif seq.num_completion_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
             reason = FinishReason.LENGTH

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+from typing import Any
 
 from .detokenizer import IncrementalDetokenizer
 from .types import EngineRequest, FinishReason, SamplingParams
@@ -48,6 +49,7 @@ class Sequence:
         self.error: str | None = None
         self.detokenizer = detokenizer
         self.num_preemptions = 0
+        self.grammar: Any = None  # an xgrammar GrammarMatcher when the request is constrained
 
     # Token accounting -------------------------------------------------------------------
     @property

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llmserve.common.outcome import Outcome
+from llmserve.common.structured import Constraint
 
 # The engine speaks the suite's one outcome vocabulary: STOP (EOS or a stop string), LENGTH
 # (max_tokens, or the context is full), CANCELLED (abort_request), DEADLINE_EXCEEDED (past
@@ -44,6 +45,7 @@ class EngineRequest:
     resume_token_ids: list[int] = field(default_factory=list)
     deadline: float | None = None  # time.time() seconds; the engine finishes it with DEADLINE_EXCEEDED past it
     priority: int = 0  # the request's priority class (llmserve.gateway.v1.Priority); accounting only
+    constraint: Constraint | None = None  # structured output: the completion is sampled under it
 
 
 @dataclass

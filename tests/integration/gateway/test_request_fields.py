@@ -20,12 +20,11 @@ from tests.support.scripted_engine import ScriptedEngine
 from tests.support.stack import API_KEY, MODEL, running_stack
 
 MESSAGES = [{"role": "user", "content": "Hello there"}]
-TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 #: A value that asks for something this server does not do, per not-implemented field.
 ASKING = {
     "frequency_penalty": 0.5, "presence_penalty": 0.5, "logit_bias": {"1": 5}, "logprobs": True,
-    "top_logprobs": 2, "tools": [TOOL], "tool_choice": "required", "functions": [{"name": "f"}],
-    "function_call": "auto", "response_format": {"type": "json_object"}, "modalities": ["text", "audio"],
+    "top_logprobs": 2, "functions": [{"name": "f"}],
+    "function_call": "auto", "modalities": ["text", "audio"],
     "audio": {"voice": "alloy", "format": "wav"}, "prediction": {"type": "content", "content": "x"},
     "reasoning_effort": "low", "verbosity": "low", "web_search_options": {}, "moderation": {},
 }
