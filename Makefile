@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 BUF := .tools/node_modules/.bin/buf
-.PHONY: help install protos model run compose-env test test-tools buf-lint buf-breaking docs docs-check schemas test-unit test-integration test-e2e lint format typecheck bench bench-engine chaos chaos-reattach clean
+.PHONY: help install protos model run compose-env test test-tools buf-lint buf-breaking docs docs-check schemas test-exhaustive test-unit test-integration test-e2e lint format typecheck bench bench-engine chaos chaos-reattach clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ test: model $(BUF) test-tools ## set up and run every test
 
 test-tools: ## install the system tools tests drive (promtool, prometheus, chromium) via apt when missing
 	@scripts/install_test_tools.sh
+
+test-exhaustive: model ## the must-show runs over whole shipped sets (120 JSON schemas, 50 LangChain prompts); many minutes
+	LLMSERVE_EXHAUSTIVE=1 $(BIN)/pytest -m exhaustive $(PYTEST_ARGS)
 
 test-unit: install ## unit tests only
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

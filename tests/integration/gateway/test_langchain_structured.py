@@ -60,6 +60,7 @@ async def test_with_structured_output_parses_every_reply(redis_url, catalog, eng
 
 
 @pytest.mark.slow
+@pytest.mark.exhaustive
 @pytest.mark.timeout(1200)
 async def test_with_structured_output_50_of_50(redis_url, catalog, engine):
     assert len(PROMPTS) == 50

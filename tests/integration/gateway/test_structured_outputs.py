@@ -76,6 +76,7 @@ async def test_json_schema_outputs_parse_and_validate(redis_url, catalog, engine
 
 
 @pytest.mark.slow
+@pytest.mark.exhaustive
 @pytest.mark.timeout(1800)
 async def test_every_shipped_schema_is_obeyed(redis_url, catalog, engine):
     assert len(SCHEMAS) >= 100
