@@ -9,7 +9,6 @@ import grpc
 from llmserve.common.errors import Unavailable
 from llmserve.common.internal_auth import current_caller
 from llmserve.common.logging import get_logger
-from llmserve.common.outcome import Outcome
 from llmserve.common.structured import from_public_pb
 from llmserve.common.tokensink.v1 import token_sink_pb2, token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2 as pb
@@ -19,7 +18,8 @@ from .admission.auth import single_authorization
 from .admission.validation import GenerateParams
 from .generation import GenerationService
 from .routing.model_list import ModelStatus
-from .streams.inflight import Chunk, FinishEvent, InflightRegistry, TokenEvent
+from .streams.inflight import FinishEvent, InflightRegistry, TokenEvent
+from .streams.reattach import chunk_from_pb
 from .streams.sink_authz import SinkAuthorizer
 from .streams.sink_links import SinkLinks
 
@@ -152,7 +152,7 @@ class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
             if c.worker_id and c.worker_id not in listeners:
                 listeners[c.worker_id] = self.inflight.listen_cancellations(c.worker_id)
                 forwarders.append(asyncio.create_task(_forward(listeners[c.worker_id], outbox)))
-            if not self.inflight.deliver(_chunk_from_pb(c)) and not c.outcome:
+            if not self.inflight.deliver(chunk_from_pb(c)) and not c.outcome:
                 outbox.put_nowait(c.request_id)  # nobody waits for these tokens: stop it
 
         reader = asyncio.create_task(consume())
@@ -199,7 +199,3 @@ async def _forward(source: asyncio.Queue[str], outbox: asyncio.Queue[str]) -> No
         outbox.put_nowait(await source.get())
 
 
-def _chunk_from_pb(c: token_sink_pb2.TokenChunk) -> Chunk:
-    return Chunk(request_id=c.request_id, attempt=c.attempt, index=c.index, token_ids=list(c.token_ids),
-                 text=c.text, outcome=Outcome.from_pb(c.outcome), prompt_tokens=c.prompt_tokens,
-                 completion_tokens=c.completion_tokens, error=c.error, worker_id=c.worker_id)
