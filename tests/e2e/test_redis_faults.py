@@ -7,6 +7,7 @@ stream back to back while 2 new requests a second arrive, spread over both gatew
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -18,12 +19,13 @@ from tests.support.slow_redis import slow_redis
 
 pytestmark = [pytest.mark.e2e]
 
-TRIALS = 10
+# The must-show is ten restarts (`make test-exhaustive`); `make test` runs three, to keep its budget.
+TRIALS = 10 if os.environ.get("LLMSERVE_EXHAUSTIVE") == "1" else 3
 
 
 @pytest.mark.timeout(420)
-async def test_ten_aof_restarts_requeue_nothing_and_lose_nothing(tmp_path):
-    """SIGKILL + restart of an AOF (everysec) Redis, ten times under load: no worker died, so
+async def test_aof_restarts_requeue_nothing_and_lose_nothing(tmp_path):
+    """SIGKILL + restart of an AOF (everysec) Redis, TRIALS times under load: no worker died, so
     nothing is requeued; every request completes or fails explicitly; the first request on every
     gateway after each restart succeeds."""
     redis = RedisServer(data_dir=tmp_path / "redis", appendonly=True).start()
