@@ -8,6 +8,7 @@ import grpc
 
 from llmserve.common.internal_auth import current_caller
 from llmserve.common.logging import get_logger
+from llmserve.common.logprobs import from_sink_pb
 from llmserve.common.outcome import Outcome
 from llmserve.common.tokensink.v1 import token_sink_pb2, token_sink_pb2_grpc
 from llmserve.gateway.v1 import generation_pb2 as pb
@@ -41,7 +42,22 @@ def params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
         seed=request.seed if request.HasField("seed") else None,
         request_id=request.request_id,
         priority=int(request.priority),
+        presence_penalty=request.presence_penalty if request.HasField("presence_penalty") else None,
+        frequency_penalty=request.frequency_penalty if request.HasField("frequency_penalty") else None,
+        logit_bias=dict(request.logit_bias),
+        min_p=request.min_p if request.HasField("min_p") else None,
+        min_tokens=request.min_tokens,
+        stop_token_ids=list(request.stop_token_ids),
+        ignore_eos=request.ignore_eos,
+        logprobs=request.logprobs,
+        top_logprobs=request.top_logprobs,
     )
+
+
+def _logprobs_pb(event: TokenEvent) -> list[pb.TokenLogprob]:
+    return [pb.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob,
+                            top_logprobs=[pb.TopLogprob(token_id=t, logprob=v) for t, v in lp.top])
+            for lp in event.logprobs or ()]
 
 
 def _finish_reason(event: FinishEvent) -> pb.FinishReason:
@@ -79,7 +95,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         async for event in self.service.stream(job, context.time_remaining()):
             if isinstance(event, TokenEvent):
                 yield pb.GenerateStreamResponse(request_id=job.request_id, index=event.index,
-                                                token_ids=event.token_ids, text=event.text)
+                                                token_ids=event.token_ids, text=event.text,
+                                                logprobs=_logprobs_pb(event))
             else:
                 yield pb.GenerateStreamResponse(request_id=job.request_id, index=event.completion_tokens,
                                                 finish_reason=_finish_reason(event), usage=_usage(event))
@@ -87,12 +104,15 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
     async def Generate(self, request, context):
         job = await self._job(request, context)
         parts: list[str] = []
+        logprobs: list[pb.TokenLogprob] = []
         async for event in self.service.stream(job, context.time_remaining()):
             if isinstance(event, TokenEvent):
                 parts.append(event.text)
+                logprobs.extend(_logprobs_pb(event))
             else:
                 return pb.GenerateResponse(request_id=job.request_id, model=job.model, text="".join(parts),
-                                           finish_reason=_finish_reason(event), usage=_usage(event))
+                                           finish_reason=_finish_reason(event), usage=_usage(event),
+                                           logprobs=logprobs)
 
     async def ListModels(self, request, context):
         identity = await self.service.identify(_authorization(context))
@@ -184,4 +204,5 @@ async def _forward(source: asyncio.Queue[str], outbox: asyncio.Queue[str]) -> No
 def _chunk_from_pb(c: token_sink_pb2.TokenChunk) -> Chunk:
     return Chunk(request_id=c.request_id, attempt=c.attempt, index=c.index, token_ids=list(c.token_ids),
                  text=c.text, outcome=Outcome.from_pb(c.outcome), prompt_tokens=c.prompt_tokens,
-                 completion_tokens=c.completion_tokens, error=c.error, worker_id=c.worker_id)
+                 completion_tokens=c.completion_tokens, error=c.error, worker_id=c.worker_id,
+                 logprobs=[from_sink_pb(lp) for lp in c.logprobs] or None)

@@ -290,7 +290,7 @@ class WorkerRuntime:
             by_gateway[active.reply_to].append(OutChunk(
                 out.request_id, active.attempt, out.index, out.token_ids, text,
                 outcome=outcome, prompt_tokens=out.prompt_tokens,
-                completion_tokens=out.completion_tokens, error=out.error or "",
+                completion_tokens=out.completion_tokens, error=out.error or "", logprobs=out.logprobs,
             ))
             if out.finished:
                 if active.payload:

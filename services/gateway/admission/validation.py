@@ -38,6 +38,17 @@ class GenerateParams:
     seed: int | None = None
     request_id: str = ""
     priority: int = 0
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    min_p: float | None = None
+    min_tokens: int = 0
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
+    prompt_token_ids: list[int] | None = None  # a prompt given as token ids (completions)
+    fork_of: str = ""  # request id of choice 0 of the same n > 1 request
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,15 @@ class Sampling:
     repetition_penalty: float
     stop: tuple[str, ...]
     seed: int | None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    min_p: float = 0.0
+    min_tokens: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 @dataclass(frozen=True)
@@ -63,6 +83,8 @@ class Job:
     priority: int
     lease: Any = None  # the rate limiter's Lease, taken after validation
     received_at: float = 0.0  # time.monotonic() when the call arrived: latencies count from here
+    tokenizer: Any = None  # the model's tokenizer (token strings of reported logprobs)
+    fork_of: str = ""  # choice 0 of the same n > 1 request: share its prompt KV
 
 
 def validate(params: GenerateParams, model: ModelProfile, tenant: str, settings: GatewaySettings) -> Job:
@@ -80,13 +102,20 @@ def validate(params: GenerateParams, model: ModelProfile, tenant: str, settings:
         prompt_token_ids=prompt_ids,
         sampling=sampling,
         priority=params.priority or PRIORITY_NORMAL,
+        tokenizer=model.tokenizer,
+        fork_of=params.fork_of,
     )
 
 
 def _prompt_ids(params: GenerateParams, model: ModelProfile, settings: GatewaySettings) -> list[int]:
-    if params.prompt is None and params.messages is None:
+    if params.prompt_token_ids is not None:
+        ids = params.prompt_token_ids
+        vocab = len(model.tokenizer)
+        if not ids or not all(0 <= t < vocab for t in ids):
+            raise InvalidArgument(f"a token-id prompt must hold ids in [0, {vocab})", param="prompt")
+    elif params.prompt is None and params.messages is None:
         raise InvalidArgument("one of prompt or messages is required")
-    if params.prompt is not None:
+    elif params.prompt is not None:
         if not params.prompt.strip():
             raise InvalidArgument("prompt must not be empty")
         _check_bytes(_utf8_len(params.prompt, "prompt"), settings)
@@ -158,7 +187,41 @@ def _sampling(params: GenerateParams, prompt_len: int, model: ModelProfile, sett
         repetition_penalty=repetition_penalty,
         stop=_checked_stop(params.stop, settings),
         seed=params.seed,
+        **_controls(params, max_tokens, vocab),
     )
+
+
+MAX_LOGIT_BIAS, MAX_STOP_TOKEN_IDS, MAX_TOP_LOGPROBS = 300, 32, 20
+
+
+def _controls(params: GenerateParams, max_tokens: int, vocab: int) -> dict:
+    """The penalties, bias, min-p, min_tokens, stop ids and logprobs, checked."""
+    if len(params.logit_bias) > MAX_LOGIT_BIAS:
+        raise InvalidArgument(f"logit_bias holds at most {MAX_LOGIT_BIAS} entries", param="logit_bias")
+    for token, bias in params.logit_bias.items():
+        if not 0 <= token < vocab:
+            raise InvalidArgument(f"logit_bias token {token} is not in [0, {vocab})", param="logit_bias")
+        _in_range("logit_bias", bias, 0.0, -100.0, 100.0)
+    if len(params.stop_token_ids) > MAX_STOP_TOKEN_IDS or not all(0 <= t < vocab for t in params.stop_token_ids):
+        raise InvalidArgument(f"stop_token_ids: at most {MAX_STOP_TOKEN_IDS} ids, each in [0, {vocab})",
+                              param="stop_token_ids")
+    if not 0 <= params.min_tokens <= max_tokens:
+        raise InvalidArgument(f"min_tokens must be in [0, max_tokens ({max_tokens})]; got {params.min_tokens}",
+                              param="min_tokens")
+    if not 0 <= params.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise InvalidArgument(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]; got {params.top_logprobs}",
+                              param="top_logprobs")
+    return {
+        "presence_penalty": _in_range("presence_penalty", params.presence_penalty, 0.0, -2.0, 2.0),
+        "frequency_penalty": _in_range("frequency_penalty", params.frequency_penalty, 0.0, -2.0, 2.0),
+        "logit_bias": tuple(sorted((int(t), float(b)) for t, b in params.logit_bias.items())),
+        "min_p": _in_range("min_p", params.min_p, 0.0, 0.0, 1.0),
+        "min_tokens": params.min_tokens,
+        "stop_token_ids": tuple(params.stop_token_ids),
+        "ignore_eos": params.ignore_eos,
+        "logprobs": params.logprobs,
+        "top_logprobs": params.top_logprobs if params.logprobs else 0,
+    }
 
 
 def _in_range(name: str, value: float | None, default: float, low: float, high: float, *, low_open=False) -> float:
@@ -167,7 +230,7 @@ def _in_range(name: str, value: float | None, default: float, low: float, high: 
     low_ok = value > low if low_open else value >= low
     if not math.isfinite(value) or not low_ok or value > high:
         bracket = "(" if low_open else "["
-        raise InvalidArgument(f"{name} must be a number in {bracket}{low:g}, {high:g}]; got {value}")
+        raise InvalidArgument(f"{name} must be a number in {bracket}{low:g}, {high:g}]; got {value}", param=name)
     return float(value)
 
 

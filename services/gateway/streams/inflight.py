@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from llmserve.common.errors import LLMServeError
 from llmserve.common.logging import get_logger
+from llmserve.common.logprobs import TokenLogprob
 from llmserve.common.outcome import Outcome
 
 log = get_logger(__name__)
@@ -23,6 +24,7 @@ class TokenEvent:
     index: int
     token_ids: list[int]
     text: str
+    logprobs: list[TokenLogprob] | None = None  # one per token_ids entry, when asked for
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Chunk:
     completion_tokens: int = 0
     error: str = ""
     worker_id: str = ""
+    logprobs: list[TokenLogprob] | None = None
 
     def __post_init__(self) -> None:
         self.outcome = Outcome(self.outcome)  # its value ("stop", ...) is accepted too
@@ -86,8 +89,10 @@ class RequestStream:
         if end > self.next_index:
             # Resumed workers start exactly at next_index; a partial overlap (only possible
             # for multi-token chunks) delivers the new tokens with the chunk's text.
-            new_tokens = chunk.token_ids[self.next_index - chunk.index:]
-            self.events.put_nowait(TokenEvent(self.next_index, new_tokens, chunk.text))
+            skip = self.next_index - chunk.index
+            new_tokens = chunk.token_ids[skip:]
+            logprobs = chunk.logprobs[skip:] if chunk.logprobs else None
+            self.events.put_nowait(TokenEvent(self.next_index, new_tokens, chunk.text, logprobs))
             self.delivered_token_ids.extend(new_tokens)
             self.delivered_text.append(chunk.text)
             self.next_index = end

@@ -47,6 +47,7 @@ class LLMEngine:
         self._live: dict[str, Sequence] = {}  # request_id -> sequence, engine thread only
         self._live_ids: set[str] = set()  # ids queued or live, under the lock
         self._seeds: dict[int, int] = {}
+        self._forks: list[tuple[Sequence, str]] = []  # choices waiting for their parent's prompt KV
         self._stats = self._snapshot()
         self._by_priority: dict[tuple[str, int], int] = {}
         self.last_step = StepStats()  # what the latest step computed (engine thread)
@@ -140,16 +141,21 @@ class LLMEngine:
         step = self.batch_scheduler.update_after_step(sched)
         sampling = [item.seq for item in sched.scheduled if item.sample]
         rows = [self._sample_row(seq) for seq in sampling]
-        tokens = self.sampler(logits, rows) if rows else []
+        results = self.sampler.sample(logits, rows) if rows else []
         self.timer.mark("sample")
-        for seq, token in zip(sampling, tokens, strict=True):
-            self._append_token(seq, token, outputs)
+        for seq, result in zip(sampling, results, strict=True):
+            self._append_token(seq, result.token_id, outputs, result.logprob)
         self.timer.mark("detokenize")
         return step
 
     def _sample_row(self, seq: Sequence) -> SampleRow:
-        seen = seq.token_ids if seq.sampling.repetition_penalty != 1.0 else []
-        return SampleRow(seq.sampling, self._seeds[seq.seq_id], seq.num_completion_tokens, seen)
+        p = seq.sampling
+        seen = seq.token_ids if p.repetition_penalty != 1.0 else []
+        output = seq.completion_token_ids if p.presence_penalty or p.frequency_penalty else []
+        suppress: tuple[int, ...] = ()
+        if seq.num_completion_tokens < p.min_tokens:
+            suppress = p.stop_token_ids + (() if p.ignore_eos else tuple(self.eos_token_ids))
+        return SampleRow(p, self._seeds[seq.seq_id], seq.num_completion_tokens, seen, output, suppress)
 
     # Request lifecycle -------------------------------------------------------------------
     def _drain_inbox(self, outputs: list[TokenOutput]) -> None:
@@ -158,6 +164,7 @@ class LLMEngine:
             aborts, self._aborts = self._aborts, []
         for request in inbox:
             self._add_sequence(request, outputs)
+        self._start_forks()
         for request_id in aborts:
             seq = self._live.get(request_id)
             if seq is not None:
@@ -178,8 +185,26 @@ class LLMEngine:
             self._finish(seq, FinishReason.ERROR, outputs, error=msg)
         elif seq.num_completion_tokens >= request.sampling.max_tokens:
             self._finish(seq, FinishReason.LENGTH, outputs)
+        elif request.fork_of and not request.resume_token_ids and request.fork_of in self._live:
+            self._forks.append((seq, request.fork_of))
         else:
             self.batch_scheduler.add(seq)
+
+    def _start_forks(self) -> None:
+        """Schedule the choices whose parent has computed its prompt (sharing its blocks), or
+        is gone (they compute their own)."""
+        waiting = []
+        for seq, parent_id in self._forks:
+            parent = self._live.get(parent_id)
+            if seq.is_finished:
+                continue
+            if parent is not None and parent.num_computed_tokens < parent.num_prompt_tokens:
+                waiting.append((seq, parent_id))
+                continue
+            if parent is not None:
+                self.block_manager.fork_prompt(parent, seq)
+            self.batch_scheduler.add(seq)
+        self._forks = waiting
 
     def _expire_deadlines(self, outputs: list[TokenOutput]) -> None:
         now = time.time()
@@ -187,10 +212,10 @@ class LLMEngine:
         for seq in expired:
             self._finish(seq, FinishReason.DEADLINE_EXCEEDED, outputs)
 
-    def _append_token(self, seq: Sequence, token: int, outputs: list[TokenOutput]) -> None:
+    def _append_token(self, seq: Sequence, token: int, outputs: list[TokenOutput], logprob=None) -> None:
         seq.append_token(token)
         params = seq.sampling
-        is_eos = token in self.eos_token_ids and not params.ignore_eos
+        is_eos = (token in self.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids
         result = seq.detokenizer.add_tokens([] if is_eos else [token])
         reason = None
         if is_eos or result.stopped:
@@ -200,7 +225,9 @@ class LLMEngine:
         text = result.text
         if reason is not None and not result.stopped:
             text += seq.detokenizer.flush()
-        outputs.append(self._output(seq, [token], text, reason))
+        out = self._output(seq, [token], text, reason)
+        out.logprobs = None if logprob is None else [logprob]
+        outputs.append(out)
         seq.num_emitted_tokens += 1
         if reason is not None:
             self._release(seq, reason)

@@ -1,0 +1,95 @@
+"""Events of one OpenAI request (one or more choices) as OpenAI response objects, whole or as chunks."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmserve.common.logprobs import TokenLogprob
+
+from ..streams.inflight import FinishEvent, TokenEvent
+from .logprobs_format import LogprobsFormatter
+from .openai_format import OpenAIRequest, usage
+
+
+@dataclass
+class ChoiceResult:
+    """A whole choice as collected: its text, logprobs and finish."""
+
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish: FinishEvent | None = None
+
+
+class ResponseBuilder:
+    """Shapes the events of a request's choices (`index` as in `choices.expand`)."""
+
+    def __init__(self, request: OpenAIRequest, request_id: str, model: str, tokenizer: Any = None):
+        self.chat = request.chat
+        self.include_usage = request.include_usage
+        self.n = request.n
+        self.id = ("chatcmpl-" if self.chat else "cmpl-") + request_id
+        self.model = model
+        self.created = int(time.time())
+        self.tokenizer = tokenizer
+        self.want_logprobs = request.params.logprobs
+        self._formatters: dict[int, LogprobsFormatter] = {}
+        self._finished: dict[int, FinishEvent] = {}
+
+    def _logprobs(self, index: int, logprobs: list[TokenLogprob] | None) -> dict | None:
+        if not self.want_logprobs:
+            return None
+        formatter = self._formatters.setdefault(index, LogprobsFormatter(self.tokenizer, self.chat))
+        return formatter.format(logprobs or [])
+
+    def _base(self, chunk: bool) -> dict:
+        kind = ("chat.completion" if self.chat else "text_completion") + (".chunk" if chunk and self.chat else "")
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+    def whole(self, results: dict[int, ChoiceResult]) -> dict:
+        choices = []
+        for index in sorted(results):
+            r = results[index]
+            choice: dict[str, Any] = {"index": index, "finish_reason": r.finish.reason if r.finish else None,
+                                      "logprobs": self._logprobs(index, r.logprobs)}
+            text = "".join(r.text)
+            if self.chat:
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            choices.append(choice)
+        finishes = {i: r.finish for i, r in results.items() if r.finish is not None}
+        return {**self._base(False), "choices": choices, "usage": self.total_usage(finishes)}
+
+    def total_usage(self, finishes: dict[int, FinishEvent]) -> dict:
+        """Every choice's completion tokens; each prompt's tokens once (as OpenAI counts n > 1)."""
+        prompt = sum(f.prompt_tokens for i, f in finishes.items() if i % self.n == 0)
+        completion = sum(f.completion_tokens for f in finishes.values())
+        return usage(FinishEvent(next(iter(finishes.values())).reason, prompt, completion))
+
+    def chunk(self, index: int, event: TokenEvent | None, *, first: bool = False) -> dict:
+        """A token chunk of choice `index` (or, with event None and first, the chat role announcement)."""
+        text = event.text if event is not None else ""
+        lp = self._logprobs(index, event.logprobs) if event is not None else None
+        if self.chat:
+            delta = {"role": "assistant", "content": text} if first else {"content": text}
+            choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": None, "logprobs": lp}
+        else:
+            choice = {"index": index, "text": text, "finish_reason": None, "logprobs": lp}
+        return {**self._base(True), "choices": [choice]}
+
+    def final_chunks(self, index: int, finish: FinishEvent, *, last: bool) -> list[dict]:
+        """Choice `index`'s finish chunk; after the `last` choice's, usage: in its own chunk when
+        asked (as OpenAI does), else in that finish chunk."""
+        self._finished[index] = finish
+        done = self.chunk(index, None)
+        done["choices"][0]["finish_reason"] = finish.reason
+        if self.chat:
+            done["choices"][0]["delta"] = {}
+        if not last:
+            return [done]
+        total = self.total_usage(self._finished)
+        if not self.include_usage:
+            return [{**done, "usage": total}]
+        return [{**done, "usage": None}, {**self._base(True), "choices": [], "usage": total}]
