@@ -121,3 +121,27 @@ async def test_penalties_bias_and_stop_ids_reach_the_engine(redis_url, catalog, 
                                         metadata=(("authorization", f"Bearer {API_KEY}"),))
             assert len(reply.logprobs) == 3 and all(len(lp.top_logprobs) == 2 for lp in reply.logprobs)
             assert reply.logprobs[0].top_logprobs[0].logprob >= reply.logprobs[0].top_logprobs[1].logprob
+
+
+async def test_n_choices_with_a_seed_differ_reproduce_and_share_the_prompt(redis_url, catalog, hf_model):
+    served = catalog.get(MODEL)
+    engine = LLMEngine.from_model(EngineConfig(model=served.path, device="cpu", num_kv_blocks=256,
+                                               enable_prefix_caching=False), hf_model, served.tokenizer)
+    prompt_len = len(served.encode_chat(MESSAGES))
+    async with running_stack(redis_url, [engine], catalog) as stack:
+        base = f"http://127.0.0.1:{stack.gateway.service.http_port}/v1"
+        client = openai.AsyncOpenAI(base_url=base, api_key=API_KEY, max_retries=0, timeout=120)
+
+        async def ask():
+            reply = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, n=4,
+                                                         seed=7, temperature=1.0)
+            return [c.message.content for c in reply.choices], reply.usage
+
+        first, usage = await ask()
+        prefill = engine.step_totals.prefill_tokens
+        again, _ = await ask()
+        assert len(set(first)) == 4 and again == first
+        assert usage.prompt_tokens == prompt_len and usage.completion_tokens == 20
+        # Choices 1-3 computed only the prompt's last partial block, not the whole prompt.
+        bs = engine.block_manager.block_size
+        assert prefill == prompt_len + 3 * (prompt_len - (prompt_len - 1) // bs * bs)
