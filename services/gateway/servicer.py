@@ -51,13 +51,14 @@ def params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
         ignore_eos=request.ignore_eos,
         logprobs=request.logprobs,
         top_logprobs=request.top_logprobs,
+        prompt_logprobs=request.prompt_logprobs,
     )
 
 
-def _logprobs_pb(event: TokenEvent) -> list[pb.TokenLogprob]:
+def _logprobs_pb(logprobs) -> list[pb.TokenLogprob]:
     return [pb.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob,
                             top_logprobs=[pb.TopLogprob(token_id=t, logprob=v) for t, v in lp.top])
-            for lp in event.logprobs or ()]
+            for lp in logprobs or ()]
 
 
 def _finish_reason(event: FinishEvent) -> pb.FinishReason:
@@ -96,7 +97,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             if isinstance(event, TokenEvent):
                 yield pb.GenerateStreamResponse(request_id=job.request_id, index=event.index,
                                                 token_ids=event.token_ids, text=event.text,
-                                                logprobs=_logprobs_pb(event))
+                                                logprobs=_logprobs_pb(event.logprobs),
+                                                prompt_logprobs=_logprobs_pb(event.prompt_logprobs))
             else:
                 yield pb.GenerateStreamResponse(request_id=job.request_id, index=event.completion_tokens,
                                                 finish_reason=_finish_reason(event), usage=_usage(event))
@@ -105,14 +107,16 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         job = await self._job(request, context)
         parts: list[str] = []
         logprobs: list[pb.TokenLogprob] = []
+        prompt_logprobs: list[pb.TokenLogprob] = []
         async for event in self.service.stream(job, context.time_remaining()):
             if isinstance(event, TokenEvent):
                 parts.append(event.text)
-                logprobs.extend(_logprobs_pb(event))
+                logprobs.extend(_logprobs_pb(event.logprobs))
+                prompt_logprobs.extend(_logprobs_pb(event.prompt_logprobs))
             else:
                 return pb.GenerateResponse(request_id=job.request_id, model=job.model, text="".join(parts),
                                            finish_reason=_finish_reason(event), usage=_usage(event),
-                                           logprobs=logprobs)
+                                           logprobs=logprobs, prompt_logprobs=prompt_logprobs)
 
     async def ListModels(self, request, context):
         identity = await self.service.identify(_authorization(context))
@@ -205,4 +209,5 @@ def _chunk_from_pb(c: token_sink_pb2.TokenChunk) -> Chunk:
     return Chunk(request_id=c.request_id, attempt=c.attempt, index=c.index, token_ids=list(c.token_ids),
                  text=c.text, outcome=Outcome.from_pb(c.outcome), prompt_tokens=c.prompt_tokens,
                  completion_tokens=c.completion_tokens, error=c.error, worker_id=c.worker_id,
-                 logprobs=[from_sink_pb(lp) for lp in c.logprobs] or None)
+                 logprobs=[from_sink_pb(lp) for lp in c.logprobs] or None,
+                 prompt_logprobs=[from_sink_pb(lp) for lp in c.prompt_logprobs] if c.has_prompt_logprobs else None)

@@ -43,6 +43,7 @@ def engine_request(item: work_pb2.WorkItem) -> EngineRequest:
             logit_bias=tuple(sorted(s.logit_bias.items())), min_p=s.min_p, min_tokens=s.min_tokens,
             stop_token_ids=tuple(s.stop_token_ids), ignore_eos=s.ignore_eos,
             logprobs=s.top_logprobs if s.logprobs else None,
+            prompt_logprobs=s.top_logprobs if s.prompt_logprobs else None,
         ),
         resume_token_ids=list(item.resume_token_ids),
         deadline=item.deadline_unix_ms / 1000 if item.deadline_unix_ms else None,

@@ -291,6 +291,7 @@ class WorkerRuntime:
                 out.request_id, active.attempt, out.index, out.token_ids, text,
                 outcome=outcome, prompt_tokens=out.prompt_tokens,
                 completion_tokens=out.completion_tokens, error=out.error or "", logprobs=out.logprobs,
+                prompt_logprobs=out.prompt_logprobs,
             ))
             if out.finished:
                 if active.payload:

@@ -49,6 +49,7 @@ class GenerateParams:
     top_logprobs: int = 0
     prompt_token_ids: list[int] | None = None  # a prompt given as token ids (completions)
     fork_of: str = ""  # request id of choice 0 of the same n > 1 request
+    prompt_logprobs: bool = False  # also the prompt tokens' logprobs (echo); allows max_tokens 0
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Sampling:
     ignore_eos: bool = False
     logprobs: bool = False
     top_logprobs: int = 0
+    prompt_logprobs: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,8 +168,9 @@ def _sampling(params: GenerateParams, prompt_len: int, model: ModelProfile, sett
         max_tokens = min(settings.default_max_tokens, room)
     else:
         max_tokens = params.max_tokens
-        if max_tokens < 1:
-            raise InvalidArgument(f"max_tokens must be >= 1 (got {max_tokens})")
+        if max_tokens < (0 if params.prompt_logprobs else 1):
+            raise InvalidArgument(f"max_tokens must be >= 1 (got {max_tokens}; 0 only to score a prompt with "
+                                  "echo and logprobs)", param="max_tokens")
         if max_tokens > room:
             raise InvalidArgument(
                 f"max_tokens ({max_tokens}) + prompt ({prompt_len} tokens) exceeds the model's "
@@ -221,6 +224,7 @@ def _controls(params: GenerateParams, max_tokens: int, vocab: int) -> dict:
         "ignore_eos": params.ignore_eos,
         "logprobs": params.logprobs,
         "top_logprobs": params.top_logprobs if params.logprobs else 0,
+        "prompt_logprobs": params.prompt_logprobs,
     }
 
 

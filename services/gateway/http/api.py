@@ -148,7 +148,12 @@ class _Api:
                                    choices)
         except LLMServeError as e:
             return error_response(e)
-        builder = ResponseBuilder(parsed, parsed.params.request_id, jobs[0].model, jobs[0].tokenizer)
+        echo = None
+        if parsed.echo:
+            tok = jobs[0].tokenizer
+            echo = [(p.prompt if p.prompt is not None else tok.decode(job.prompt_token_ids), job.prompt_token_ids[0])
+                    for p, job in zip(choices, jobs, strict=True)]
+        builder = ResponseBuilder(parsed, parsed.params.request_id, jobs[0].model, jobs[0].tokenizer, echo)
         events = merged(self.service, jobs, timeout)
         if parsed.stream:
             return EventStreamResponse(events, builder, parsed, len(jobs))
@@ -246,6 +251,8 @@ class WholeResponse(_Disconnectable):
                 if isinstance(event, TokenEvent):
                     results[index].text.append(event.text)
                     results[index].logprobs.extend(event.logprobs or ())
+                    if event.prompt_logprobs is not None:
+                        results[index].prompt_logprobs = event.prompt_logprobs
                     continue
                 results[index].finish, finished = event, finished + 1
                 if finished == self.count:
@@ -302,6 +309,8 @@ class EventStreamResponse(_Disconnectable):
         if self.chat:
             for index in range(self.count):
                 await _data(send, self.builder.chunk(index, None, first=True))
+        for chunk in self.builder.echo_chunks():
+            await _data(send, chunk)
 
 
 async def _data(send, obj: dict) -> None:

@@ -41,10 +41,16 @@ class LogprobsFormatter:
         text = self.token(token_id)
         return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
 
-    def _completion(self, logprobs: list[TokenLogprob | None]) -> dict:
+    def prompt(self, first_id: int, logprobs: list[TokenLogprob]) -> dict:
+        """The echoed prompt's entries: its first token has no logprob (null, as OpenAI)."""
+        head = self._completion([None], first_id)
+        rest = self._completion(logprobs)
+        return {k: head[k] + rest[k] for k in head}
+
+    def _completion(self, logprobs: list[TokenLogprob | None], first_id: int = 0) -> dict:
         tokens, values, tops, offsets = [], [], [], []
         for lp in logprobs:
-            text = self.token(lp.token_id) if lp is not None else ""
+            text = self.token(lp.token_id if lp is not None else first_id)
             tokens.append(text)
             offsets.append(self.offset)
             self.offset += len(text)

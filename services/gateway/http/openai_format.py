@@ -29,6 +29,7 @@ class OpenAIRequest:
     stream: bool
     include_usage: bool
     n: int = 1  # choices per prompt
+    echo: bool = False  # completions: the prompt comes back before the completion
     prompts: list[str | list[int]] | None = None  # completions: one or more prompts
 
 
@@ -85,7 +86,9 @@ def parse_request(body: Any, *, chat: bool) -> OpenAIRequest:
             params.prompt = prompts[0]
         else:
             params.prompt_token_ids = prompts[0]
-    return OpenAIRequest(params, chat, stream, include_usage, 1 if n is None else n, prompts)
+    echo = not chat and bool(_opt(body, "echo", bool))
+    return OpenAIRequest(params, chat, stream, include_usage, n=1 if n is None else n, prompts=prompts,
+                         echo=echo)
 
 
 def _controls(body: dict, chat: bool) -> dict:
@@ -100,7 +103,9 @@ def _controls(body: dict, chat: bool) -> dict:
         if top is not None and not 0 <= top <= 5:
             raise InvalidArgument(f"logprobs must be an integer in [0, 5]; got {top}", param="logprobs")
         logprobs = top is not None
+    echo = not chat and bool(_opt(body, "echo", bool))
     return {
+        "prompt_logprobs": echo and logprobs,
         "presence_penalty": _opt(body, "presence_penalty", float),
         "frequency_penalty": _opt(body, "frequency_penalty", float),
         "logit_bias": _logit_bias(body.get("logit_bias")),

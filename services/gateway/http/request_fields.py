@@ -24,7 +24,7 @@ _COMMON_HONOURED = frozenset({
 })
 HONOURED = {
     True: _COMMON_HONOURED | {"messages", "max_completion_tokens", "top_logprobs"},
-    False: _COMMON_HONOURED | {"prompt"},
+    False: _COMMON_HONOURED | {"prompt", "echo"},
 }
 
 #: Accepted and ignored: they label, bill, route or cache a request but cannot change its text.
@@ -46,7 +46,7 @@ NOT_IMPLEMENTED: dict[bool, dict[str, tuple[Any, ...]]] = {
         "web_search_options": (None,), "moderation": (None,),
     },
     False: {
-        "echo": (None, False), "best_of": (None, 1), "suffix": (None, ""),
+        "best_of": (None, 1), "suffix": (None, ""),
     },
 }
 

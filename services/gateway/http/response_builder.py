@@ -19,13 +19,16 @@ class ChoiceResult:
 
     text: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] | None = None
     finish: FinishEvent | None = None
 
 
 class ResponseBuilder:
     """Shapes the events of a request's choices (`index` as in `choices.expand`)."""
 
-    def __init__(self, request: OpenAIRequest, request_id: str, model: str, tokenizer: Any = None):
+    def __init__(self, request: OpenAIRequest, request_id: str, model: str, tokenizer: Any = None,
+                 echo: list[tuple[str, int]] | None = None):
+        """`echo`: per choice, the prompt text to echo and its first token id (completions `echo`)."""
         self.chat = request.chat
         self.include_usage = request.include_usage
         self.n = request.n
@@ -36,12 +39,19 @@ class ResponseBuilder:
         self.want_logprobs = request.params.logprobs
         self._formatters: dict[int, LogprobsFormatter] = {}
         self._finished: dict[int, FinishEvent] = {}
+        self.echo = echo
+
+    def _formatter(self, index: int) -> LogprobsFormatter:
+        return self._formatters.setdefault(index, LogprobsFormatter(self.tokenizer, self.chat))
+
+    def _prompt_logprobs(self, index: int, logprobs: list[TokenLogprob]) -> dict:
+        assert self.echo is not None
+        return self._formatter(index).prompt(self.echo[index][1], logprobs)
 
     def _logprobs(self, index: int, logprobs: list[TokenLogprob] | None) -> dict | None:
         if not self.want_logprobs:
             return None
-        formatter = self._formatters.setdefault(index, LogprobsFormatter(self.tokenizer, self.chat))
-        return formatter.format(logprobs or [])
+        return self._formatter(index).format(logprobs or [])
 
     def _base(self, chunk: bool) -> dict:
         kind = ("chat.completion" if self.chat else "text_completion") + (".chunk" if chunk and self.chat else "")
@@ -51,9 +61,14 @@ class ResponseBuilder:
         choices = []
         for index in sorted(results):
             r = results[index]
+            lp = None
+            if self.echo is not None and self.want_logprobs:
+                head = self._prompt_logprobs(index, r.prompt_logprobs or [])
+                tail = self._logprobs(index, r.logprobs) or {}
+                lp = {k: head[k] + tail[k] for k in head}
             choice: dict[str, Any] = {"index": index, "finish_reason": r.finish.reason if r.finish else None,
-                                      "logprobs": self._logprobs(index, r.logprobs)}
-            text = "".join(r.text)
+                                      "logprobs": lp if self.echo is not None else self._logprobs(index, r.logprobs)}
+            text = (self.echo[index][0] if self.echo is not None else "") + "".join(r.text)
             if self.chat:
                 choice["message"] = {"role": "assistant", "content": text}
             else:
@@ -72,12 +87,20 @@ class ResponseBuilder:
         """A token chunk of choice `index` (or, with event None and first, the chat role announcement)."""
         text = event.text if event is not None else ""
         lp = self._logprobs(index, event.logprobs) if event is not None else None
+        if event is not None and event.prompt_logprobs is not None and self.echo is not None:
+            text, lp = self.echo[index][0], self._prompt_logprobs(index, event.prompt_logprobs)
         if self.chat:
             delta = {"role": "assistant", "content": text} if first else {"content": text}
             choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": None, "logprobs": lp}
         else:
             choice = {"index": index, "text": text, "finish_reason": None, "logprobs": lp}
         return {**self._base(True), "choices": [choice]}
+
+    def echo_chunks(self) -> list[dict]:
+        """Streamed echo without logprobs: each choice's prompt, before anything else."""
+        if self.echo is None or self.want_logprobs:
+            return []  # with logprobs the prompt comes with its logprobs (see `chunk`)
+        return [self.chunk(i, TokenEvent(0, [], text)) for i, (text, _) in enumerate(self.echo)]
 
     def final_chunks(self, index: int, finish: FinishEvent, *, last: bool) -> list[dict]:
         """Choice `index`'s finish chunk; after the `last` choice's, usage: in its own chunk when

@@ -25,6 +25,7 @@ class TokenEvent:
     token_ids: list[int]
     text: str
     logprobs: list[TokenLogprob] | None = None  # one per token_ids entry, when asked for
+    prompt_logprobs: list[TokenLogprob] | None = None  # prompt tokens 1.., on one event only (echo)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Chunk:
     error: str = ""
     worker_id: str = ""
     logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
     def __post_init__(self) -> None:
         self.outcome = Outcome(self.outcome)  # its value ("stop", ...) is accepted too
@@ -66,6 +68,7 @@ class RequestStream:
     finished: bool = False
     delivered_token_ids: list[int] = field(default_factory=list)
     delivered_text: list[str] = field(default_factory=list)
+    prompt_logprobs_delivered: bool = False
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
 
     def fence(self, attempt: int) -> bool:
@@ -82,6 +85,10 @@ class RequestStream:
         self.attempt = chunk.attempt
         self.worker_id = chunk.worker_id or self.worker_id
         end = chunk.index + len(chunk.token_ids)
+        if chunk.prompt_logprobs is not None and not self.prompt_logprobs_delivered and chunk.index <= self.next_index:
+            # Once (a resumed attempt sends them again): ahead of this chunk's tokens.
+            self.prompt_logprobs_delivered = True
+            self.events.put_nowait(TokenEvent(self.next_index, [], "", prompt_logprobs=chunk.prompt_logprobs))
         if chunk.index > self.next_index:
             log.warning("token gap; chunk dropped", request_id=self.request_id,
                         expected=self.next_index, got=chunk.index)

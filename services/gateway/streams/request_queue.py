@@ -86,6 +86,7 @@ def to_work_item(job: Job, reply_to: str, deadline_unix_ms: int, trace_context=N
             ignore_eos=s.ignore_eos,
             logprobs=s.logprobs,
             top_logprobs=s.top_logprobs,
+            prompt_logprobs=s.prompt_logprobs,
         ),
         deadline_unix_ms=deadline_unix_ms,
         priority=job.priority,

@@ -128,6 +128,8 @@ class BlockManager:
         """
         if not self.enable_prefix_caching or seq.block_table or seq.num_computed_tokens:
             return 0
+        if seq.sampling.prompt_logprobs is not None:
+            return 0  # echo needs the logits of every prompt position: compute them
         max_blocks = (seq.num_tokens - 1) // self.block_size
         self._extend_hashes(seq, max_blocks)
         bs = self.block_size

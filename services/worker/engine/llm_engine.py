@@ -16,8 +16,9 @@ from .batch_scheduler import BatchScheduler
 from .config import EngineConfig
 from .detokenizer import IncrementalDetokenizer
 from .loader import EngineParts, load_engine_parts
+from .model_runner import prompt_logit_rows
 from .profiling import StepTimer, TraceRecorder
-from .sampler import Sampler, SampleRow, new_request_seed
+from .sampler import Sampler, SampleRow, new_request_seed, token_logprobs
 from .sequence import Sequence
 from .types import EngineRequest, EngineStats, FinishReason, StepStats, TokenOutput
 
@@ -138,15 +139,35 @@ class LLMEngine:
     def _run(self, sched, outputs: list[TokenOutput]) -> StepStats:
         logits = self.runner.execute(sched, self.timer)
         self.timer.mark("forward")
-        step = self.batch_scheduler.update_after_step(sched)
         sampling = [item.seq for item in sched.scheduled if item.sample]
+        self._collect_prompt_logprobs(sched, logits[len(sampling):])
+        step = self.batch_scheduler.update_after_step(sched)
+        # max_tokens 0 (echo): the prompt is computed for its logprobs, nothing is sampled.
+        for seq in [s for s in sampling if s.sampling.max_tokens == 0]:
+            self._finish(seq, FinishReason.LENGTH, outputs)
+        keep = [i for i, s in enumerate(sampling) if s.sampling.max_tokens > 0]
+        sample_logits = logits[: len(sampling)] if len(keep) == len(sampling) else logits[keep]
+        sampling = [sampling[i] for i in keep]
         rows = [self._sample_row(seq) for seq in sampling]
-        results = self.sampler.sample(logits, rows) if rows else []
+        results = self.sampler.sample(sample_logits, rows) if rows else []
         self.timer.mark("sample")
         for seq, result in zip(sampling, results, strict=True):
             self._append_token(seq, result.token_id, outputs, result.logprob)
         self.timer.mark("detokenize")
         return step
+
+    def _collect_prompt_logprobs(self, sched, rows) -> None:
+        """Log probabilities of the prompt tokens this step's chunks predicted (echo)."""
+        at = 0
+        for item in sched.scheduled:
+            n = prompt_logit_rows(item)
+            if not n:
+                continue
+            seq, start = item.seq, item.seq.num_computed_tokens
+            if len(seq.prompt_logprobs) == start:  # a recompute after preemption adds nothing
+                nxt = seq.token_ids[start + 1 : start + 1 + n]
+                seq.prompt_logprobs += token_logprobs(rows[at : at + n], nxt, seq.sampling.prompt_logprobs or 0)
+            at += n
 
     def _sample_row(self, seq: Sequence) -> SampleRow:
         p = seq.sampling
@@ -183,9 +204,11 @@ class LLMEngine:
         elif seq.num_tokens >= self.max_model_len:
             msg = f"prompt of {seq.num_tokens} tokens does not fit the context ({self.max_model_len})"
             self._finish(seq, FinishReason.ERROR, outputs, error=msg)
-        elif seq.num_completion_tokens >= request.sampling.max_tokens:
+        elif seq.num_completion_tokens >= request.sampling.max_tokens and not (
+                request.sampling.max_tokens == 0 and request.sampling.prompt_logprobs is not None):
             self._finish(seq, FinishReason.LENGTH, outputs)
-        elif request.fork_of and not request.resume_token_ids and request.fork_of in self._live:
+        elif (request.fork_of and not request.resume_token_ids and request.fork_of in self._live
+              and request.sampling.prompt_logprobs is None):
             self._forks.append((seq, request.fork_of))
         else:
             self.batch_scheduler.add(seq)
@@ -256,7 +279,17 @@ class LLMEngine:
             prompt_tokens=seq.num_prompt_tokens,
             completion_tokens=seq.num_completion_tokens,
             error=error,
+            prompt_logprobs=self._take_prompt_logprobs(seq),
         )
+
+    @staticmethod
+    def _take_prompt_logprobs(seq: Sequence):
+        if seq.sampling.prompt_logprobs is None or seq.prompt_logprobs_sent:
+            return None
+        if len(seq.prompt_logprobs) < seq.num_prompt_tokens - 1 and not seq.is_finished:
+            return None
+        seq.prompt_logprobs_sent = True
+        return list(seq.prompt_logprobs)
 
     def _end_step(self, outputs: list[TokenOutput]) -> None:
         snapshot = self._snapshot()

@@ -194,6 +194,21 @@ def _top_k_top_p(x: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch
     return x.masked_fill(x < torch.maximum(kept, kth), float("-inf"))
 
 
+def token_logprobs(logits: torch.Tensor, token_ids: list[int], k: int) -> list[TokenLogprob]:
+    """Each row's log probability of `token_ids[row]` and its top `k` (prompt logprobs, echo)."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    ids = torch.tensor(token_ids, dtype=torch.long, device=lp.device)
+    parts = [lp.gather(1, ids.unsqueeze(1)).squeeze(1).double()]
+    if k:
+        top_lp, top_ids = lp.topk(k, dim=-1)
+        parts += [top_ids.double().flatten(), top_lp.double().flatten()]
+    flat = torch.cat(parts).cpu().tolist()  # one device-to-host copy
+    n = len(token_ids)
+    tops_i, tops_v = flat[n : n + n * k], flat[n + n * k :]
+    return [TokenLogprob(t, flat[i], tuple((int(tops_i[i * k + j]), tops_v[i * k + j]) for j in range(k)))
+            for i, t in enumerate(token_ids)]
+
+
 def _with_logprobs(tokens, raw_lp, rows, n_rows, vocab) -> list[SampleResult]:
     k = min(vocab, max(r.params.logprobs or 0 for r in rows))
     chosen = raw_lp.gather(1, tokens.unsqueeze(1)).squeeze(1)

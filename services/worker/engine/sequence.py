@@ -48,6 +48,8 @@ class Sequence:
         self.error: str | None = None
         self.detokenizer = detokenizer
         self.num_preemptions = 0
+        self.prompt_logprobs: list = []  # TokenLogprob of prompt tokens 1.., when sampling asks
+        self.prompt_logprobs_sent = False
 
     # Token accounting -------------------------------------------------------------------
     @property

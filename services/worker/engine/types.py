@@ -35,7 +35,7 @@ class SamplingParams:
     min_tokens: int = 0  # EOS and stop_token_ids cannot end the completion before this many
     stop_token_ids: tuple[int, ...] = ()  # more ids that end the completion (kept in token_ids)
     logprobs: int | None = None  # None: off; k >= 0: each token's logprob and the top k
-    n: int = 1  # choices, forked from one prompt (each with its own seed stream)
+    prompt_logprobs: int | None = None  # None: off; k >= 0: each prompt token's logprob and top k
 
 
 @dataclass
@@ -72,6 +72,8 @@ class TokenOutput:
     completion_tokens: int = 0  # all completion tokens so far, resume tokens included
     error: str | None = None
     logprobs: list[TokenLogprob] | None = None  # one per token_ids entry, when asked for
+    # Prompt tokens 1.. (token 0 has no context), once, on the request's first output; when asked for.
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ ASKING = {
     "audio": {"voice": "alloy", "format": "wav"}, "prediction": {"type": "content", "content": "x"},
     "reasoning_effort": "low", "verbosity": "low", "web_search_options": {}, "moderation": {},
 }
-ASKING_COMPLETION = {"echo": True, "best_of": 2, "suffix": "x"}
+ASKING_COMPLETION = {"best_of": 2, "suffix": "x"}
 
 
 def sdk_fields(params_module) -> set[str]:

@@ -145,3 +145,33 @@ async def test_n_choices_with_a_seed_differ_reproduce_and_share_the_prompt(redis
         # Choices 1-3 computed only the prompt's last partial block, not the whole prompt.
         bs = engine.block_manager.block_size
         assert prefill == prompt_len + 3 * (prompt_len - (prompt_len - 1) // bs * bs)
+
+
+async def test_echo_scores_a_token_id_prompt_like_lm_eval_does(redis_url, catalog, hf_model):
+    served = catalog.get(MODEL)
+    ids = served.encode_prompt("The capital of France is Paris")
+    with torch.inference_mode():
+        ref = torch.log_softmax(hf_model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    async with running_stack(redis_url, [real_engine(catalog, hf_model)], catalog) as stack:
+        base = f"http://127.0.0.1:{stack.gateway.service.http_port}/v1"
+        client = openai.AsyncOpenAI(base_url=base, api_key=API_KEY, max_retries=0, timeout=120)
+        scored = await client.completions.create(model=MODEL, prompt=[ids], max_tokens=0, echo=True, logprobs=1,
+                                                 temperature=0)
+        lp = scored.choices[0].logprobs
+        assert scored.choices[0].text == served.tokenizer.decode(ids) and scored.usage.completion_tokens == 0
+        assert len(lp.token_logprobs) == len(ids) and lp.token_logprobs[0] is None
+        assert max(abs(v - ref[i, ids[i + 1]].item()) for i, v in enumerate(lp.token_logprobs[1:])) < 1e-3
+        assert lp.tokens == [served.tokenizer.decode([t]) for t in ids]
+        stream = await client.completions.create(model=MODEL, prompt="Hello", max_tokens=2, echo=True,
+                                                 logprobs=0, temperature=0, stream=True)
+        chunks = [c async for c in stream]
+        text = "".join(ch.text for c in chunks for ch in c.choices)
+        assert text.startswith("Hello") and len(text) > len("Hello")
+        values = [v for c in chunks for ch in c.choices if ch.logprobs for v in ch.logprobs.token_logprobs]
+        assert values[0] is None and len(values) == len(served.encode_prompt("Hello")) + 2
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.completions.create(model=MODEL, prompt="Hello", max_tokens=0)
+        assert caught.value.param == "max_tokens"
+        plain_echo = await client.completions.create(model=MODEL, prompt="Hello", max_tokens=1, echo=True,
+                                                     temperature=0)
+        assert plain_echo.choices[0].text.startswith("Hello") and plain_echo.choices[0].logprobs is None

@@ -87,3 +87,25 @@ def test_controls_keep_a_seeded_request_independent_of_its_batch(make_engine, pr
     got = [lp.logprob for o in res["s"] for lp in o.logprobs or []]
     want = [lp.logprob for o in alone for lp in o.logprobs or []]
     assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-4
+
+
+def test_prompt_logprobs_match_transformers_across_chunks_and_with_max_tokens_zero(make_engine, hf_model,
+                                                                                   prompt_ids):
+    ids = prompt_ids[4]
+    with torch.inference_mode():
+        ref = torch.log_softmax(hf_model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    # Chunks of 16 tokens: every chunk's positions count, the prefix cache is not used for it.
+    engine = make_engine(max_num_batched_tokens=16)
+    run_engine(engine, [EngineRequest("warm", ids, greedy(max_tokens=1))])  # cache the prompt's blocks
+    outs = _one(engine, ids, greedy(max_tokens=0, prompt_logprobs=2))
+    assert len(outs) == 1 and outs[0].finish_reason is FinishReason.LENGTH and outs[0].token_ids == []
+    lps = outs[0].prompt_logprobs
+    assert [lp.token_id for lp in lps] == ids[1:]
+    for i, lp in enumerate(lps):
+        assert abs(lp.logprob - ref[i, ids[i + 1]].item()) < 1e-3, i
+        assert [t for t, _ in lp.top] == ref[i].topk(2).indices.tolist(), i
+    with_tokens = _one(engine, ids, greedy(max_tokens=2, prompt_logprobs=0, logprobs=0))
+    assert [lp.token_id for lp in with_tokens[0].prompt_logprobs] == ids[1:]
+    assert all(o.prompt_logprobs is None for o in with_tokens[1:])
+    assert len(tokens_of(with_tokens)) == 2 and with_tokens[0].logprobs is not None
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
