@@ -131,18 +131,29 @@ def _processed(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
     if rep:
         seen = _counts([rows[i].seen_token_ids for i in rep], vocab, dev) > 0
         penalty = torch.tensor([rows[i].params.repetition_penalty for i in rep], device=dev).unsqueeze(1)
-        sub = x[_t(rep, dev)]
-        sub = torch.where(seen, torch.where(sub > 0, sub / penalty, sub * penalty), sub)
-        x[_t(rep, dev)] = sub
+        sub = _rows(x, rep)
+        _set_rows(x, rep, torch.where(seen, torch.where(sub > 0, sub / penalty, sub * penalty), sub))
     if pf:
         counts = _counts([rows[i].output_token_ids for i in pf], vocab, dev)
         pres = torch.tensor([rows[i].params.presence_penalty for i in pf], device=dev).unsqueeze(1)
         freq = torch.tensor([rows[i].params.frequency_penalty for i in pf], device=dev).unsqueeze(1)
-        x[_t(pf, dev)] -= freq * counts + pres * (counts > 0).float()
+        _set_rows(x, pf, _rows(x, pf) - (freq * counts + pres * (counts > 0)))
     if sup:
         ri, ti = zip(*sup, strict=True)
         x[_t(ri, dev), _t(ti, dev)] = float("-inf")
     return x
+
+
+def _rows(x: torch.Tensor, idx: list[int]) -> torch.Tensor:
+    """Rows `idx` of x: a view when they are all of them (the common all-penalised batch)."""
+    return x if len(idx) == x.shape[0] else x[_t(idx, x.device)]
+
+
+def _set_rows(x: torch.Tensor, idx: list[int], values: torch.Tensor) -> None:
+    if len(idx) == x.shape[0]:
+        x.copy_(values)
+    else:
+        x[_t(idx, x.device)] = values
 
 
 def _t(values, dev) -> torch.Tensor:
@@ -179,19 +190,44 @@ def _sample(x: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
     return (probs / exponential_noise(seeds, vocab)).argmax(dim=-1)
 
 
+_TOP_P_WINDOW = 1024  # top-p alone looks at this many best tokens first (a full sort is the fallback)
+
+
 def _top_k_top_p(x: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
+    """Mask each row below its top-k / top-p cut (rows with neither keep everything).
+
+    Works on the `width` best tokens of each row (topk, not a full sort, which dominates a CPU
+    step): a top-k row's cut is inside its k best; a top-p-only row's is inside the window when
+    the window holds top_p of the mass, else the batch falls back to a full sort.
+    """
+    vocab = x.shape[1]
+    p_only = any(not k and p < 1.0 for k, p in zip(top_k, top_p, strict=True))
+    width = min(vocab, max([k for k in top_k if k] + ([_TOP_P_WINDOW] if p_only else [])))
+    cut = _cut(x, top_k, top_p, width)
+    if cut is None:
+        cut = _cut(x, top_k, top_p, vocab)
+    return x.masked_fill(x < cut, float("-inf"))
+
+
+def _cut(x: torch.Tensor, top_k: list[int], top_p: list[float], width: int) -> torch.Tensor | None:
     dev, vocab = x.device, x.shape[1]
-    sorted_x, _ = torch.sort(x, dim=-1, descending=True)
-    k = torch.tensor([k if k else vocab for k in top_k], dtype=torch.long, device=dev)
-    kth = sorted_x.gather(1, (k - 1).unsqueeze(1))
-    sorted_x = sorted_x.masked_fill(sorted_x < kth, float("-inf"))
-    sorted_p = torch.softmax(sorted_x, dim=-1)
-    # Keep the smallest set whose mass reaches top_p (always at least the top token).
+    vals = x.topk(width, dim=-1).values if width < vocab else x.sort(dim=-1, descending=True).values
+    has_k = torch.tensor([bool(k) for k in top_k], device=dev).unsqueeze(1)
+    k = torch.tensor([min(k, width) if k else width for k in top_k], dtype=torch.long, device=dev)
+    kth = vals.gather(1, (k - 1).unsqueeze(1))
+    vals = vals.masked_fill(vals < kth, float("-inf"))
+    # Probabilities over the whole row: a top-k row's support is its window, a top-p row's is not.
+    lse = torch.where(has_k, torch.logsumexp(vals, -1, keepdim=True), torch.logsumexp(x, -1, keepdim=True))
+    probs = torch.exp(vals - lse)
+    cum = torch.cumsum(probs, dim=-1)
     p = torch.tensor(top_p, device=dev).unsqueeze(1)
-    drop = ((torch.cumsum(sorted_p, dim=-1) - sorted_p) >= p) & (p < 1.0)
-    # The cut as a value threshold: the smallest kept logit of each row.
-    kept = sorted_x.masked_fill(drop, float("inf")).min(dim=-1, keepdim=True).values
-    return x.masked_fill(x < torch.maximum(kept, kth), float("-inf"))
+    if width < vocab and bool(((cum[:, -1:] < p) & (p < 1.0) & ~has_k).any()):
+        return None  # some top-p row's cut lies past the window
+    # Keep the smallest set whose mass reaches top_p (always at least the top token).
+    drop = ((cum - probs) >= p) & (p < 1.0)
+    kept = vals.masked_fill(drop, float("inf")).min(dim=-1, keepdim=True).values
+    none = ~has_k & (p >= 1.0)  # rows without a filter
+    return torch.where(none, torch.full_like(kept, float("-inf")), torch.maximum(kept, kth.where(has_k, kept)))
 
 
 def token_logprobs(logits: torch.Tensor, token_ids: list[int], k: int) -> list[TokenLogprob]:

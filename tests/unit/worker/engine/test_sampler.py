@@ -154,3 +154,18 @@ def test_noise_is_a_function_of_the_seed_only():
     batch = exponential_noise(seeds, 1000)
     assert torch.equal(batch[1], exponential_noise(seeds[1:2], 1000)[0])
     assert abs(batch.mean().item() - 1.0) < 0.05 and bool((batch > 0).all())
+
+
+def test_windowed_top_k_top_p_cut_equals_the_full_sort_cut():
+    from llmserve.worker.engine import sampler
+
+    torch.manual_seed(4)
+    flat = torch.randn(3, 5000) * 0.01  # nearly uniform: top-p 0.9 reaches far past the window
+    peaked = torch.randn(3, 5000) * 4
+    for x in (flat, peaked):
+        top_k, top_p = [0, 30, 0], [0.9, 0.8, 1.0]
+        windowed = sampler._top_k_top_p(x, top_k, top_p)
+        full = sampler._cut(x, top_k, top_p, x.shape[1])
+        assert torch.equal(windowed, x.masked_fill(x < full, float("-inf")))
+        assert torch.isfinite(windowed[2]).all()  # no filter: untouched
+        assert int(torch.isfinite(windowed[1]).sum()) <= 30
