@@ -45,7 +45,23 @@ def params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
         priority=int(request.priority),
         resume_from_index=request.resume_from_index if request.HasField("resume_from_index") else None,
         constraint=from_public_pb(request.structured_output) if request.HasField("structured_output") else None,
+        presence_penalty=request.presence_penalty if request.HasField("presence_penalty") else None,
+        frequency_penalty=request.frequency_penalty if request.HasField("frequency_penalty") else None,
+        logit_bias=dict(request.logit_bias),
+        min_p=request.min_p if request.HasField("min_p") else None,
+        min_tokens=request.min_tokens,
+        stop_token_ids=list(request.stop_token_ids),
+        ignore_eos=request.ignore_eos,
+        logprobs=request.logprobs,
+        top_logprobs=request.top_logprobs,
+        prompt_logprobs=request.prompt_logprobs,
     )
+
+
+def _logprobs_pb(logprobs) -> list[pb.TokenLogprob]:
+    return [pb.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob,
+                            top_logprobs=[pb.TopLogprob(token_id=t, logprob=v) for t, v in lp.top])
+            for lp in logprobs or ()]
 
 
 def _finish_reason(event: FinishEvent) -> pb.FinishReason:
@@ -83,7 +99,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         async for event in self.service.stream(job, context.time_remaining()):
             if isinstance(event, TokenEvent):
                 yield pb.GenerateStreamResponse(request_id=job.request_id, index=event.index,
-                                                token_ids=event.token_ids, text=event.text)
+                                                token_ids=event.token_ids, text=event.text,
+                                                logprobs=_logprobs_pb(event.logprobs),
+                                                prompt_logprobs=_logprobs_pb(event.prompt_logprobs))
             else:
                 yield pb.GenerateStreamResponse(request_id=job.request_id, index=event.completion_tokens,
                                                 finish_reason=_finish_reason(event), usage=_usage(event))
@@ -91,12 +109,17 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
     async def Generate(self, request, context):
         job = await self._job(request, context)
         parts: list[str] = []
+        logprobs: list[pb.TokenLogprob] = []
+        prompt_logprobs: list[pb.TokenLogprob] = []
         async for event in self.service.stream(job, context.time_remaining()):
             if isinstance(event, TokenEvent):
                 parts.append(event.text)
+                logprobs.extend(_logprobs_pb(event.logprobs))
+                prompt_logprobs.extend(_logprobs_pb(event.prompt_logprobs))
             else:
                 return pb.GenerateResponse(request_id=job.request_id, model=job.model, text="".join(parts),
-                                           finish_reason=_finish_reason(event), usage=_usage(event))
+                                           finish_reason=_finish_reason(event), usage=_usage(event),
+                                           logprobs=logprobs, prompt_logprobs=prompt_logprobs)
 
     async def ListModels(self, request, context):
         identity = await self.service.identify(_authorization(context))

@@ -44,10 +44,16 @@ def engine_request(item: work_pb2.WorkItem) -> EngineRequest:
             max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
             repetition_penalty=s.repetition_penalty, stop=tuple(s.stop),
             seed=s.seed if s.has_seed else None,
+            presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty,
+            logit_bias=tuple(sorted(s.logit_bias.items())), min_p=s.min_p, min_tokens=s.min_tokens,
+            stop_token_ids=tuple(s.stop_token_ids), ignore_eos=s.ignore_eos,
+            logprobs=s.top_logprobs if s.logprobs else None,
+            prompt_logprobs=s.top_logprobs if s.prompt_logprobs else None,
         ),
         resume_token_ids=list(item.resume_token_ids),
         deadline=item.deadline_unix_ms / 1000 if item.deadline_unix_ms else None,
         priority=item.priority,
         constraint=Constraint.from_pb(item.constraint) if item.HasField("constraint") else None,
+        fork_of=item.fork_of,
     )
 

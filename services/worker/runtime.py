@@ -311,7 +311,8 @@ class WorkerRuntime:
             outcome = out.finish_reason or Outcome.UNSPECIFIED
             chunk = OutChunk(out.request_id, active.attempt, out.index, out.token_ids, text,
                              outcome=outcome, prompt_tokens=out.prompt_tokens,
-                             completion_tokens=out.completion_tokens, error=out.error or "")
+                             completion_tokens=out.completion_tokens, error=out.error or "",
+                             logprobs=out.logprobs, prompt_logprobs=out.prompt_logprobs)
             active.sent.append(chunk)
             by_gateway[active.reply_to].append(chunk)
             if out.finished:

@@ -20,6 +20,7 @@ import grpc
 
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
+from llmserve.common.logprobs import TokenLogprob, to_sink_pb
 from llmserve.common.outcome import Outcome
 from llmserve.common.tokensink.v1 import token_sink_pb2 as pb
 from llmserve.common.tokensink.v1 import token_sink_pb2_grpc
@@ -38,12 +39,17 @@ class OutChunk:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str = ""
+    logprobs: list[TokenLogprob] | None = None  # one per token, when the request asked
+    prompt_logprobs: list[TokenLogprob] | None = None  # prompt tokens 1.., once (echo)
 
     def to_pb(self, worker_id: str) -> pb.TokenChunk:
         return pb.TokenChunk(request_id=self.request_id, attempt=self.attempt, index=self.index,
                              token_ids=self.token_ids, text=self.text, outcome=Outcome(self.outcome).to_pb(),
                              prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
-                             error=self.error, worker_id=worker_id)
+                             error=self.error, worker_id=worker_id,
+                             logprobs=[to_sink_pb(lp) for lp in self.logprobs or ()],
+                             prompt_logprobs=[to_sink_pb(lp) for lp in self.prompt_logprobs or ()],
+                             has_prompt_logprobs=self.prompt_logprobs is not None)
 
 
 class _GatewayLink:

@@ -42,6 +42,18 @@ class GenerateParams:
     resume_from_index: int | None = None  # set: re-attach to request_id from this index
     constraint: Constraint | None = None  # structured output (checked here, at admission)
     constraint_param: str = "structured_output"  # the request field it came from, for the 400
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    min_p: float | None = None
+    min_tokens: int = 0
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
+    prompt_token_ids: list[int] | None = None  # a prompt given as token ids (completions)
+    fork_of: str = ""  # request id of choice 0 of the same n > 1 request
+    prompt_logprobs: bool = False  # also the prompt tokens' logprobs (echo); allows max_tokens 0
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,16 @@ class Sampling:
     repetition_penalty: float
     stop: tuple[str, ...]
     seed: int | None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    min_p: float = 0.0
+    min_tokens: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
+    prompt_logprobs: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +91,8 @@ class Job:
     constraint: Constraint | None = None  # structured output, enforced by the worker
     received_at: float = 0.0  # time.monotonic() when the call arrived: latencies count from here
     resume_from: int | None = None  # a re-attach (from this completion index), not a new request
+    tokenizer: Any = None  # the model's tokenizer (token strings of reported logprobs)
+    fork_of: str = ""  # choice 0 of the same n > 1 request: share its prompt KV
 
 
 def check_request_id(request_id: str) -> None:
@@ -93,13 +117,20 @@ def validate(params: GenerateParams, model: ModelProfile, tenant: str, settings:
         sampling=sampling,
         priority=params.priority or PRIORITY_NORMAL,
         constraint=constraint,
+        tokenizer=model.tokenizer,
+        fork_of=params.fork_of,
     )
 
 
 def _prompt_ids(params: GenerateParams, model: ModelProfile, settings: GatewaySettings) -> list[int]:
-    if params.prompt is None and params.messages is None:
+    if params.prompt_token_ids is not None:
+        ids = params.prompt_token_ids
+        vocab = len(model.tokenizer)
+        if not ids or not all(0 <= t < vocab for t in ids):
+            raise InvalidArgument(f"a token-id prompt must hold ids in [0, {vocab})", param="prompt")
+    elif params.prompt is None and params.messages is None:
         raise InvalidArgument("one of prompt or messages is required")
-    if params.prompt is not None:
+    elif params.prompt is not None:
         if not params.prompt.strip():
             raise InvalidArgument("prompt must not be empty")
         _check_bytes(_utf8_len(params.prompt, "prompt"), settings)
@@ -150,8 +181,9 @@ def _sampling(params: GenerateParams, prompt_len: int, model: ModelProfile, sett
         max_tokens = min(settings.default_max_tokens, room)
     else:
         max_tokens = params.max_tokens
-        if max_tokens < 1:
-            raise InvalidArgument(f"max_tokens must be >= 1 (got {max_tokens})")
+        if max_tokens < (0 if params.prompt_logprobs else 1):
+            raise InvalidArgument(f"max_tokens must be >= 1 (got {max_tokens}; 0 only to score a prompt with "
+                                  "echo and logprobs)", param="max_tokens")
         if max_tokens > room:
             raise InvalidArgument(
                 f"max_tokens ({max_tokens}) + prompt ({prompt_len} tokens) exceeds the model's "
@@ -171,7 +203,42 @@ def _sampling(params: GenerateParams, prompt_len: int, model: ModelProfile, sett
         repetition_penalty=repetition_penalty,
         stop=_checked_stop(params.stop, settings),
         seed=params.seed,
+        **_controls(params, max_tokens, vocab),
     )
+
+
+MAX_LOGIT_BIAS, MAX_STOP_TOKEN_IDS, MAX_TOP_LOGPROBS = 300, 32, 20
+
+
+def _controls(params: GenerateParams, max_tokens: int, vocab: int) -> dict:
+    """The penalties, bias, min-p, min_tokens, stop ids and logprobs, checked."""
+    if len(params.logit_bias) > MAX_LOGIT_BIAS:
+        raise InvalidArgument(f"logit_bias holds at most {MAX_LOGIT_BIAS} entries", param="logit_bias")
+    for token, bias in params.logit_bias.items():
+        if not 0 <= token < vocab:
+            raise InvalidArgument(f"logit_bias token {token} is not in [0, {vocab})", param="logit_bias")
+        _in_range("logit_bias", bias, 0.0, -100.0, 100.0)
+    if len(params.stop_token_ids) > MAX_STOP_TOKEN_IDS or not all(0 <= t < vocab for t in params.stop_token_ids):
+        raise InvalidArgument(f"stop_token_ids: at most {MAX_STOP_TOKEN_IDS} ids, each in [0, {vocab})",
+                              param="stop_token_ids")
+    if not 0 <= params.min_tokens <= max_tokens:
+        raise InvalidArgument(f"min_tokens must be in [0, max_tokens ({max_tokens})]; got {params.min_tokens}",
+                              param="min_tokens")
+    if not 0 <= params.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise InvalidArgument(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]; got {params.top_logprobs}",
+                              param="top_logprobs")
+    return {
+        "presence_penalty": _in_range("presence_penalty", params.presence_penalty, 0.0, -2.0, 2.0),
+        "frequency_penalty": _in_range("frequency_penalty", params.frequency_penalty, 0.0, -2.0, 2.0),
+        "logit_bias": tuple(sorted((int(t), float(b)) for t, b in params.logit_bias.items())),
+        "min_p": _in_range("min_p", params.min_p, 0.0, 0.0, 1.0),
+        "min_tokens": params.min_tokens,
+        "stop_token_ids": tuple(params.stop_token_ids),
+        "ignore_eos": params.ignore_eos,
+        "logprobs": params.logprobs,
+        "top_logprobs": params.top_logprobs if params.logprobs else 0,
+        "prompt_logprobs": params.prompt_logprobs,
+    }
 
 
 def _in_range(name: str, value: float | None, default: float, low: float, high: float, *, low_open=False) -> float:
@@ -180,7 +247,7 @@ def _in_range(name: str, value: float | None, default: float, low: float, high: 
     low_ok = value > low if low_open else value >= low
     if not math.isfinite(value) or not low_ok or value > high:
         bracket = "(" if low_open else "["
-        raise InvalidArgument(f"{name} must be a number in {bracket}{low:g}, {high:g}]; got {value}")
+        raise InvalidArgument(f"{name} must be a number in {bracket}{low:g}, {high:g}]; got {value}", param=name)
     return float(value)
 
 

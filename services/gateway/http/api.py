@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import uuid
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -34,8 +35,10 @@ from ..admission.validation import GenerateParams
 from ..generation import GenerationService
 from ..routing.model_list import ModelStatus
 from ..streams.inflight import TokenEvent
-from .openai_format import OpenAIRequest, ResponseBuilder, error_body, parse_body
+from .choices import admit_all, expand, merged
+from .openai_format import OpenAIRequest, error_body, parse_body
 from .ops import ops_routes
+from .response_builder import ChoiceResult, ResponseBuilder
 from .tokenize import TokenizeApi
 from .websocket import websocket_endpoint
 
@@ -140,15 +143,24 @@ class _Api:
             parsed = parse_body(body, chat=chat)
             resume_from_last_event(parsed.params, request.headers.get("last-event-id"))
             timeout = _timeout(request.headers.get(_TIMEOUT_HEADER))
-            job = await self.service.admit(single_authorization(request.headers.getlist("authorization")),
-                                           parsed.params)
+            if not parsed.params.request_id:
+                parsed.params.request_id = uuid.uuid4().hex
+            choices = expand(parsed.params, parsed.prompts, parsed.n)
+            jobs = await admit_all(self.service, single_authorization(request.headers.getlist("authorization")),
+                                   choices)
         except LLMServeError as e:
             return error_response(e)
-        builder = ResponseBuilder(parsed, job.request_id, job.model)
-        events = self.service.stream(job, timeout)
+        echo = None
+        if parsed.echo:
+            tok = jobs[0].tokenizer
+            echo = [(p.prompt if p.prompt is not None else tok.decode(job.prompt_token_ids), job.prompt_token_ids[0])
+                    for p, job in zip(choices, jobs, strict=True)]
+        builder = ResponseBuilder(parsed, parsed.params.request_id, jobs[0].model, jobs[0].tokenizer, echo)
+        events = merged(self.service, jobs, timeout)
         if parsed.stream:
-            return EventStreamResponse(events, builder, parsed, job.request_id)
-        return WholeResponse(events, builder)
+            # Last-Event-ID re-attach names one request: streams of n > 1 choices carry no ids.
+            return EventStreamResponse(events, builder, parsed, len(jobs), jobs[0].request_id if len(jobs) == 1 else "")
+        return WholeResponse(events, builder, len(jobs))
 
     async def read_body(self, request: Request) -> bytes:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -244,18 +256,25 @@ async def _send_json(send, status: int, body: dict, headers: dict[str, str] | No
 class WholeResponse(_Disconnectable):
     """A non-streaming completion: collect the text, answer once."""
 
-    def __init__(self, events, builder: ResponseBuilder):
+    def __init__(self, events, builder: ResponseBuilder, count: int):
         super().__init__(events)
         self.builder = builder
+        self.count = count
 
     async def produce(self, send) -> None:
-        parts: list[str] = []
+        results = {i: ChoiceResult() for i in range(self.count)}
+        finished = 0
         try:
-            async for event in self.events:
+            async for index, event in self.events:
                 if isinstance(event, TokenEvent):
-                    parts.append(event.text)
-                else:
-                    await _send_json(send, 200, self.builder.whole("".join(parts), event))
+                    results[index].text.append(event.text)
+                    results[index].logprobs.extend(event.logprobs or ())
+                    if event.prompt_logprobs is not None:
+                        results[index].prompt_logprobs = event.prompt_logprobs
+                    continue
+                results[index].finish, finished = event, finished + 1
+                if finished == self.count:
+                    await _send_json(send, 200, self.builder.whole(results))
                     return
         except LLMServeError as e:
             status, body = error_body(e)
@@ -269,26 +288,30 @@ class EventStreamResponse(_Disconnectable):
     HTTP status; an error after that arrives as a `data: {"error": ...}` event.
     """
 
-    def __init__(self, events, builder: ResponseBuilder, request: OpenAIRequest, request_id: str = ""):
+    def __init__(self, events, builder: ResponseBuilder, request: OpenAIRequest, count: int, request_id: str = ""):
         super().__init__(events)
         self.builder = builder
         self.chat = request.chat
+        self.count = count
         self.request_id = request_id
 
     async def produce(self, send) -> None:
         started = False
+        finished = 0
         try:
-            async for event in self.events:
+            async for index, event in self.events:
                 if not started:
                     started = True
                     await self._start(send)
                 if isinstance(event, TokenEvent):
-                    chunk = self.builder.chunk(event)
+                    chunk = self.builder.chunk(index, event)
                     if chunk is not None:  # None: held back as a possible tool call
                         # The id is where a re-attach continues (`Last-Event-ID`, docs/reattach.md).
-                        await _data(send, chunk, f"{self.request_id}:{event.index + len(event.token_ids)}")
+                        event_id = f"{self.request_id}:{event.index + len(event.token_ids)}" if self.request_id else ""
+                        await _data(send, chunk, event_id)
                 else:
-                    for chunk in self.builder.final_chunks(event):
+                    finished += 1
+                    for chunk in self.builder.final_chunks(index, event, last=finished == self.count):
                         await _data(send, chunk)
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
         except LLMServeError as e:
@@ -307,7 +330,10 @@ class EventStreamResponse(_Disconnectable):
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         if self.chat:
-            await _data(send, self.builder.role_chunk())
+            for index in range(self.count):
+                await _data(send, self.builder.chunk(index, None, first=True))
+        for chunk in self.builder.echo_chunks():
+            await _data(send, chunk)
 
 
 async def _data(send, obj: dict, event_id: str = "") -> None:

@@ -7,17 +7,16 @@ type or shape error is InvalidArgument naming the field, like the domain's own c
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from llmserve.common.errors import InvalidArgument, LLMServeError, bounded, http_status_for, openai_error_of
 
 from ..admission.validation import GenerateParams
-from ..streams.inflight import FinishEvent, TokenEvent
+from ..streams.inflight import FinishEvent
 from .request_fields import check_fields
 from .structured_fields import constraint_of
-from .tool_calls import CallBuffer, Tools, parse_calls, parse_tools, render_messages
+from .tool_calls import Tools, parse_tools, render_messages
 from .tool_calls import constraint as tool_constraint
 
 _MAX_SEED = 2**64 - 1
@@ -33,6 +32,9 @@ class OpenAIRequest:
     stream: bool
     include_usage: bool
     tools: Tools | None = None  # tool calling (chat): the completion is read back as calls
+    n: int = 1  # choices per prompt
+    echo: bool = False  # completions: the prompt comes back before the completion
+    prompts: list[str | list[int]] | None = None  # completions: one or more prompts
 
 
 def parse_body(raw: bytes, *, chat: bool) -> OpenAIRequest:
@@ -58,8 +60,6 @@ def parse_request(body: Any, *, chat: bool) -> OpenAIRequest:
         raise InvalidArgument("the request body must be a JSON object")
     check_fields(body, chat=chat)
     n = _opt(body, "n", int)
-    if n not in (None, 1):
-        raise InvalidArgument("n must be 1 (one choice per request)", param="n")
     params = GenerateParams(
         model=_opt(body, "model", str) or "",
         max_tokens=_opt(body, "max_completion_tokens", int)
@@ -74,6 +74,7 @@ def parse_request(body: Any, *, chat: bool) -> OpenAIRequest:
         request_id=_opt(body, "request_id", str) or "",
         priority=_priority(body.get("priority")),
         resume_from_index=_opt(body, "resume_from_index", int),
+        **_controls(body, chat),
     )
     params.constraint, params.constraint_param = constraint_of(body, chat=chat)
     tools = parse_tools(body) if chat else None
@@ -82,16 +83,73 @@ def parse_request(body: Any, *, chat: bool) -> OpenAIRequest:
             raise InvalidArgument("a required tool call cannot be combined with another output constraint",
                                   param="tool_choice")
         params.constraint, params.constraint_param = tool_constraint(tools), "tools"
+    prompts = None
     if chat:
         params.messages = render_messages(_messages(body.get("messages")), tools)
     else:
-        params.prompt = _prompt(body.get("prompt"))
+        prompts = _prompts(body.get("prompt"))
     stream = bool(_opt(body, "stream", bool))
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise InvalidArgument("stream_options must be an object")
     include_usage = bool(_opt(options or {}, "include_usage", bool))
-    return OpenAIRequest(params, chat, stream, include_usage, tools)
+    if prompts is not None and len(prompts) == 1:
+        if isinstance(prompts[0], str):
+            params.prompt = prompts[0]
+        else:
+            params.prompt_token_ids = prompts[0]
+    echo = not chat and bool(_opt(body, "echo", bool))
+    return OpenAIRequest(params, chat, stream, include_usage, n=1 if n is None else n, prompts=prompts,
+                         echo=echo, tools=tools)
+
+
+def _controls(body: dict, chat: bool) -> dict:
+    """Penalties, bias, vLLM-style extras and the logprobs request, type-checked."""
+    if chat:
+        logprobs = bool(_opt(body, "logprobs", bool))
+        top = _opt(body, "top_logprobs", int)
+        if top is not None and not logprobs:
+            raise InvalidArgument("top_logprobs requires logprobs: true", param="top_logprobs")
+    else:
+        top = _opt(body, "logprobs", int)
+        if top is not None and not 0 <= top <= 5:
+            raise InvalidArgument(f"logprobs must be an integer in [0, 5]; got {top}", param="logprobs")
+        logprobs = top is not None
+    echo = not chat and bool(_opt(body, "echo", bool))
+    return {
+        "prompt_logprobs": echo and logprobs,
+        "presence_penalty": _opt(body, "presence_penalty", float),
+        "frequency_penalty": _opt(body, "frequency_penalty", float),
+        "logit_bias": _logit_bias(body.get("logit_bias")),
+        "min_p": _opt(body, "min_p", float),
+        "min_tokens": _opt(body, "min_tokens", int) or 0,
+        "stop_token_ids": _int_list(body.get("stop_token_ids"), "stop_token_ids"),
+        "ignore_eos": bool(_opt(body, "ignore_eos", bool)),
+        "logprobs": logprobs,
+        "top_logprobs": top or 0,
+    }
+
+
+def _logit_bias(value: Any) -> dict[int, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument("logit_bias must be an object of token id -> bias", param="logit_bias")
+    out = {}
+    for key, bias in value.items():
+        token = str(key)
+        if not token.isdigit() or len(token) > 9 or isinstance(bias, bool) or not isinstance(bias, int | float):
+            raise InvalidArgument("logit_bias must map token ids (as strings) to numbers", param="logit_bias")
+        out[int(token)] = float(bias)
+    return out
+
+
+def _int_list(value: Any, name: str) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise InvalidArgument(f"{name} must be a list of integers", param=name)
+    return list(value)
 
 
 def _opt(body: dict, name: str, kind: type) -> Any:
@@ -103,7 +161,7 @@ def _opt(body: dict, name: str, kind: type) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         ok, value = True, float(value)
     if not ok:
-        raise InvalidArgument(f"{name} must be a {_TYPE_NAMES[kind]}")
+        raise InvalidArgument(f"{name} must be a {_TYPE_NAMES[kind]}", param=name)
     return value
 
 
@@ -170,89 +228,23 @@ def _content(value: Any, i: int) -> str:
     raise InvalidArgument(f"messages[{i}].content must be a string or a list of text parts")
 
 
-def _prompt(value: Any) -> str:
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    if not isinstance(value, str):
-        raise InvalidArgument("prompt must be a string (or a list holding one string)")
-    return value
+def _prompts(value: Any) -> list[str | list[int]]:
+    """A string, a list of strings, a list of token ids, or a list of lists of token ids."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value:
+        if all(isinstance(v, str) for v in value):
+            return list(value)
+        if all(_is_int(v) for v in value):
+            return [list(value)]
+        if all(isinstance(v, list) and v and all(_is_int(t) for t in v) for v in value):
+            return [list(v) for v in value]
+    raise InvalidArgument("prompt must be a string, a list of strings, a list of token ids or a list of "
+                          "lists of token ids (none empty)", param="prompt")
 
 
-class ResponseBuilder:
-    """Shapes events of one request as OpenAI objects (whole or as stream chunks)."""
-
-    def __init__(self, request: OpenAIRequest, request_id: str, model: str):
-        self.chat = request.chat
-        self.include_usage = request.include_usage
-        self.id = ("chatcmpl-" if self.chat else "cmpl-") + request_id
-        self.model = model
-        self.created = int(time.time())
-        self.tools = request.tools
-        self.calls = CallBuffer(request.tools) if request.tools is not None else None
-
-    def _base(self, chunk: bool) -> dict:
-        kind = ("chat.completion" if self.chat else "text_completion") + (
-            ".chunk" if chunk and self.chat else ""
-        )
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
-
-    def whole(self, text: str, finish: FinishEvent) -> dict:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish.reason, "logprobs": None}
-        calls = parse_calls(text, self.tools) if self.tools is not None and finish.reason == "stop" else None
-        if calls:
-            choice["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
-            choice["finish_reason"] = "tool_calls"
-        elif self.chat:
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice["text"] = text
-        return {**self._base(False), "choices": [choice], "usage": usage(finish)}
-
-    def chunk(self, event: TokenEvent) -> dict | None:
-        """A token chunk; None when a possible tool call holds the text back."""
-        text = event.text
-        if self.calls is not None:
-            text = self.calls.feed(text)
-            if not text:
-                return None
-        return self._chunk_of(text)
-
-    def final_chunks(self, finish: FinishEvent) -> list[dict]:
-        """The finish chunk, and usage: in its own chunk when asked (as OpenAI does), else in the last one."""
-        held = self._held_chunks(finish)
-        last = self._chunk_of("")
-        last["choices"][0]["finish_reason"] = "tool_calls" if held and "tool_calls" in held[-1]["choices"][0][
-            "delta"] else finish.reason
-        if self.chat:
-            last["choices"][0]["delta"] = {}
-        if not self.include_usage:
-            return [*held, {**last, "usage": usage(finish)}]
-        return [*held, {**last, "usage": None}, {**self._base(True), "choices": [], "usage": usage(finish)}]
-
-    def role_chunk(self) -> dict:
-        """The chat stream's first chunk: the assistant role announcement."""
-        return {**self._base(True), "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                 "finish_reason": None, "logprobs": None}]}
-
-    def _chunk_of(self, text: str) -> dict:
-        if self.chat:
-            choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None, "logprobs": None}
-        else:
-            choice = {"index": 0, "text": text, "finish_reason": None, "logprobs": None}
-        return {**self._base(True), "choices": [choice]}
-
-    def _held_chunks(self, finish: FinishEvent) -> list[dict]:
-        """What a tool-call buffer still holds at the end: content, or the calls as one delta each."""
-        if self.calls is None:
-            return []
-        text, calls = self.calls.finish()
-        if calls and finish.reason == "stop":
-            chunk = self._chunk_of("")
-            chunk["choices"][0]["delta"] = {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}
-            return [chunk]
-        if calls:  # ended by length: what was made is content after all
-            text = self.calls.held
-        return [self._chunk_of(text)] if text else []
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def usage(finish: FinishEvent) -> dict:

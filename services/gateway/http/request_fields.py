@@ -17,12 +17,15 @@ from llmserve.common.errors import InvalidArgument
 
 _COMMON_HONOURED = frozenset({
     "model", "max_tokens", "temperature", "top_p", "stop", "seed", "stream", "stream_options", "n",
-    # llmserve extensions (documented in docs/backend.md)
-    "top_k", "repetition_penalty", "request_id", "priority", "resume_from_index", "structured_outputs",
+    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
+    # llmserve extensions (vLLM's names where vLLM has them; documented in docs/backend.md)
+    "top_k", "repetition_penalty", "request_id", "priority", "min_p", "min_tokens", "stop_token_ids",
+    "ignore_eos", "resume_from_index", "structured_outputs",
 })
 HONOURED = {
-    True: _COMMON_HONOURED | {"messages", "max_completion_tokens", "response_format", "tools", "tool_choice"},
-    False: _COMMON_HONOURED | {"prompt"},
+    True: _COMMON_HONOURED | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools",
+                              "tool_choice"},
+    False: _COMMON_HONOURED | {"prompt", "echo"},
 }
 
 #: Accepted and ignored: they label, bill, route or cache a request but cannot change its text.
@@ -37,16 +40,13 @@ _ANY_FALSY = object()  # neutral: null, false, 0, "", [] or {}
 #: Defined by OpenAI, not implemented here: accepted only at the neutral values listed.
 NOT_IMPLEMENTED: dict[bool, dict[str, tuple[Any, ...]]] = {
     True: {
-        "frequency_penalty": (_ANY_FALSY,), "presence_penalty": (_ANY_FALSY,), "logit_bias": (_ANY_FALSY,),
-        "logprobs": (_ANY_FALSY,), "top_logprobs": (_ANY_FALSY,),
         "functions": (_ANY_FALSY,), "function_call": (None, "none"),
         "modalities": (None, ["text"]), "audio": (None,),
         "prediction": (None,), "reasoning_effort": (None,), "verbosity": (None,),
         "web_search_options": (None,), "moderation": (None,),
     },
     False: {
-        "frequency_penalty": (_ANY_FALSY,), "presence_penalty": (_ANY_FALSY,), "logit_bias": (_ANY_FALSY,),
-        "logprobs": (None,), "echo": (None, False), "best_of": (None, 1), "suffix": (None, ""),
+        "best_of": (None, 1), "suffix": (None, ""),
     },
 }
 

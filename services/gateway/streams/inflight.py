@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from llmserve.common.errors import Cancelled, LLMServeError
 from llmserve.common.logging import get_logger
+from llmserve.common.logprobs import TokenLogprob
 from llmserve.common.outcome import Outcome
 
 log = get_logger(__name__)
@@ -23,6 +24,8 @@ class TokenEvent:
     index: int
     token_ids: list[int]
     text: str
+    logprobs: list[TokenLogprob] | None = None  # one per token_ids entry, when asked for
+    prompt_logprobs: list[TokenLogprob] | None = None  # prompt tokens 1.., on one event only (echo)
 
 
 @dataclass
@@ -49,6 +52,8 @@ class Chunk:
     completion_tokens: int = 0
     error: str = ""
     worker_id: str = ""
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
     def __post_init__(self) -> None:
         self.outcome = Outcome(self.outcome)  # its value ("stop", ...) is accepted too
@@ -63,6 +68,7 @@ class RequestStream:
     finished: bool = False
     delivered_token_ids: list[int] = field(default_factory=list)
     delivered_text: list[str] = field(default_factory=list)
+    prompt_logprobs_delivered: bool = False
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
 
     def fence(self, attempt: int) -> bool:
@@ -80,6 +86,10 @@ class RequestStream:
         self.worker_id = chunk.worker_id or self.worker_id
         end = chunk.index + len(chunk.token_ids)
         self._learn_prefix(chunk, end)
+        if chunk.prompt_logprobs is not None and not self.prompt_logprobs_delivered and chunk.index <= self.next_index:
+            # Once (a resumed attempt sends them again): ahead of this chunk's tokens.
+            self.prompt_logprobs_delivered = True
+            self.events.put_nowait(TokenEvent(self.next_index, [], "", prompt_logprobs=chunk.prompt_logprobs))
         if chunk.index > self.next_index:
             log.warning("token gap; chunk dropped", request_id=self.request_id,
                         expected=self.next_index, got=chunk.index)
@@ -87,8 +97,10 @@ class RequestStream:
         if end > self.next_index:
             # Resumed workers start exactly at next_index; a partial overlap (only possible
             # for multi-token chunks) delivers the new tokens with the chunk's text.
-            new_tokens = chunk.token_ids[self.next_index - chunk.index:]
-            self.events.put_nowait(TokenEvent(self.next_index, new_tokens, chunk.text))
+            skip = self.next_index - chunk.index
+            new_tokens = chunk.token_ids[skip:]
+            logprobs = chunk.logprobs[skip:] if chunk.logprobs else None
+            self.events.put_nowait(TokenEvent(self.next_index, new_tokens, chunk.text, logprobs))
             self.delivered_token_ids.extend(new_tokens)
             self.delivered_text.append(chunk.text)
             self.next_index = end

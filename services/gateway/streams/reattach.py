@@ -21,6 +21,7 @@ from llmserve.common import redis_keys as keys
 from llmserve.common.errors import PermissionDenied, RequestNotFound, Unavailable
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger
+from llmserve.common.logprobs import from_sink_pb
 from llmserve.common.outcome import Outcome
 from llmserve.common.tokensink.v1 import token_sink_pb2
 from llmserve.common.workers import WorkerLoad
@@ -121,4 +122,6 @@ def _text(value) -> str:
 def chunk_from_pb(c: token_sink_pb2.TokenChunk) -> Chunk:
     return Chunk(request_id=c.request_id, attempt=c.attempt, index=c.index, token_ids=list(c.token_ids),
                  text=c.text, outcome=Outcome.from_pb(c.outcome), prompt_tokens=c.prompt_tokens,
-                 completion_tokens=c.completion_tokens, error=c.error, worker_id=c.worker_id)
+                 completion_tokens=c.completion_tokens, error=c.error, worker_id=c.worker_id,
+                 logprobs=[from_sink_pb(lp) for lp in c.logprobs] or None,
+                 prompt_logprobs=[from_sink_pb(lp) for lp in c.prompt_logprobs] if c.has_prompt_logprobs else None)

@@ -90,6 +90,27 @@ class BlockManager:
                 self._free[block_id] = None
         seq.block_table = []
 
+    # Forking -----------------------------------------------------------------------------
+    def fork_prompt(self, parent: Sequence, child: Sequence) -> int:
+        """Let `child` (no blocks yet, the same prompt) reference `parent`'s computed full prompt
+        blocks instead of computing them again; return the tokens it now has KV for.
+
+        Only whole blocks are shared (a partial block would be written by both), and at least
+        one prompt token is left to compute so the child's first step has logits of its own.
+        """
+        if child.block_table or child.num_computed_tokens:
+            return 0
+        n = child.num_prompt_tokens
+        if parent.token_ids[:n] != child.token_ids[:n]:
+            return 0
+        full = min((n - 1) // self.block_size, parent.num_computed_tokens // self.block_size,
+                   len(parent.block_table))
+        for block_id in parent.block_table[:full]:
+            self.blocks[block_id].ref_count += 1
+            child.block_table.append(block_id)
+        child.num_computed_tokens = full * self.block_size
+        return child.num_computed_tokens
+
     # Prefix caching ----------------------------------------------------------------------
     def _extend_hashes(self, seq: Sequence, num_full_blocks: int) -> None:
         """Grow `seq.block_hashes` (chained, token-derived, kept across preemption)."""
@@ -107,6 +128,8 @@ class BlockManager:
         """
         if not self.enable_prefix_caching or seq.block_table or seq.num_computed_tokens:
             return 0
+        if seq.sampling.prompt_logprobs is not None:
+            return 0  # echo needs the logits of every prompt position: compute them
         max_blocks = (seq.num_tokens - 1) // self.block_size
         self._extend_hashes(seq, max_blocks)
         bs = self.block_size

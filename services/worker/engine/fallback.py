@@ -14,6 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from .batch_scheduler import SchedulerOutput
+from .model_runner import prompt_logit_rows
 from .profiling import StepTimer
 from .sequence import Sequence
 
@@ -46,7 +47,7 @@ class HFModelRunner:
         return cache
 
     def execute(self, out: SchedulerOutput, timer: StepTimer | None = None) -> torch.Tensor:
-        rows = []
+        rows, extra = [], []
         if timer is not None:
             timer.mark("prepare_inputs")
         for item in out.scheduled:
@@ -59,7 +60,10 @@ class HFModelRunner:
             kwargs = {self._cache_kw: cache, "position_ids": positions.unsqueeze(0)}
             if self._takes_cache_position:
                 kwargs["cache_position"] = positions
-            result = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **kwargs)
+            n_prompt = prompt_logit_rows(item)
+            result = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=0 if n_prompt else 1, **kwargs)
             if item.sample:
                 rows.append(result.logits[0, -1].float())
+            extra.extend(result.logits[0, :n_prompt].float())
+        rows += extra
         return torch.stack(rows) if rows else torch.empty(0)

@@ -17,8 +17,9 @@ from .config import EngineConfig
 from .detokenizer import IncrementalDetokenizer
 from .grammar import GrammarBackend, accept
 from .loader import EngineParts, load_engine_parts
+from .model_runner import prompt_logit_rows
 from .profiling import StepTimer, TraceRecorder
-from .sampler import Sampler, SampleRow, new_request_seed
+from .sampler import Sampler, SampleRow, new_request_seed, token_logprobs
 from .sequence import Sequence
 from .types import EngineRequest, EngineStats, FinishReason, StepStats, TokenOutput
 
@@ -49,6 +50,7 @@ class LLMEngine:
         self._live: dict[str, Sequence] = {}  # request_id -> sequence, engine thread only
         self._live_ids: set[str] = set()  # ids queued or live, under the lock
         self._seeds: dict[int, int] = {}
+        self._forks: list[tuple[Sequence, str]] = []  # choices waiting for their parent's prompt KV
         self._stats = self._snapshot()
         self._by_priority: dict[tuple[str, int], int] = {}
         self.last_step = StepStats()  # what the latest step computed (engine thread)
@@ -140,21 +142,46 @@ class LLMEngine:
     def _run(self, sched, outputs: list[TokenOutput]) -> StepStats:
         logits = self.runner.execute(sched, self.timer)
         self.timer.mark("forward")
-        step = self.batch_scheduler.update_after_step(sched)
         sampling = [item.seq for item in sched.scheduled if item.sample]
+        self._collect_prompt_logprobs(sched, logits[len(sampling):])
+        step = self.batch_scheduler.update_after_step(sched)
+        # max_tokens 0 (echo): the prompt is computed for its logprobs, nothing is sampled.
+        for seq in [s for s in sampling if s.sampling.max_tokens == 0]:
+            self._finish(seq, FinishReason.LENGTH, outputs)
+        keep = [i for i, s in enumerate(sampling) if s.sampling.max_tokens > 0]
+        sample_logits = logits[: len(sampling)] if len(keep) == len(sampling) else logits[keep]
+        sampling = [sampling[i] for i in keep]
         rows = [self._sample_row(seq) for seq in sampling]
-        if rows:
-            logits = self.grammar.mask(logits, [seq.grammar for seq in sampling])
-        tokens = self.sampler(logits, rows) if rows else []
+        if rows:  # the constraint's mask first: the sampler draws only what it allows
+            sample_logits = self.grammar.mask(sample_logits, [seq.grammar for seq in sampling])
+        results = self.sampler.sample(sample_logits, rows) if rows else []
         self.timer.mark("sample")
-        for seq, token in zip(sampling, tokens, strict=True):
-            self._append_token(seq, token, outputs)
+        for seq, result in zip(sampling, results, strict=True):
+            self._append_token(seq, result.token_id, outputs, result.logprob)
         self.timer.mark("detokenize")
         return step
 
+    def _collect_prompt_logprobs(self, sched, rows) -> None:
+        """Log probabilities of the prompt tokens this step's chunks predicted (echo)."""
+        at = 0
+        for item in sched.scheduled:
+            n = prompt_logit_rows(item)
+            if not n:
+                continue
+            seq, start = item.seq, item.seq.num_computed_tokens
+            if len(seq.prompt_logprobs) == start:  # a recompute after preemption adds nothing
+                nxt = seq.token_ids[start + 1 : start + 1 + n]
+                seq.prompt_logprobs += token_logprobs(rows[at : at + n], nxt, seq.sampling.prompt_logprobs or 0)
+            at += n
+
     def _sample_row(self, seq: Sequence) -> SampleRow:
-        seen = seq.token_ids if seq.sampling.repetition_penalty != 1.0 else []
-        return SampleRow(seq.sampling, self._seeds[seq.seq_id], seq.num_completion_tokens, seen)
+        p = seq.sampling
+        seen = seq.token_ids if p.repetition_penalty != 1.0 else []
+        output = seq.completion_token_ids if p.presence_penalty or p.frequency_penalty else []
+        suppress: tuple[int, ...] = ()
+        if seq.num_completion_tokens < p.min_tokens:
+            suppress = p.stop_token_ids + (() if p.ignore_eos else tuple(self.eos_token_ids))
+        return SampleRow(p, self._seeds[seq.seq_id], seq.num_completion_tokens, seen, output, suppress)
 
     # Request lifecycle -------------------------------------------------------------------
     def _drain_inbox(self, outputs: list[TokenOutput]) -> None:
@@ -165,6 +192,7 @@ class LLMEngine:
         inbox, compiling = self.grammar.split_ready(inbox, idle)
         for request in inbox:
             self._add_sequence(request, outputs)
+        self._start_forks()
         for request_id in aborts:
             seq = self._live.get(request_id)
             if seq is not None:
@@ -191,10 +219,30 @@ class LLMEngine:
         elif seq.num_tokens >= self.max_model_len:
             msg = f"prompt of {seq.num_tokens} tokens does not fit the context ({self.max_model_len})"
             self._finish(seq, FinishReason.ERROR, outputs, error=msg)
-        elif seq.num_completion_tokens >= request.sampling.max_tokens:
+        elif seq.num_completion_tokens >= request.sampling.max_tokens and not (
+                request.sampling.max_tokens == 0 and request.sampling.prompt_logprobs is not None):
             self._finish(seq, FinishReason.LENGTH, outputs)
+        elif (request.fork_of and not request.resume_token_ids and request.fork_of in self._live
+              and request.sampling.prompt_logprobs is None):
+            self._forks.append((seq, request.fork_of))
         else:
             self.batch_scheduler.add(seq)
+
+    def _start_forks(self) -> None:
+        """Schedule the choices whose parent has computed its prompt (sharing its blocks), or
+        is gone (they compute their own)."""
+        waiting = []
+        for seq, parent_id in self._forks:
+            parent = self._live.get(parent_id)
+            if seq.is_finished:
+                continue
+            if parent is not None and parent.num_computed_tokens < parent.num_prompt_tokens:
+                waiting.append((seq, parent_id))
+                continue
+            if parent is not None:
+                self.block_manager.fork_prompt(parent, seq)
+            self.batch_scheduler.add(seq)
+        self._forks = waiting
 
     def _expire_deadlines(self, outputs: list[TokenOutput]) -> None:
         now = time.time()
@@ -202,10 +250,10 @@ class LLMEngine:
         for seq in expired:
             self._finish(seq, FinishReason.DEADLINE_EXCEEDED, outputs)
 
-    def _append_token(self, seq: Sequence, token: int, outputs: list[TokenOutput]) -> None:
+    def _append_token(self, seq: Sequence, token: int, outputs: list[TokenOutput], logprob=None) -> None:
         seq.append_token(token)
         params = seq.sampling
-        is_eos = token in self.eos_token_ids and not params.ignore_eos
+        is_eos = (token in self.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids
         done = False
         if seq.grammar is not None:
             accepted, done = accept(seq.grammar, token)
@@ -221,7 +269,9 @@ class LLMEngine:
         text = result.text
         if reason is not None and not result.stopped:
             text += seq.detokenizer.flush()
-        outputs.append(self._output(seq, [token], text, reason))
+        out = self._output(seq, [token], text, reason)
+        out.logprobs = None if logprob is None else [logprob]
+        outputs.append(out)
         seq.num_emitted_tokens += 1
         if reason is not None:
             self._release(seq, reason)
@@ -250,7 +300,17 @@ class LLMEngine:
             prompt_tokens=seq.num_prompt_tokens,
             completion_tokens=seq.num_completion_tokens,
             error=error,
+            prompt_logprobs=self._take_prompt_logprobs(seq),
         )
+
+    @staticmethod
+    def _take_prompt_logprobs(seq: Sequence):
+        if seq.sampling.prompt_logprobs is None or seq.prompt_logprobs_sent:
+            return None
+        if len(seq.prompt_logprobs) < seq.num_prompt_tokens - 1 and not seq.is_finished:
+            return None
+        seq.prompt_logprobs_sent = True
+        return list(seq.prompt_logprobs)
 
     def _end_step(self, outputs: list[TokenOutput]) -> None:
         snapshot = self._snapshot()

@@ -26,12 +26,23 @@ class ModelRunner(Protocol):
     max_model_len: int
 
     def execute(self, out: SchedulerOutput, timer: StepTimer | None = None) -> torch.Tensor:
-        """Compute the scheduled tokens; logits [num sampling seqs, vocab] (float32).
+        """Compute the scheduled tokens; logits [num sampling seqs + prompt rows, vocab] (float32):
+        one row per sampling sequence, then `prompt_logit_rows` rows per scheduled item in order.
 
         `timer` (the engine's) is marked "prepare_inputs" once the inputs are on the device."""
 
     def release(self, seq: Sequence) -> None:
         """Forget any per-sequence state (its KV blocks are freed by the block manager)."""
+
+
+def prompt_logit_rows(item: ScheduledSeq) -> int:
+    """How many of a chunk's first positions need logits for prompt logprobs (echo): those that
+    predict a prompt token (the last prompt position is the sampling row)."""
+    seq = item.seq
+    if seq.sampling.prompt_logprobs is None:
+        return 0
+    start = seq.num_computed_tokens
+    return max(0, min(start + item.num_new_tokens, seq.num_prompt_tokens - 1) - start)
 
 
 def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -91,7 +102,9 @@ class PagedModelRunner:
         last_index = {}
         for i, item in enumerate(decodes):
             last_index[id(item)] = i
+        extra: dict[int, range] = {}
         for item in prefills:
+            extra[id(item)] = range(len(ids), len(ids) + prompt_logit_rows(item))
             meta.prefills.append(self._prefill_chunk(item, len(ids)))
             seq, start, end = (
                 item.seq,
@@ -104,6 +117,8 @@ class PagedModelRunner:
             last_index[id(item)] = len(ids) - 1
         meta.slot_mapping = self._tensor(slots)
         logits_indices = [last_index[id(item)] for item in out.scheduled if item.sample]
+        # Then the prompt-logprob rows, in schedule order (see prompt_logit_rows).
+        logits_indices += [i for item in out.scheduled for i in extra.get(id(item), ())]
         ids_t, pos_t, idx_t = self._tensor(ids), self._tensor(positions), self._tensor(logits_indices)
         if timer is not None:
             timer.mark("prepare_inputs")

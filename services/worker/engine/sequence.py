@@ -50,6 +50,8 @@ class Sequence:
         self.detokenizer = detokenizer
         self.num_preemptions = 0
         self.grammar: Any = None  # an xgrammar GrammarMatcher when the request is constrained
+        self.prompt_logprobs: list = []  # TokenLogprob of prompt tokens 1.., when sampling asks
+        self.prompt_logprobs_sent = False
 
     # Token accounting -------------------------------------------------------------------
     @property

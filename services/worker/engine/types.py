@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llmserve.common.logprobs import TokenLogprob
 from llmserve.common.outcome import Outcome
 from llmserve.common.structured import Constraint
 
@@ -28,6 +29,14 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None  # same seed, same text, whatever else is in the batch
     ignore_eos: bool = False
+    presence_penalty: float = 0.0  # subtracted once from every token the completion holds
+    frequency_penalty: float = 0.0  # subtracted per occurrence in the completion
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) added to the logits
+    min_p: float = 0.0  # drop tokens below min_p * the top token's probability; 0: off
+    min_tokens: int = 0  # EOS and stop_token_ids cannot end the completion before this many
+    stop_token_ids: tuple[int, ...] = ()  # more ids that end the completion (kept in token_ids)
+    logprobs: int | None = None  # None: off; k >= 0: each token's logprob and the top k
+    prompt_logprobs: int | None = None  # None: off; k >= 0: each prompt token's logprob and top k
 
 
 @dataclass
@@ -46,6 +55,9 @@ class EngineRequest:
     deadline: float | None = None  # time.time() seconds; the engine finishes it with DEADLINE_EXCEEDED past it
     priority: int = 0  # the request's priority class (llmserve.gateway.v1.Priority); accounting only
     constraint: Constraint | None = None  # structured output: the completion is sampled under it
+    # Another choice of the same n > 1 request (same prompt): this one shares that request's
+    # prompt KV blocks once they are computed instead of computing its own.
+    fork_of: str = ""
 
 
 @dataclass
@@ -61,6 +73,9 @@ class TokenOutput:
     prompt_tokens: int = 0
     completion_tokens: int = 0  # all completion tokens so far, resume tokens included
     error: str | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per token_ids entry, when asked for
+    # Prompt tokens 1.. (token 0 has no context), once, on the request's first output; when asked for.
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(frozen=True)

@@ -77,3 +77,20 @@ def test_a_reattach_on_the_same_gateway_ends_the_older_local_stream():
     assert isinstance(events(old)[0], Cancelled)
     registry.close("r", old)  # the old call's cleanup leaves its successor
     assert registry.get("r") is new
+
+
+def test_logprobs_travel_with_their_tokens_through_the_sink_proto():
+    from llmserve.common.logprobs import TokenLogprob, from_sink_pb, to_sink_pb
+    from llmserve.common.tokensink.client import OutChunk
+    from llmserve.gateway.streams.reattach import chunk_from_pb
+
+    lps = [TokenLogprob(10, -0.5, ((10, -0.5), (7, -1.25))), TokenLogprob(11, -2.0, ((3, -0.75), (11, -2.0)))]
+    assert [from_sink_pb(to_sink_pb(lp)) for lp in lps] == lps
+    chunk = chunk_from_pb(OutChunk("r", 1, 0, [10, 11], "ab", logprobs=lps).to_pb("w1"))
+    assert chunk.logprobs == lps
+    assert chunk_from_pb(OutChunk("r", 1, 0, [10], "a").to_pb("w1")).logprobs is None
+    s = RequestStream("r")
+    s.offer(Chunk("r", 1, 0, [10], "a", logprobs=lps[:1]))
+    s.offer(chunk)  # overlaps index 0: only token 11 and its logprob are new
+    got = events(s)
+    assert [(e.token_ids, e.logprobs) for e in got] == [([10], lps[:1]), ([11], lps[1:])]

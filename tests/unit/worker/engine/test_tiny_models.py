@@ -156,3 +156,17 @@ def test_step_timings_and_chrome_trace(tokenizer, tmp_path):
         assert phase in timings and timings[phase] >= 0
     assert engine.timing_totals()["steps"] >= NEW
     assert trace.exists() and trace.stat().st_size > 0
+
+
+@pytest.mark.parametrize("build", [_llama, _gpt2], ids=["fast-path", "fallback"])
+def test_prompt_and_token_logprobs_match_a_forward_pass_on_both_runners(build, tokenizer):
+    model, prompt = build(), _prompts(1)[0]
+    engine = _engine(model, tokenizer, max_num_batched_tokens=8, block_size=4)  # chunked prompt
+    outs = run_engine(engine, [EngineRequest("e", prompt, greedy(max_tokens=3, logprobs=2, prompt_logprobs=2))])["e"]
+    ids = prompt + tokens_of(outs)
+    with torch.inference_mode():
+        ref = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    got = outs[0].prompt_logprobs + [lp for o in outs for lp in o.logprobs or []]
+    assert [lp.token_id for lp in got] == ids[1:]
+    assert max(abs(lp.logprob - ref[i, ids[i + 1]].item()) for i, lp in enumerate(got)) < 1e-3
+    assert all([t for t, _ in lp.top] == ref[i].topk(2).indices.tolist() for i, lp in enumerate(got))

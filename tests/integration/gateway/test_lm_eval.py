@@ -1,0 +1,68 @@
+"""lm-evaluation-harness, unchanged, against the gateway: a loglikelihood task through
+`local-completions` (token-id prompts, `echo`, `logprobs`), on a task file shipped in the repo;
+its log-likelihoods equal a transformers forward pass on the same weights within 1e-3."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from llmserve.gateway.routing.catalog import ModelCatalog
+from llmserve.worker.engine.config import EngineConfig
+from llmserve.worker.engine.llm_engine import LLMEngine
+from tests.support.stack import API_KEY, MODEL, running_stack
+
+lm_eval = pytest.importorskip("lm_eval")
+TASK_DIR = Path(__file__).parents[2] / "data" / "lm_eval"
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return ModelCatalog.load([MODEL])
+
+
+def _task_dir(tmp_path: Path) -> Path:
+    """The shipped task, its data file named by absolute path (datasets reads it from the cwd)."""
+    text = (TASK_DIR / "tiny_mc.yaml").read_text().replace("tiny_mc.jsonl", str(TASK_DIR / "tiny_mc.jsonl"))
+    (tmp_path / "tiny_mc.yaml").write_text(text)
+    return tmp_path
+
+
+def _evaluate(base_url: str, tokenizer_path: str, task_dir: Path) -> dict:
+    from lm_eval.tasks import TaskManager
+
+    return lm_eval.simple_evaluate(
+        model="local-completions",
+        model_args=f"model={MODEL},base_url={base_url},tokenizer_backend=huggingface,tokenizer={tokenizer_path},"
+                   "tokenized_requests=True,num_concurrent=1,max_retries=1",
+        tasks=["llmserve_tiny_mc"], task_manager=TaskManager(include_path=str(task_dir)), log_samples=True,
+    )
+
+
+async def test_local_completions_loglikelihood_matches_transformers(redis_url, catalog, tmp_path, monkeypatch):
+    served = catalog.get(MODEL)
+    torch.set_num_threads(2)
+    hf_model = AutoModelForCausalLM.from_pretrained(str(served.path), dtype=torch.float32).eval()
+    engine = LLMEngine.from_model(EngineConfig(model=served.path, device="cpu", num_kv_blocks=256), hf_model,
+                                  served.tokenizer)
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    async with running_stack(redis_url, [engine], catalog) as stack:
+        base = f"http://127.0.0.1:{stack.gateway.service.http_port}/v1/completions"
+        results = await asyncio.to_thread(_evaluate, base, str(served.path), _task_dir(tmp_path))
+    samples = results["samples"]["llmserve_tiny_mc"]
+    assert len(samples) == len((TASK_DIR / "tiny_mc.jsonl").read_text().splitlines())
+    tok = served.tokenizer
+    with torch.inference_mode():
+        for sample in samples:
+            for (context, continuation), resp in zip(sample["arguments"], sample["resps"], strict=True):
+                # lm-eval's own split: encode the whole, the continuation is what follows the context.
+                ctx = tok.encode(context)
+                ids = tok.encode(context + continuation)
+                lp = torch.log_softmax(hf_model(torch.tensor([ids])).logits[0].float(), dim=-1)
+                want = sum(lp[i - 1, ids[i]].item() for i in range(len(ctx), len(ids)))
+                assert abs(resp[0][0] - want) < 1e-3, (context, continuation, resp, want)
+    assert 0.0 <= results["results"]["llmserve_tiny_mc"]["acc,none"] <= 1.0
