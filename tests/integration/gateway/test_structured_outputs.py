@@ -102,7 +102,9 @@ async def test_json_object_choice_regex_and_grammar(redis_url, catalog, engine):
             extra_body={"structured_outputs": {"grammar": 'root ::= "purr" ("!" | "?")'}})
         assert reply.choices[0].message.content in ("purr!", "purr?")
         chunks = [c async for c in await client.chat.completions.create(
-            model=MODEL, messages=ask, max_tokens=120, stream=True, response_format={"type": "json_object"})]
+            model=MODEL, messages=ask, max_tokens=120, temperature=0, stream=True,
+            response_format={"type": "json_object"})]  # greedy: the same object as above, streamed
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
         assert isinstance(json.loads("".join(c.choices[0].delta.content or "" for c in chunks if c.choices)), dict)
 
 
