@@ -111,9 +111,10 @@ class LlamaFastModel:
     def _load_weights(self, src) -> None:
         self.embed = self._load_embedding(src)
         self.final_norm = self._t(src.float("model.norm.weight"))
+        self.lm_head: Any
         if self.quantization in ("int4", "int8", "w8a8"):
-            # The vocabulary projection as int8 per channel (weight-only for int4/int8): at
-            # 4 bits its 49k rows cost the most quality for the least time.
+            # The vocabulary projection as int8 per channel (weight-only for int4/int8): a GGUF
+            # stores it as Q8_0 (a scale per 32); the kernels take one scale per row.
             lm = src.float("lm_head.weight")
             self.lm_head = Int8Weight.quantize(lm) if self.int8 else packed.Int8Weight.quantize(lm, self.dtype)
         elif src.tied and isinstance(self.embed, torch.Tensor):
