@@ -77,11 +77,19 @@ class LlamaFastModel:
         # int4 / int8 (packed.py): weight-only packed projections, bf16 activations.
         self.quantization = quantization
         self.int8 = quantization == "w8a8"
+        # The packed modes multiply in bf16 (their kernels' only fast input) but keep the
+        # residual stream and the norms in fp32: a bf16 residual alone turned greedy answers to
+        # short chat prompts into different text (e.g. "What is the capital of France?").
+        self.residual = torch.float32 if quantization in ("int4", "int8") else dtype
         self._load_weights(weights if weights is not None else ModuleWeights(hf_model))
         self._build_rope(hf_model, max_positions)
 
     def _t(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach().to(device=self.device, dtype=self.dtype).contiguous()
+
+    def _r(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A norm weight, in the residual stream's dtype."""
+        return tensor.detach().to(device=self.device, dtype=self.residual).contiguous()
 
     def _w(self, src, names: list[str]):
         """Fuse [out, in] weights along `out`; store as `_mm` wants them."""
@@ -110,7 +118,7 @@ class LlamaFastModel:
 
     def _load_weights(self, src) -> None:
         self.embed = self._load_embedding(src)
-        self.final_norm = self._t(src.float("model.norm.weight"))
+        self.final_norm = self._r(src.float("model.norm.weight"))
         self.lm_head: Any
         if self.quantization in ("int4", "int8", "w8a8"):
             # The vocabulary projection as int8 per channel (weight-only for int4/int8): a GGUF
@@ -130,11 +138,11 @@ class LlamaFastModel:
                 bias = self._t(torch.cat([src.float(at + f"{p}_proj.bias") for p in "qkv"]))
             self.layers.append(
                 LayerWeights(
-                    input_norm=self._t(src.float(pre + "input_layernorm.weight")),
+                    input_norm=self._r(src.float(pre + "input_layernorm.weight")),
                     qkv=self._w(src, [at + "q_proj.weight", at + "k_proj.weight", at + "v_proj.weight"]),
                     qkv_bias=bias,
                     o_proj=self._w(src, [at + "o_proj.weight"]),
-                    post_norm=self._t(src.float(pre + "post_attention_layernorm.weight")),
+                    post_norm=self._r(src.float(pre + "post_attention_layernorm.weight")),
                     gate_up=self._w(src, [mlp + "gate_proj.weight", mlp + "up_proj.weight"]),
                     down=self._w(src, [mlp + "down_proj.weight"]),
                 )
@@ -193,12 +201,12 @@ class LlamaFastModel:
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
         if isinstance(self.embed, packed.Q8Embedding):
-            hidden = self.embed.lookup(input_ids, self.dtype)
+            hidden = self.embed.lookup(input_ids, self.residual)
         else:
-            hidden = F.embedding(input_ids, self.embed)
-        norm_shape = (self.hidden_size,)
+            hidden = F.embedding(input_ids, self.embed).to(self.residual)
+        norm_shape, act = (self.hidden_size,), self.dtype
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
-            x = F.rms_norm(hidden, norm_shape, layer.input_norm, self.eps)
+            x = F.rms_norm(hidden, norm_shape, layer.input_norm, self.eps).to(act)
             qkv = self._mm(x, layer.qkv, layer.qkv_bias).view(num_tokens, nh + 2 * nkv, hd)
             # RoPE on q and k together (they are adjacent in the fused projection).
             qk = self._rope(qkv[:, : nh + nkv], cos, sin)
@@ -206,11 +214,11 @@ class LlamaFastModel:
             v = qkv[:, nh + nkv :]
             attn = paged_attention(q, k, v, k_cache, v_cache, meta, block_size, self.scale)
             hidden = hidden + self._mm(attn, layer.o_proj)
-            x = F.rms_norm(hidden, norm_shape, layer.post_norm, self.eps)
+            x = F.rms_norm(hidden, norm_shape, layer.post_norm, self.eps).to(act)
             gate, up = self._mm(x, layer.gate_up).chunk(2, dim=-1)
             hidden = hidden + self._mm(F.silu(gate) * up, layer.down)
         hidden = hidden.index_select(0, logits_indices)
-        hidden = F.rms_norm(hidden, norm_shape, self.final_norm, self.eps)
+        hidden = F.rms_norm(hidden, norm_shape, self.final_norm, self.eps).to(act)
         if isinstance(self.lm_head, torch.Tensor):
             return F.linear(hidden, self.lm_head).float()
         return self._mm(hidden, self.lm_head).float()
