@@ -262,12 +262,14 @@ def greedy_agreement(base: dict, other: dict) -> dict:
 def engine_mode(name: str) -> dict:
     """EngineConfig fields for a benchmarked mode: a dtype name, or `w8a8` (fp32 activations,
     int8 weights and activations in the projections)."""
+    if name in ("int4", "int8"):  # packed weight-only modes (bf16 activations)
+        return {"quantization": name}
     return {"dtype": "float32", "quantization": "w8a8"} if name == "w8a8" else {"dtype": name}
 
 
 def _fast_model_nll(hf_model, tokenizer, ids: list[int], mode: str, device: str) -> float:
     cfg = EngineConfig(model="x", **engine_mode(mode))
-    if cfg.quantization:
+    if cfg.quantization == "w8a8":
         hf_model = copy.deepcopy(hf_model)
         w8a8.calibrate_and_smooth_(hf_model, tokenizer)
     model = LlamaFastModel(hf_model, torch.device(device), cfg.torch_dtype(), max_positions=len(ids) + 1,

@@ -47,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, help="default: 64 (CPU), 128 (GPU)")
     p.add_argument(
         "--dtypes", nargs="*",
-        help="engine modes (a dtype, or w8a8); default: float32 bfloat16 w8a8 (CPU), bfloat16 (GPU)"
+        help="engine modes (a dtype, w8a8, int8 or int4); default: float32 bfloat16 w8a8 (CPU), bfloat16 (GPU)"
     )
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--no-baselines", action="store_true")

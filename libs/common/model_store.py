@@ -81,6 +81,22 @@ def resolve_model(name_or_path: str, *, cache_dir: Path | None = None, log=print
     return target
 
 
+def source_gguf(model_dir: str | Path, *, cache_dir: Path | None = None) -> Path | None:
+    """The GGUF file a cached built-in model directory was converted from, when its package
+    is still installed; None for any other directory (packed modes then quantize floats)."""
+    model_dir = Path(model_dir).expanduser()
+    source = BUILTIN_MODELS.get(model_dir.name)
+    cached = (cache_dir or cache_root()) / "models" / model_dir.name
+    if source is None or not (model_dir / _COMPLETE_MARKER).exists():
+        return None
+    try:
+        if model_dir.resolve() != cached.resolve():
+            return None
+        return source.locate()
+    except (ModelUnavailableError, OSError):
+        return None
+
+
 def _convert_gguf(gguf_path: Path, target: Path, log) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

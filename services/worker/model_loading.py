@@ -83,11 +83,13 @@ def build_engine(spec: ModelSpec, settings: WorkerSettings) -> LLMEngine:
         model=spec.path, device=_device(settings), dtype=settings.dtype,
         kv_cache_bytes=settings.kv_cache_bytes, num_kv_blocks=settings.num_kv_blocks,
         gpu_memory_fraction=settings.gpu_memory_fraction, max_num_seqs=settings.max_num_seqs,
-        max_num_batched_tokens=settings.max_num_batched_tokens, num_threads=settings.num_threads,
-        quantization=settings.quantization,
+        max_num_batched_tokens=settings.max_num_batched_tokens, num_threads=settings.num_threads or "auto",
+        quantization=None if settings.quantization == "none" else settings.quantization,
     )  # fmt: skip
     if spec.format == formats.HF:
         return LLMEngine.from_config(config)
+    if config.quantization == "auto":  # registry formats below load as transformers models: dense
+        config.quantization = None
     # Other formats go through the registry's loader; int8 modules have no dense weights for
     # the fast path to fuse, so they run on the transformers fallback runner.
     loaded = formats.load_model(spec.path, format=spec.format, dtype=config.torch_dtype())

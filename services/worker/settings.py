@@ -36,9 +36,12 @@ class WorkerSettings(ServiceSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
     dtype: str | None = Field(None, description="float32, bfloat16 or float16; unset: fp32 on CPU, bf16 on GPU.")
-    quantization: Literal["w8a8"] | None = Field(
-        None, description="w8a8: int8 weights x per-token int8 activations (SmoothQuant), CPU fast path only; "
-        "the fastest CPU mode (docs/engine.md). Unset: weights in dtype.")
+    quantization: Literal["auto", "none", "int4", "int8", "w8a8"] = Field(
+        "auto", description="CPU weight format of the Llama-family fast path. auto (default): int4 on a CPU "
+        "when dtype is unset (the fastest mode within 2% perplexity of fp32, bench/results/quantization.md), "
+        "else none. int4: the GGUF's Q4_1 blocks served packed, bf16 activations. int8: int8 weight-only, "
+        "bf16 activations. w8a8: int8 weights x int8 activations (SmoothQuant), fp32 activations. none: "
+        "weights in dtype (docs/engine.md).")
     kv_cache_bytes: int | None = Field(
         None, ge=1,
         description="KV cache budget per model; unset: 512 MiB on CPU, on CUDA what gpu_memory_fraction "
@@ -48,7 +51,9 @@ class WorkerSettings(ServiceSettings):
     gpu_memory_fraction: float = Field(0.85, gt=0, le=1)
     max_num_seqs: int = Field(64, ge=1, description="Most sequences in the running batch.")
     max_num_batched_tokens: int = Field(512, ge=1, description="Token budget per engine step.")
-    num_threads: int | None = Field(None, ge=1, description="torch threads on CPU; unset: torch default.")
+    num_threads: int | None = Field(
+        None, ge=1, description="torch threads on CPU; unset: measured at start (each count from 1 to the "
+        "usable cores runs a decode-sized pass, the fastest wins; engine/threads.py).")
     max_backlog: int = Field(
         16, ge=1, description="Requests read from the stream but not yet running, at most."
     )

@@ -16,6 +16,13 @@ _DTYPES = {
     "fp16": torch.float16,
 }
 
+PACKED_MODES = ("int4", "int8")  # weight-only packed formats (packed.py), bf16 activations
+QUANTIZATIONS = (None, "w8a8", *PACKED_MODES, "auto")
+# What `quantization="auto"` serves on a CPU when dtype is unset: the fastest mode within 2%
+# perplexity of the fp32-dequantized weights, measured by bench/quant_bench.py
+# (bench/results/quantization.md).
+AUTO_CPU_MODE = "int4"
+
 
 @dataclass
 class EngineConfig:
@@ -58,8 +65,10 @@ class EngineConfig:
     """Longest sequence (prompt plus completion). None: the model's context length, capped by
     what the KV cache can hold."""
 
-    num_threads: int | None = None
-    """torch intra-op threads on CPU. None: leave torch's default."""
+    num_threads: int | str | None = None
+    """torch intra-op threads on CPU. None: leave torch's default. `"auto"`: time a decode-sized
+    pass of the model at each thread count up to the usable cores once loaded and keep the
+    fastest (`threads.py`; the worker's default)."""
 
     tune_malloc: bool = True
     """On CPU (glibc), make the allocator keep and reuse freed memory (see
@@ -80,8 +89,12 @@ class EngineConfig:
     Graphs are captured per context bucket (powers of two in blocks) up to this."""
 
     quantization: str | None = None
-    """`"w8a8"`: int8 weights and per-token int8 activations with SmoothQuant (`w8a8.py`), CPU
-    only, Llama-family fast path, float32 activations. None: weights in `dtype`."""
+    """CPU weight formats of the Llama-family fast path. `"int4"`: 4-bit groups of 32
+    (`packed.py`; a GGUF's Q4_1 blocks served as they are), bfloat16 activations. `"int8"`:
+    int8 weight-only per channel, bfloat16 activations. `"w8a8"`: int8 weights and per-token
+    int8 activations with SmoothQuant (`w8a8.py`), float32 activations. None: weights in
+    `dtype`. `"auto"`: `AUTO_CPU_MODE` on a CPU with dtype unset for a Llama-family model on
+    the fast path, else None (`resolve_quantization`; the worker's default)."""
 
     force_fallback: bool = False
     """Use the generic transformers path even for Llama-family models (tests, debugging)."""
@@ -93,6 +106,8 @@ class EngineConfig:
         return torch.device(self.device)
 
     def torch_dtype(self) -> torch.dtype:
+        if self.dtype is None and self.quantization in PACKED_MODES:
+            return torch.bfloat16  # the packed kernels are vectorized for bf16 only
         if self.dtype is None:
             return torch.bfloat16 if self.torch_device().type == "cuda" else torch.float32
         if isinstance(self.dtype, torch.dtype):
@@ -101,6 +116,13 @@ class EngineConfig:
             return _DTYPES[str(self.dtype).lower()]
         except KeyError:
             raise ValueError(f"unknown dtype {self.dtype!r}; use one of {sorted(_DTYPES)}") from None
+
+    def resolve_quantization(self, fast_path: bool) -> None:
+        """Replace `"auto"` with the concrete mode, once the model's family is known."""
+        if self.quantization != "auto":
+            return
+        cpu = self.torch_device().type == "cpu"
+        self.quantization = AUTO_CPU_MODE if cpu and self.dtype is None and fast_path and not self.force_fallback else None
 
     def validate(self) -> None:
         """Reject impossible settings early, with a message that names the field."""
@@ -113,7 +135,15 @@ class EngineConfig:
         if not 0.0 < self.gpu_memory_fraction <= 1.0:
             raise ValueError("gpu_memory_fraction must be in (0, 1]")
         self.torch_dtype()
-        if self.quantization not in (None, "w8a8"):
-            raise ValueError(f"quantization must be None or 'w8a8', not {self.quantization!r}")
-        if self.quantization and (self.torch_device().type != "cpu" or self.torch_dtype() != torch.float32):
-            raise ValueError("quantization='w8a8' runs on the CPU with float32 activations (device cpu, dtype float32)")
+        if not (self.num_threads is None or self.num_threads == "auto"
+                or (isinstance(self.num_threads, int) and self.num_threads >= 1)):
+            raise ValueError(f"num_threads must be a positive int, 'auto' or None, not {self.num_threads!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {QUANTIZATIONS}, not {self.quantization!r}")
+        if self.quantization and self.torch_device().type != "cpu":
+            raise ValueError(f"quantization={self.quantization!r} runs on the CPU only (device {self.device!r})")
+        if self.quantization == "w8a8" and self.torch_dtype() != torch.float32:
+            raise ValueError("quantization='w8a8' runs with float32 activations (dtype float32)")
+        if self.quantization in PACKED_MODES and self.torch_dtype() != torch.bfloat16:
+            raise ValueError(f"quantization={self.quantization!r} runs with bfloat16 activations (dtype "
+                             f"bfloat16 or unset), not dtype {self.dtype!r}")

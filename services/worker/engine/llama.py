@@ -9,12 +9,15 @@ together), so every projection is one matmul per layer whatever the batch mix.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from . import packed
 from .attention import AttentionMetadata, paged_attention
 from .w8a8 import Int8Weight, int8_linear
+from .weight_source import ModuleWeights
 
 SUPPORTED_MODEL_TYPES = {"llama", "mistral", "qwen2"}
 
@@ -42,19 +45,21 @@ class LayerWeights:
     """One decoder layer's weights; projections fused and laid out for `LlamaFastModel._mm`."""
 
     input_norm: torch.Tensor
-    qkv: torch.Tensor  # q, k and v projections together
+    qkv: Any  # q, k and v projections together (a tensor or a packed weight)
     qkv_bias: torch.Tensor | None
-    o_proj: torch.Tensor
+    o_proj: Any
     post_norm: torch.Tensor
-    gate_up: torch.Tensor  # gate and up projections together
-    down: torch.Tensor
+    gate_up: Any  # gate and up projections together
+    down: Any
 
 
 class LlamaFastModel:
     """The fast-path model: weights plus a `forward` over a ragged, paged batch."""
 
     def __init__(self, hf_model, device: torch.device, dtype: torch.dtype, max_positions: int,
-                 quantization: str | None = None):
+                 quantization: str | None = None, weights=None):
+        """`weights`: where tensors come from (`weight_source`); None: `hf_model`'s own
+        parameters. A GGUF source lets `int4` serve the file's Q4_1 blocks as they are."""
         cfg = hf_model.config
         self.config = cfg
         self.num_layers = cfg.num_hidden_layers
@@ -67,55 +72,88 @@ class LlamaFastModel:
         self.device, self.dtype = device, dtype
         # Measured on a 2-core AVX-512 CPU: fp32 GEMMs with small M run ~1.5x faster on a
         # row-major [in, out] right operand (`x @ w`); bf16 (oneDNN) prefers [out, in].
-        self.transposed = device.type == "cpu" and dtype == torch.float32
+        self.transposed = device.type == "cpu" and dtype == torch.float32 and quantization is None
         # W8A8 (w8a8.py): projections and lm_head as int8; the caller smoothed hf_model first.
+        # int4 / int8 (packed.py): weight-only packed projections, bf16 activations.
+        self.quantization = quantization
         self.int8 = quantization == "w8a8"
-        self._load_weights(hf_model)
+        # The packed modes multiply in bf16 (their kernels' only fast input) but keep the
+        # residual stream and the norms in fp32: a bf16 residual alone turned greedy answers to
+        # short chat prompts into different text (e.g. "What is the capital of France?").
+        self.residual = torch.float32 if quantization in ("int4", "int8") else dtype
+        self._load_weights(weights if weights is not None else ModuleWeights(hf_model))
         self._build_rope(hf_model, max_positions)
 
     def _t(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach().to(device=self.device, dtype=self.dtype).contiguous()
 
-    def _w(self, *weights: torch.Tensor) -> torch.Tensor | Int8Weight:
+    def _r(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A norm weight, in the residual stream's dtype."""
+        return tensor.detach().to(device=self.device, dtype=self.residual).contiguous()
+
+    def _w(self, src, names: list[str]):
         """Fuse [out, in] weights along `out`; store as `_mm` wants them."""
-        fused = torch.cat(weights)
+        if self.quantization == "int4":
+            blocks = [src.q4_1(n) for n in names]
+            if all(b is not None for b in blocks):  # the file's own codes, fused row-wise
+                codes, d, m = (torch.cat(parts) for parts in zip(*blocks, strict=True))
+                return packed.Int4Weight.from_codes(codes, d, m, self.dtype)
+            return packed.Int4Weight.quantize(torch.cat([src.float(n) for n in names]), self.dtype)
+        fused = torch.cat([src.float(n) for n in names])
+        if self.quantization == "int8":
+            return packed.Int8Weight.quantize(fused, self.dtype)
         if self.int8:
             return Int8Weight.quantize(fused)
         return self._t(fused.t() if self.transposed else fused)
 
     def _mm(self, x: torch.Tensor, w, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(w, packed.Int4Weight | packed.Int8Weight):
+            out = w.matmul(x)
+            return out if bias is None else out.add_(bias)
         if isinstance(w, Int8Weight):
             return int8_linear(x, w, bias)
         if not self.transposed:
             return F.linear(x, w, bias)
         return x @ w if bias is None else torch.addmm(bias, x, w)
 
-    def _load_weights(self, hf_model) -> None:
-        base = hf_model.model
-        self.embed = self._t(base.embed_tokens.weight)
-        self.final_norm = self._t(base.norm.weight)
-        self.lm_head = self._t(hf_model.lm_head.weight)
-        if hf_model.lm_head.weight.data_ptr() == base.embed_tokens.weight.data_ptr():
+    def _load_weights(self, src) -> None:
+        self.embed = self._load_embedding(src)
+        self.final_norm = self._r(src.float("model.norm.weight"))
+        self.lm_head: Any
+        if self.quantization in ("int4", "int8", "w8a8"):
+            # The vocabulary projection as int8 per channel (weight-only for int4/int8): a GGUF
+            # stores it as Q8_0 (a scale per 32); the kernels take one scale per row.
+            lm = src.float("lm_head.weight")
+            self.lm_head = Int8Weight.quantize(lm) if self.int8 else packed.Int8Weight.quantize(lm, self.dtype)
+        elif src.tied and isinstance(self.embed, torch.Tensor):
             self.lm_head = self.embed  # tied embeddings: keep one copy
-        if self.int8:
-            self.lm_head = Int8Weight.quantize(hf_model.lm_head.weight)
+        else:
+            self.lm_head = self._t(src.float("lm_head.weight"))
         self.layers = []
-        for layer in base.layers:
-            at, mlp = layer.self_attn, layer.mlp
+        for i in range(self.num_layers):
+            pre = f"model.layers.{i}."
+            at, mlp = pre + "self_attn.", pre + "mlp."
             bias = None
-            if at.q_proj.bias is not None:
-                bias = self._t(torch.cat([at.q_proj.bias, at.k_proj.bias, at.v_proj.bias]))
+            if src.has(at + "q_proj.bias"):
+                bias = self._t(torch.cat([src.float(at + f"{p}_proj.bias") for p in "qkv"]))
             self.layers.append(
                 LayerWeights(
-                    input_norm=self._t(layer.input_layernorm.weight),
-                    qkv=self._w(at.q_proj.weight, at.k_proj.weight, at.v_proj.weight),
+                    input_norm=self._r(src.float(pre + "input_layernorm.weight")),
+                    qkv=self._w(src, [at + "q_proj.weight", at + "k_proj.weight", at + "v_proj.weight"]),
                     qkv_bias=bias,
-                    o_proj=self._w(at.o_proj.weight),
-                    post_norm=self._t(layer.post_attention_layernorm.weight),
-                    gate_up=self._w(mlp.gate_proj.weight, mlp.up_proj.weight),
-                    down=self._w(mlp.down_proj.weight),
+                    o_proj=self._w(src, [at + "o_proj.weight"]),
+                    post_norm=self._r(src.float(pre + "post_attention_layernorm.weight")),
+                    gate_up=self._w(src, [mlp + "gate_proj.weight", mlp + "up_proj.weight"]),
+                    down=self._w(src, [mlp + "down_proj.weight"]),
                 )
             )
+
+    def _load_embedding(self, src):
+        if self.quantization in ("int4", "int8"):
+            blocks = src.q8_0("model.embed_tokens.weight")
+            if blocks is not None:  # Q8_0 rows, dequantized exactly on lookup
+                return packed.Q8Embedding(*blocks)
+        return self._t(src.float("model.embed_tokens.weight"))
 
     def _build_rope(self, hf_model, max_positions: int) -> None:
         # Take inv_freq and scaling from transformers' own rotary module, so every rope
@@ -162,10 +200,13 @@ class LlamaFastModel:
         nh, nkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
-        hidden = F.embedding(input_ids, self.embed)
-        norm_shape = (self.hidden_size,)
+        if isinstance(self.embed, packed.Q8Embedding):
+            hidden = self.embed.lookup(input_ids, self.residual)
+        else:
+            hidden = F.embedding(input_ids, self.embed).to(self.residual)
+        norm_shape, act = (self.hidden_size,), self.dtype
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
-            x = F.rms_norm(hidden, norm_shape, layer.input_norm, self.eps)
+            x = F.rms_norm(hidden, norm_shape, layer.input_norm, self.eps).to(act)
             qkv = self._mm(x, layer.qkv, layer.qkv_bias).view(num_tokens, nh + 2 * nkv, hd)
             # RoPE on q and k together (they are adjacent in the fused projection).
             qk = self._rope(qkv[:, : nh + nkv], cos, sin)
@@ -173,11 +214,11 @@ class LlamaFastModel:
             v = qkv[:, nh + nkv :]
             attn = paged_attention(q, k, v, k_cache, v_cache, meta, block_size, self.scale)
             hidden = hidden + self._mm(attn, layer.o_proj)
-            x = F.rms_norm(hidden, norm_shape, layer.post_norm, self.eps)
+            x = F.rms_norm(hidden, norm_shape, layer.post_norm, self.eps).to(act)
             gate, up = self._mm(x, layer.gate_up).chunk(2, dim=-1)
             hidden = hidden + self._mm(F.silu(gate) * up, layer.down)
         hidden = hidden.index_select(0, logits_indices)
-        hidden = F.rms_norm(hidden, norm_shape, self.final_norm, self.eps)
-        if self.int8:
-            return int8_linear(hidden, self.lm_head)
-        return F.linear(hidden, self.lm_head).float()
+        hidden = F.rms_norm(hidden, norm_shape, self.final_norm, self.eps).to(act)
+        if isinstance(self.lm_head, torch.Tensor):
+            return F.linear(hidden, self.lm_head).float()
+        return self._mm(hidden, self.lm_head).float()

@@ -7,14 +7,17 @@ import ctypes
 import logging
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from . import llama, w8a8
+from llmserve.common.model_store import source_gguf
+
+from . import llama, threads, w8a8
 from .block_manager import BlockManager
-from .config import EngineConfig
+from .config import PACKED_MODES, EngineConfig
 from .fallback import HFModelRunner
 from .model_runner import ModelRunner, PagedModelRunner
 
@@ -56,17 +59,24 @@ def tune_cpu_malloc() -> bool:
 def load_engine_parts(config: EngineConfig, hf_model=None, tokenizer=None) -> EngineParts:
     """Everything `LLMEngine.__init__` needs. `hf_model`/`tokenizer` may be passed in
     (tests build tiny models from a config)."""
+    if config.quantization == "auto":
+        hf_config = hf_model.config if hf_model is not None else AutoConfig.from_pretrained(str(config.model))
+        config.resolve_quantization(llama.is_supported(hf_config))
+        log.info("quantization=auto: serving %s", config.quantization or config.torch_dtype())
     device, dtype = config.torch_device(), config.torch_dtype()
     if device.type == "cpu":
-        if config.num_threads:
+        if isinstance(config.num_threads, int):
             torch.set_num_threads(config.num_threads)
         if config.tune_malloc:
             tune_cpu_malloc()
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(str(config.model))
+    weights = None
+    if hf_model is None and config.quantization in PACKED_MODES and not config.force_fallback:
+        hf_model, weights = _gguf_skeleton(config)
     if hf_model is None:
         hf_model = AutoModelForCausalLM.from_pretrained(str(config.model), dtype=dtype)
-    elif config.quantization:
+    elif config.quantization and weights is None:
         hf_model = copy.deepcopy(hf_model)  # quantizing rewrites weights: not the caller's model
     hf_model.eval()
     context_len = _context_length(hf_model.config)
@@ -74,8 +84,10 @@ def load_engine_parts(config: EngineConfig, hf_model=None, tokenizer=None) -> En
         raise ValueError(f"quantization={config.quantization!r} needs the Llama-family fast path; "
                          f"{hf_model.config.model_type!r} runs on the transformers fallback")
     if not config.force_fallback and llama.is_supported(hf_model.config):
-        runner = _build_paged_runner(config, hf_model, device, dtype, context_len, tokenizer)
+        runner = _build_paged_runner(config, hf_model, device, dtype, context_len, tokenizer, weights)
         del hf_model  # the fast path copied what it needs
+        if device.type == "cpu" and config.num_threads == "auto":
+            threads.calibrate(runner.model)
         prefix = config.enable_prefix_caching
     else:
         log.info("model type %s: using the transformers fallback path", hf_model.config.model_type)
@@ -123,11 +135,36 @@ def _num_blocks(config: EngineConfig, bytes_per_token: int, device: torch.device
     return budget // per_block
 
 
-def _build_paged_runner(config, hf_model, device, dtype, context_len, tokenizer) -> PagedModelRunner:
+def _gguf_skeleton(config: EngineConfig):
+    """(a weightless model for config and rope, the GGUF weights) when `config.model` was
+    converted from a GGUF file that is still installed; (None, None) otherwise. The packed
+    modes then read Q4_1/Q8_0 blocks from the (memory-mapped) file: no float copy of the
+    model is ever resident."""
+    path = source_gguf(config.model)
+    if path is None:
+        return None, None
+    from .weight_source import GGUFWeights
+
+    hf_config = AutoConfig.from_pretrained(str(config.model))
+    if not llama.is_supported(hf_config):
+        return None, None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config)
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=hf_config)  # real buffers, on CPU
+    if (Path(config.model) / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(config.model))
+    heads = hf_config.num_attention_heads
+    weights = GGUFWeights(path, heads, getattr(hf_config, "num_key_value_heads", None) or heads)
+    log.info("%s: serving %s weights from %s", config.model, config.quantization, path)
+    return model, weights
+
+
+def _build_paged_runner(config, hf_model, device, dtype, context_len, tokenizer, weights=None) -> PagedModelRunner:
     max_len = config.max_model_len or context_len
     if config.quantization == "w8a8":
         w8a8.calibrate_and_smooth_(hf_model, tokenizer)
-    model = llama.LlamaFastModel(hf_model, device, dtype, max_positions=max_len, quantization=config.quantization)
+    model = llama.LlamaFastModel(hf_model, device, dtype, max_positions=max_len, quantization=config.quantization,
+                                 weights=weights)
     num_blocks = _num_blocks(config, model.kv_bytes_per_token(), device)
     max_len = min(max_len, num_blocks * config.block_size)
     runner = PagedModelRunner(model, num_blocks, config.block_size, max_len)

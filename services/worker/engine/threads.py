@@ -1,0 +1,69 @@
+"""Pick the CPU thread count that decodes fastest on the machine the engine starts on.
+
+Why measure instead of using every core: at batch 1 a step is hundreds of small matmuls, and
+each one waits at an OpenMP barrier for its slowest thread. On a machine shared with other
+processes a descheduled thread stalls every barrier (measured on a 2-core VM under load: 2
+threads made fp32 decode ~20x slower than 1; idle, 2 threads were ~1.3x faster). So once the
+model is loaded, each candidate count runs the projections of one decode token through every
+layer and the lm_head a few times; the fastest median wins. It is a start-up snapshot: the
+choice does not follow the load afterwards (set `num_threads` to pin it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import time
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def decode_pass(model) -> None:
+    """The matmuls of one decode token (the part of a batch-1 step that threads split)."""
+    x = torch.zeros(1, model.hidden_size, dtype=model.dtype)
+    inter = model.layers[0].down
+    for layer in model.layers:
+        model._mm(x, layer.qkv, layer.qkv_bias)
+        model._mm(x, layer.o_proj)
+        gate_up = model._mm(x, layer.gate_up)
+        model._mm(gate_up[:, : gate_up.shape[1] // 2].contiguous(), inter)
+    if isinstance(model.lm_head, torch.Tensor):
+        torch.nn.functional.linear(x, model.lm_head)
+    else:
+        model._mm(x, model.lm_head)
+
+
+def measure(model, candidates: list[int] | None = None, repeats: int = 5) -> dict[int, float]:
+    """Median seconds of `decode_pass` at each thread count (default 1..usable cores, at most 8)."""
+    candidates = candidates or list(range(1, min(usable_cores(), 8) + 1))
+    timings = {}
+    with torch.inference_mode():
+        for n in candidates:
+            torch.set_num_threads(n)
+            decode_pass(model)  # warm the kernels and thread pool
+            runs = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                decode_pass(model)
+                runs.append(time.perf_counter() - start)
+            timings[n] = statistics.median(runs)
+    return timings
+
+
+def calibrate(model, candidates: list[int] | None = None, repeats: int = 5) -> int:
+    """Set torch's intra-op threads to the fastest count for `decode_pass`; return it."""
+    timings = measure(model, candidates, repeats)
+    best = min(timings, key=timings.__getitem__)
+    torch.set_num_threads(best)
+    log.info("threads: %s ms per decode pass; using %d", {n: round(t * 1e3, 2) for n, t in timings.items()}, best)
+    return best
