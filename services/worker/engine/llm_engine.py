@@ -39,7 +39,7 @@ class LLMEngine:
         self.batch_scheduler = BatchScheduler(parts.block_manager, config.max_num_seqs,
                                               config.max_num_batched_tokens)
         self.sampler = Sampler()
-        self.timer = StepTimer(sync_cuda=config.torch_device().type == "cuda")  # given to the runner each step
+        self.timer = StepTimer()  # host-side marks; given to the runner each step
         self.tracer = TraceRecorder()
         self._lock = threading.Lock()
         self._inbox: list[EngineRequest] = []
@@ -119,6 +119,8 @@ class LLMEngine:
         """Run one iteration; return the new output of every request that progressed or ended."""
         with torch.inference_mode():
             outputs: list[TokenOutput] = []
+            # Device-accurate phases only while a trace records: syncing costs every step.
+            self.timer.sync_cuda = self.tracer.active and self.config.torch_device().type == "cuda"
             self.timer.start()
             self._drain_inbox(outputs)
             self._expire_deadlines(outputs)
