@@ -246,6 +246,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--modes", default="", help="extra, non-default llmserve rows: comma list (see mode_env)")
     parser.add_argument("--skip", default="", help="comma list of: llmserve,llama,engine")
+    parser.add_argument("--reuse", action="store_true", help="skipped systems: keep their rows from the last run")
     args = parser.parse_args()
     args.levels = [int(x) for x in args.concurrency.split(",")]
     if SHARED is None:
@@ -255,6 +256,11 @@ def main() -> None:
     systems: dict[str, list[dict]] = {}
     cpu: dict[str, dict] = {}
     load = [os.getloadavg()[0]]
+    if args.reuse and (RESULTS / "full-stack.json").is_file():
+        last = json.loads((RESULTS / "full-stack.json").read_text())
+        systems = last["systems"]
+        cpu = {k: {int(c): v for c, v in per.items()} for k, per in last.get("cpu_per_1k_tokens", {}).items()}
+        print(f"reusing rows of the run of {last['meta']['date']}", flush=True)
     if "llmserve" not in skip:
         systems[DEFAULT], cpu[DEFAULT] = run_llmserve({}, args)
         load.append(os.getloadavg()[0])
