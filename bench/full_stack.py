@@ -150,6 +150,15 @@ def run_engine_alone(args) -> dict:
             "output_tokens": tokens}
 
 
+def engine_alone_subprocess(args) -> dict:
+    """`run_engine_alone` in its own process, with the OpenMP settings the worker process sets
+    (`OMP_WAIT_POLICY=PASSIVE` unless the environment says otherwise; it must precede torch)."""
+    env = {"OMP_WAIT_POLICY": "PASSIVE"} | dict(os.environ)
+    cmd = [sys.executable, __file__, "--engine-only", "--requests", str(args.requests)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def mode_env(mode: str) -> dict[str, str]:
     """`w8a8`, a dtype name, or explicit `LLMSERVE_WORKER_X=value+LLMSERVE_WORKER_Y=value`."""
     if "=" in mode:
@@ -247,7 +256,11 @@ def main() -> None:
     parser.add_argument("--modes", default="", help="extra, non-default llmserve rows: comma list (see mode_env)")
     parser.add_argument("--skip", default="", help="comma list of: llmserve,llama,engine")
     parser.add_argument("--reuse", action="store_true", help="skipped systems: keep their rows from the last run")
+    parser.add_argument("--engine-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.engine_only:
+        print(json.dumps(run_engine_alone(args)))
+        return
     args.levels = [int(x) for x in args.concurrency.split(",")]
     if SHARED is None:
         sys.exit("../shared/bench/loadgen.py not found (set LLMSERVE_BENCH_SHARED to its folder)")
@@ -268,7 +281,7 @@ def main() -> None:
         systems[LLAMA] = run_llama_server(args)
         load.append(os.getloadavg()[0])
     if "engine" not in skip:
-        systems["engine alone, default mode"] = [run_engine_alone(args)]
+        systems["engine alone, default mode"] = [engine_alone_subprocess(args)]
     for extra in filter(None, args.modes.split(",")):
         name = f"llmserve, {extra} (not default)"
         systems[name], cpu[name] = run_llmserve(mode_env(extra), args)
