@@ -71,7 +71,7 @@ typecheck: install ## mypy on libs and services
 bench-engine: model ## engine benchmark against transformers baselines (results in bench/results/)
 	$(BIN)/python bench/engine_bench.py $(BENCH_ARGS)
 
-bench: model ## full stack vs llama-server and transformers (bench/RESULTS.md); bench-engine, bench-stack too
+bench: model ## default mode (as `make run` starts it) vs llama-server, 1/4/16 streams, engine-alone row (bench/RESULTS.md)
 	$(BIN)/python bench/full_stack.py $(BENCH_ARGS)
 
 bench-stack: model ## serving overhead of the stack and full-queue rejection latency

@@ -163,8 +163,11 @@ class LlamaFastModel:
         scaling = float(getattr(rotary, "attention_scaling", 1.0))
         pos = torch.arange(max_positions, dtype=torch.float32)
         freqs = torch.outer(pos, inv_freq)  # [P, d/2]
-        self.cos = (freqs.cos() * scaling).to(self.device, self.dtype)
-        self.sin = (freqs.sin() * scaling).to(self.device, self.dtype)
+        cos, sin = freqs.cos() * scaling, freqs.sin() * scaling
+        # Rotate-half RoPE at full width, one row per position: [cos, cos | -sin, sin]. A step
+        # takes its positions with one index_select; a layer rotates with a flip, two
+        # multiplies and an add (the same products and sums as the half-width form, bit for bit).
+        self.rope_table = torch.cat([cos, cos, -sin, sin], dim=-1).to(self.device, self.dtype)
 
     def allocate_kv_cache(self, num_slots: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         shape = (num_slots, self.num_kv_heads, self.head_dim)
@@ -181,10 +184,11 @@ class LlamaFastModel:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * itemsize
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rotate-half RoPE on [T, heads, d] with cos/sin [T, 1, d/2]."""
-        half = x.shape[-1] // 2
-        x1, x2 = x[..., :half], x[..., half:]
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        """Rotate-half RoPE on [T, heads, d] with cos [T, 1, d] = [cos, cos] and sin = [-sin, sin]:
+        [x1, x2] * cos + [x2, x1] * sin."""
+        num_tokens, heads, d = x.shape
+        swapped = x.view(num_tokens, heads, 2, d // 2).flip(2).view(num_tokens, heads, d)
+        return x * cos + swapped * sin
 
     def forward(
         self,
@@ -198,8 +202,8 @@ class LlamaFastModel:
         """Run the step's tokens; return logits [len(logits_indices), vocab] (float32)."""
         num_tokens = input_ids.shape[0]
         nh, nkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
-        cos = self.cos[positions].unsqueeze(1)
-        sin = self.sin[positions].unsqueeze(1)
+        rope = self.rope_table.index_select(0, positions).unsqueeze(1)  # [T, 1, 2 * hd]
+        cos, sin = rope[..., :hd], rope[..., hd:]
         if isinstance(self.embed, packed.Q8Embedding):
             hidden = self.embed.lookup(input_ids, self.residual)
         else:

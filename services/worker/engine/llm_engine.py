@@ -42,7 +42,7 @@ class LLMEngine:
                                               config.max_num_batched_tokens)
         self.sampler = Sampler()
         self.grammar = GrammarBackend(self.tokenizer, self.eos_token_ids)  # structured output
-        self.timer = StepTimer(sync_cuda=config.torch_device().type == "cuda")  # given to the runner each step
+        self.timer = StepTimer()  # host-side marks; given to the runner each step
         self.tracer = TraceRecorder()
         self._lock = threading.Lock()
         self._inbox: list[EngineRequest] = []
@@ -124,6 +124,8 @@ class LLMEngine:
         """Run one iteration; return the new output of every request that progressed or ended."""
         with torch.inference_mode():
             outputs: list[TokenOutput] = []
+            # Device-accurate phases only while a trace records: syncing costs every step.
+            self.timer.sync_cuda = self.tracer.active and self.config.torch_device().type == "cuda"
             self.timer.start()
             self._drain_inbox(outputs)
             self._expire_deadlines(outputs)

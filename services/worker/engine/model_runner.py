@@ -71,6 +71,7 @@ class PagedModelRunner:
         self.scratch_block = num_kv_blocks
         self.kv_caches = model.allocate_kv_cache((num_kv_blocks + 1) * block_size)
         self.graphs = graphs  # cuda_graphs.DecodeGraphs or None
+        self._key_pos = torch.arange(0, device=self.device)  # key positions for decode masks, grown on demand
 
     def release(self, seq: Sequence) -> None:
         pass
@@ -87,52 +88,60 @@ class PagedModelRunner:
 
     def _execute_eager(self, decodes: list[ScheduledSeq], prefills: list[ScheduledSeq], out,
                        timer: StepTimer | None):
+        block_size = self.block_size
         ids, positions, slots = [], [], []
         for item in decodes:
             seq = item.seq
             pos = seq.num_computed_tokens
             ids.append(seq.token_ids[pos])
             positions.append(pos)
-            slots.append(seq.block_table[pos // self.block_size] * self.block_size + pos % self.block_size)
+            slots.append(seq.block_table[pos // block_size] * block_size + pos % block_size)
         meta = AttentionMetadata(slot_mapping=None, num_decode_tokens=len(decodes))
-        if decodes:
-            meta.decode_block_tables, meta.decode_mask = self.decode_tables(
-                [d.seq.block_table for d in decodes], [p + 1 for p in positions]
-            )
-        last_index = {}
-        for i, item in enumerate(decodes):
-            last_index[id(item)] = i
+        last_index = {id(item): i for i, item in enumerate(decodes)}
         extra: dict[int, range] = {}
         for item in prefills:
             extra[id(item)] = range(len(ids), len(ids) + prompt_logit_rows(item))
             meta.prefills.append(self._prefill_chunk(item, len(ids)))
-            seq, start, end = (
-                item.seq,
-                item.seq.num_computed_tokens,
-                item.seq.num_computed_tokens + item.num_new_tokens,
-            )
+            seq = item.seq
+            start = seq.num_computed_tokens
+            end = start + item.num_new_tokens
             ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
-            slots.extend(_slots(seq.block_table, start, end, self.block_size))
+            slots.extend(_slots(seq.block_table, start, end, block_size))
             last_index[id(item)] = len(ids) - 1
-        meta.slot_mapping = self._tensor(slots)
         logits_indices = [last_index[id(item)] for item in out.scheduled if item.sample]
         # Then the prompt-logprob rows, in schedule order (see prompt_logit_rows).
         logits_indices += [i for item in out.scheduled for i in extra.get(id(item), ())]
-        ids_t, pos_t, idx_t = self._tensor(ids), self._tensor(positions), self._tensor(logits_indices)
+        # Every index vector of the step in one tensor: one host->device copy, not six.
+        num_tokens, num_decodes = len(ids), len(decodes)
+        flat = ids + positions + slots + logits_indices
+        width = 0
+        if decodes:
+            width = max(len(d.seq.block_table) for d in decodes)
+            flat += [p + 1 for p in positions[:num_decodes]]
+            pad = self.scratch_block
+            for d in decodes:
+                table = d.seq.block_table
+                flat += table
+                flat += [pad] * (width - len(table))
+        packed = self._tensor(flat)
+        ids_t, pos_t, slot_t, rest = packed[:num_tokens], packed[num_tokens : 2 * num_tokens], \
+            packed[2 * num_tokens : 3 * num_tokens], packed[3 * num_tokens :]
+        idx_t = rest[: len(logits_indices)]
+        meta.slot_mapping = slot_t
+        if decodes:
+            lens = rest[len(logits_indices) : len(logits_indices) + num_decodes]
+            tables = rest[len(logits_indices) + num_decodes :].view(num_decodes, width)
+            meta.decode_block_tables, meta.decode_mask = tables, self._decode_mask(lens, width)
         if timer is not None:
             timer.mark("prepare_inputs")
         return self.model.forward(ids_t, pos_t, meta, self.kv_caches, idx_t, self.block_size)
 
-    def decode_tables(self, block_tables: list[list[int]], context_lens: list[int], width: int | None = None):
-        """Padded block tables [D, width] and the key mask [D, 1, 1, width * block_size]."""
-        width = width or max(len(t) for t in block_tables)
-        pad = self.scratch_block
-        rows = [t + [pad] * (width - len(t)) for t in block_tables]
-        tables = self._tensor(rows)
-        lens = self._tensor(context_lens)
-        key_pos = torch.arange(width * self.block_size, device=self.device)
-        return tables, additive_mask(key_pos.unsqueeze(0) < lens.unsqueeze(1), self.model.dtype)
+    def _decode_mask(self, context_lens: torch.Tensor, width: int) -> torch.Tensor:
+        num_keys = width * self.block_size
+        if self._key_pos.numel() < num_keys:
+            self._key_pos = torch.arange(max(num_keys, 2 * self._key_pos.numel()), device=self.device)
+        return additive_mask(self._key_pos[:num_keys].unsqueeze(0) < context_lens.unsqueeze(1), self.model.dtype)
 
     def _prefill_chunk(self, item: ScheduledSeq, flat_start: int) -> PrefillChunk:
         seq, n = item.seq, item.num_new_tokens

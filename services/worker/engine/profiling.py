@@ -1,8 +1,11 @@
 """Where a step's time goes: a per-phase breakdown, and an on-demand torch.profiler trace.
 
-`StepTimer` is always on (a few `perf_counter` calls per step); `TraceRecorder` wraps the
-next N steps in `torch.profiler.profile` and writes a Chrome trace (open it in
-chrome://tracing or https://ui.perfetto.dev).
+`StepTimer` is always on (a few `perf_counter` calls per step, host side only: it never
+synchronizes the device, so on CUDA "forward" is the launch time and the wait for the
+kernels lands in "sample", where the step reads its sampled ids back); `TraceRecorder` wraps
+the next N steps in `torch.profiler.profile` and writes a Chrome trace (open it in
+chrome://tracing or https://ui.perfetto.dev), and while it records, the engine turns on
+`StepTimer.sync_cuda` so the phases are device-accurate.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ PHASES = ("schedule", "prepare_inputs", "forward", "sample", "detokenize")
 
 
 class StepTimer:
-    """Per-step phase timings (seconds) plus cumulative totals since the engine started."""
+    """Per-step phase timings (seconds) plus cumulative totals since the engine started.
+
+    `sync_cuda` synchronizes at every mark (five times a step): for profiling only, since a
+    synchronizing step cannot overlap host work with the device's."""
 
     def __init__(self, sync_cuda: bool = False):
         self.sync_cuda = sync_cuda
