@@ -54,7 +54,7 @@ class SyncCounter:
         for name in _READS:
             monkeypatch.setattr(torch.Tensor, name, self._wrap(name, getattr(torch.Tensor, name)))
         monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: self._count("cuda.synchronize"))
-        sample = Sampler.__call__
+        sample = Sampler.sample  # the engine calls `sample` (ids and logprobs in one readback)
 
         def counted_sample(sampler, *args, **kwargs):
             self._count("sampler call")
@@ -64,7 +64,7 @@ class SyncCounter:
             finally:
                 self._depth -= 1
 
-        monkeypatch.setattr(Sampler, "__call__", counted_sample)
+        monkeypatch.setattr(Sampler, "sample", counted_sample)
 
     def _count(self, what: str) -> None:
         if self._depth == 0 or not self._fold:
