@@ -65,6 +65,7 @@ class WorkerRuntime:
         self.address = ""
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._beat_lock = asyncio.Lock()  # see _heartbeat
         self.supervisor = Supervisor("worker")
         self.failed = False
         self._to_ack: list[str] = []
@@ -361,12 +362,15 @@ class WorkerRuntime:
                 log.warning("fair-share refund failed", request_id=item.request_id, error=type(e).__name__)
 
     async def _heartbeat(self) -> None:
-        if self.failed:  # out of service for good: recovery is moving our work
-            return
-        load = self.load()
-        for served_id, m in load.model_loads.items():
-            self.metrics.set_kv_blocks(served_id, m.total_kv_blocks - m.free_kv_blocks, m.free_kv_blocks)
-        await publish_heartbeat(self.redis, load, self.settings.heartbeat_ttl_ms)
+        # One beat at a time, and never after `fail` withdrew it: a beat already on the wire
+        # when the worker failed would otherwise land after the withdrawal and revive it.
+        async with self._beat_lock:
+            if self.failed:  # out of service for good: recovery is moving our work
+                return
+            load = self.load()
+            for served_id, m in load.model_loads.items():
+                self.metrics.set_kv_blocks(served_id, m.total_kv_blocks - m.free_kv_blocks, m.free_kv_blocks)
+            await publish_heartbeat(self.redis, load, self.settings.heartbeat_ttl_ms)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -399,9 +403,11 @@ class WorkerRuntime:
         self.failed = self.draining = True
         for model in self.models.all():
             model.serving = False
-        # Dead to the schedulers first: stopping the other loops may take a while.
+        # Dead to the schedulers first: stopping the other loops may take a while. Under the
+        # beat lock: a beat in progress finishes first, and none starts after.
         try:
-            await expire_heartbeat(self.redis, self.settings.worker_id)
+            async with self._beat_lock:
+                await expire_heartbeat(self.redis, self.settings.worker_id)
         except RedisError as e:  # it expires by its TTL instead
             log.warning("could not withdraw the heartbeat", error=type(e).__name__)
         await self.supervisor.stop()
