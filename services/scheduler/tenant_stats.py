@@ -7,6 +7,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from llmserve.common.stats import quantile
+
 WINDOW_S = 60.0
 
 
@@ -20,12 +22,6 @@ class TenantShare:
     wait_p50_ms: float
     wait_p99_ms: float
     refused_deadline: int
-
-
-def _quantile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 class TenantStats:
@@ -51,10 +47,14 @@ class TenantStats:
         weight_total = sum(self.weights.get(t, 1.0) for t in active)
         out = []
         for tenant in sorted(set(self._dispatched) | set(self.refused_deadline)):
-            waits = sorted(e[2] * 1000 for e in self._dispatched.get(tenant, ()))
+            waits = [e[2] * 1000 for e in self._dispatched.get(tenant, ())]
             weight = self.weights.get(tenant, 1.0)
             out.append(TenantShare(
                 tenant, weight, tokens.get(tenant, 0), tokens.get(tenant, 0) / total if total else 0.0,
                 weight / weight_total if tenant in active else 0.0,
-                _quantile(waits, 0.5), _quantile(waits, 0.99), self.refused_deadline.get(tenant, 0)))
+                _wait_ms(waits, 0.5), _wait_ms(waits, 0.99), self.refused_deadline.get(tenant, 0)))
         return out
+
+
+def _wait_ms(waits: list[float], q: float) -> float:
+    return quantile(waits, q, method="floor", default=0.0) or 0.0
