@@ -73,11 +73,7 @@ async def test_cancelling_the_sender_mid_batch_answers_pending_and_new_calls(red
             outcomes = await decided(calls, within=1.0)
             assert all(isinstance(o, Unavailable) for o in outcomes), outcomes  # fail-closed policy
             await asyncio.gather(*in_flight, return_exceptions=True)
-            # Each batch that died of the cancel is counted. (redis-py's own wait_for can swallow a
-            # cancel that lands while it connects or writes: such a batch ends normally, and its
-            # calls were answered above all the same.)
-            died = [t for t in in_flight if t.cancelled()]
-            assert died and limiter.sender.deaths == len(died)
+            assert limiter.sender.deaths == len(in_flight)
         fresh = await decided([limiter.acquire("t", UNLIMITED, 1) for _ in range(20)], within=2.0)
         assert all(isinstance(o, Lease) for o in fresh), fresh
         await settle(limiter)
