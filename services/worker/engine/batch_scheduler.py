@@ -59,8 +59,10 @@ def order_key(seq: Sequence) -> tuple[int, float, int]:
 class BatchScheduler:
     """Owns the waiting queue and running list; allocates KV through the block manager."""
 
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 decode_replay: bool = False):
         self.block_manager = block_manager
+        self.decode_replay = decode_replay
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: list[Sequence] = []  # sorted by order_key
@@ -87,7 +89,7 @@ class BatchScheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(seq.num_uncomputed_tokens, budget)
+            num_new = self._num_new(seq, budget)
             while not self.block_manager.allocate(seq, num_new):
                 victim = self.running.pop()  # lowest priority, latest deadline, newest
                 self._preempt(victim, out)
@@ -105,7 +107,7 @@ class BatchScheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             hit = self.block_manager.match_prefix(seq)
-            num_new = min(seq.num_uncomputed_tokens, budget)
+            num_new = self._num_new(seq, budget)
             if not self.block_manager.allocate(seq, num_new):
                 if not self.running:
                     # Nothing left to free: take the biggest chunk that fits so it progresses.
@@ -122,6 +124,16 @@ class BatchScheduler:
             self.running.append(seq)
             out.scheduled.append(ScheduledSeq(seq, num_new, num_new == seq.num_uncomputed_tokens))
             budget -= num_new
+
+    def _num_new(self, seq: Sequence, budget: int) -> int:
+        """Tokens to compute this step. With `decode_replay`, a prefill chunk stops at the end
+        of the prompt and completion tokens being recomputed go one per step, the way decode
+        computed them (see `EngineConfig.decode_replay`)."""
+        num_new = min(seq.num_uncomputed_tokens, budget)
+        if self.decode_replay:
+            start = seq.num_computed_tokens
+            num_new = min(num_new, seq.num_prompt_tokens - start if start < seq.num_prompt_tokens else 1)
+        return num_new
 
     def _fit_chunk(self, seq: Sequence, num_new: int) -> int:
         bm = self.block_manager

@@ -74,6 +74,14 @@ class EngineConfig:
     """On CPU (glibc), make the allocator keep and reuse freed memory (see
     `loader.tune_cpu_malloc`); process-wide. Off only to measure its effect."""
 
+    decode_replay: bool = True
+    """Recompute completion tokens (a resume from another worker, a preemption) one per step,
+    as decode computed them the first time, instead of as one prefill. With batch-invariant
+    kernels (the packed int4/int8 ones: each row's result does not depend on the batch) the
+    recomputed KV is bit-identical, so a resumed greedy request picks the same next tokens it
+    would have; a prefill's different reduction order can flip a near-tie in bf16. Costs one
+    step per replayed token, only on resume and preemption."""
+
     enable_prefix_caching: bool = True
     """Reuse full KV blocks of identical prompt prefixes (hash of the tokens) across requests."""
 

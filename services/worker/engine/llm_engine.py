@@ -39,7 +39,7 @@ class LLMEngine:
         self.eos_token_ids = parts.eos_token_ids
         self.max_model_len = parts.runner.max_model_len
         self.batch_scheduler = BatchScheduler(parts.block_manager, config.max_num_seqs,
-                                              config.max_num_batched_tokens)
+                                              config.max_num_batched_tokens, config.decode_replay)
         self.sampler = Sampler()
         self.grammar = GrammarBackend(self.tokenizer, self.eos_token_ids)  # structured output
         self.timer = StepTimer()  # host-side marks; given to the runner each step

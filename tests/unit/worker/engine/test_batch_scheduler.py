@@ -86,3 +86,49 @@ def test_finish_frees_blocks_of_running_and_waiting():
     sched.finish(a)
     sched.finish(b)
     assert bm.num_free_blocks == 8 and not sched.has_unfinished()
+
+
+def _resumed(prompt_len, resumed, rid):
+    ids = list(range(1, prompt_len + 1))
+    return Sequence(EngineRequest(rid, ids, SamplingParams(), resume_token_ids=[100 + i for i in range(resumed)]))
+
+
+def test_decode_replay_recomputes_completion_tokens_one_per_step_as_decode_did():
+    """A resumed sequence: the prompt in one chunk that samples nothing, then each resumed token
+    alone (a decode-shaped step); only the last one samples."""
+    sched = BatchScheduler(BlockManager(64, 4), max_num_seqs=8, max_num_batched_tokens=100, decode_replay=True)
+    seq = _resumed(6, 3, "r")
+    sched.add(seq)
+    plan = []
+    while True:
+        out = sched.schedule()
+        plan.append([(i.num_new_tokens, i.sample) for i in out.scheduled])
+        _finish_step(sched, out)
+        if any(i.sample for i in out.scheduled):
+            break
+    assert plan == [[(6, False)], [(1, False)], [(1, False)], [(1, True)]]
+    assert seq.num_tokens == 10 and seq.num_computed_tokens == 9
+
+
+def test_without_decode_replay_a_resumed_sequence_is_one_prefill():
+    sched = BatchScheduler(BlockManager(64, 4), max_num_seqs=8, max_num_batched_tokens=100)
+    sched.add(_resumed(6, 3, "r"))
+    out = sched.schedule()
+    assert [(i.num_new_tokens, i.sample) for i in out.scheduled] == [(9, True)]
+
+
+def test_decode_replay_also_paces_recompute_after_preemption():
+    bm = BlockManager(4, 4)
+    sched = BatchScheduler(bm, max_num_seqs=8, max_num_batched_tokens=100, decode_replay=True)
+    a, b = _seq(8, "a"), _seq(8, "b")
+    sched.add(a)
+    sched.add(b)
+    _finish_step(sched, sched.schedule())
+    out = sched.schedule()  # b is preempted: its 9 tokens (8 prompt + 1 generated) must be recomputed
+    assert b in out.preempted
+    sched.finish(a)  # b comes back
+    out = sched.schedule()
+    assert [(i.seq.request_id, i.num_new_tokens, i.sample) for i in out.scheduled] == [("b", 8, False)]
+    _finish_step(sched, out)
+    out = sched.schedule()
+    assert [(i.seq.request_id, i.num_new_tokens, i.sample) for i in out.scheduled] == [("b", 1, True)]
