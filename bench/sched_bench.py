@@ -34,7 +34,7 @@ from llmserve.common.stats import quantile
 RESULTS = Path(__file__).parent / "results"
 NEW_TOKENS = 32
 HEAVY_STREAMS, QUIET_BURST, QUIET_EVERY_S = 16, 4, 8.0
-MAX_SEQS, MAX_BACKLOG = 4, 1
+MAX_SEQS, MAX_BACKLOG = 8, 1
 WARMUP_S, QUIET_TAIL_S = 10.0, 15.0
 KEYS = {"heavy": "bench-heavy-key", "quiet": "bench-quiet-key"}
 FILLER = ("The committee reviewed the quarterly report on regional water use, noting that "
@@ -174,12 +174,16 @@ def write(rows: dict[str, dict], seconds: float) -> None:
     ]
     for unit, r in rows.items():
         lines.append(f"| {unit} | {r['quiet_ttft_p50_ms']:.0f} ms | {r['quiet_ttft_p99_ms']:.0f} ms | "
-                     f"{r['quiet_requests']} ({r['quiet_unanswered']}) | {r['heavy_tok_s']:.1f} | {r['heavy_ttft_p50_ms']:.0f} ms | "
+                     f"{r['quiet_requests']} ({r['quiet_unanswered']}) | {r['heavy_tok_s']:.1f} | {_ms(r['heavy_ttft_p50_ms'])} | "
                      f"{r['errors']} | {' '.join(r['loadavg_before'])} → {' '.join(r['loadavg_after'])} |")
     lines.append(f"| **requests / tokens** | **{ratio['quiet_ttft_p50_ms']}×** | **{ratio['quiet_ttft_p99_ms']}×** | | "
                  f"{ratio['heavy_tok_s']}× | | | |")
     (RESULTS / "scheduling.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
 
 
 def main() -> None:
