@@ -147,7 +147,10 @@ def run_arm(unit: str, seconds: float) -> dict:
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}"
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    isa = [name for flag, name in (("avx512f", "AVX-512"), ("amx_tile", "AMX")) if flag in flags]
+    return f"{os.cpu_count()} cores ({cpu}{', ' + ' + '.join(isa) if isa else ''}), {platform.system()} {platform.release()}"
 
 
 def write(rows: dict[str, dict], seconds: float) -> None:
