@@ -71,14 +71,24 @@ async def _registry(redis_url: str, report: StatusReport, timeout: float) -> Non
     r = redis_client.connect(redis_url, socket_timeout=timeout)
     try:
         report.workers, report.dead_workers = await registry_snapshot(r)
-        live = await tenant_window.read_live(r)
-        if live.schedulers:
-            report.tenant_schedulers, report.fair_share_units = live.schedulers, live.units
-            report.tenants = [TenantRow(**asdict(t)) for t in live.tenants]
     except Exception as e:  # any failure: say so, show the rest
         report.errors["redis"] = f"{type(e).__name__}: {e}"
+    else:
+        await _tenant_windows(r, report)
     finally:
         await r.aclose()
+
+
+async def _tenant_windows(r, report: StatusReport) -> None:
+    """Every live scheduler's tenant window, combined (else the one scheduler asked answers)."""
+    try:
+        live = await tenant_window.read_live(r)
+    except Exception as e:  # e.g. a Redis user without the scheduler_stats keys
+        report.errors["scheduler windows"] = f"{type(e).__name__}: {e}"
+        return
+    if live.schedulers:
+        report.tenant_schedulers, report.fair_share_units = live.schedulers, live.units
+        report.tenants = [TenantRow(**asdict(t)) for t in live.tenants]
 
 
 async def _queues(address: str, report: StatusReport, timeout: float) -> None:
@@ -233,4 +243,4 @@ def run_status(args) -> int:
     report = asyncio.run(collect(args.redis_url, args.scheduler, args.monitor, args.timeout))
     print(json.dumps(asdict(report), indent=2) if args.json else render(report))
     # Exit 2 when no source answered at all: scripts can tell "down" from "degraded".
-    return 2 if len(report.errors) == 3 else 0
+    return 2 if {"redis", "scheduler", "monitor"} <= set(report.errors) else 0
