@@ -1,7 +1,8 @@
 """`llmserve status`: workers, models, queues, KV use and alerts, in one screen.
 
-Reads three sources and shows whatever answers: the worker registry in Redis (heartbeats),
-the scheduler's GetQueueStats, and the monitor's ListAlerts. A source that is down is named
+Reads three sources and shows whatever answers: the worker registry in Redis (heartbeats) and
+the tenant windows every live scheduler replica publishes there (combined: the shares and waits
+of the whole queue), the scheduler's GetQueueStats, and the monitor's ListAlerts. A source that is down is named
 in the output instead of failing the command, since status is what one runs when things
 are broken.
 """
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import grpc
 
-from llmserve.common import redis_client
+from llmserve.common import redis_client, tenant_window
 from llmserve.common.workers import WorkerLoad, registry_snapshot
 
 from .internal_creds import operator_auth
@@ -59,6 +60,9 @@ class StatusReport:
     queues: list[QueueRow] | None = None
     dispatched: int = 0
     tenants: list[TenantRow] = field(default_factory=list)
+    # Schedulers whose published windows `tenants` combines; empty: the one scheduler asked.
+    tenant_schedulers: list[str] = field(default_factory=list)
+    fair_share_units: list[str] = field(default_factory=list)
     alerts: list[AlertRow] | None = None
     errors: dict[str, str] = field(default_factory=dict)
 
@@ -69,8 +73,22 @@ async def _registry(redis_url: str, report: StatusReport, timeout: float) -> Non
         report.workers, report.dead_workers = await registry_snapshot(r)
     except Exception as e:  # any failure: say so, show the rest
         report.errors["redis"] = f"{type(e).__name__}: {e}"
+    else:
+        await _tenant_windows(r, report)
     finally:
         await r.aclose()
+
+
+async def _tenant_windows(r, report: StatusReport) -> None:
+    """Every live scheduler's tenant window, combined (else the one scheduler asked answers)."""
+    try:
+        live = await tenant_window.read_live(r)
+    except Exception as e:  # e.g. a Redis user without the scheduler_stats keys
+        report.errors["scheduler windows"] = f"{type(e).__name__}: {e}"
+        return
+    if live.schedulers:
+        report.tenant_schedulers, report.fair_share_units = live.schedulers, live.units
+        report.tenants = [TenantRow(**asdict(t)) for t in live.tenants]
 
 
 async def _queues(address: str, report: StatusReport, timeout: float) -> None:
@@ -85,6 +103,8 @@ async def _queues(address: str, report: StatusReport, timeout: float) -> None:
         return
     report.queues = [QueueRow(q.model, q.waiting, q.workers) for q in response.queues]
     report.dispatched = response.dispatched
+    if report.tenant_schedulers:  # every replica's window, from Redis: more than this one's
+        return
     report.tenants = [TenantRow(t.tenant, t.weight, t.tokens_last_minute, t.share, t.weight_share, t.wait_p50_ms,
                                 t.wait_p99_ms, t.refused_deadline) for t in response.tenants]
 
@@ -142,27 +162,32 @@ def render(report: StatusReport) -> str:
             w.waiting,
             f"{w.total_kv_blocks - w.free_kv_blocks}/{w.total_kv_blocks}",
             percent(w.total_kv_blocks - w.free_kv_blocks, w.total_kv_blocks),
+            _hit_rate([w.model_load(m) for m in w.models]),
             "draining" if w.draining else "serving",
             _age(w.sent_unix_ms),
         )
         for w in report.workers
     ]
-    rows += [(d, "-", "-", "-", "-", "-", "-", "silent", "-") for d in report.dead_workers]
+    rows += [(d, "-", "-", "-", "-", "-", "-", "-", "silent", "-") for d in report.dead_workers]
     out.append(
         table(
-            ["worker", "address", "models", "running", "waiting", "kv blocks", "kv", "state", "beat"],
+            ["worker", "address", "models", "running", "waiting", "kv blocks", "kv", "prefix hits", "state", "beat"],
             rows,
-            right=(3, 4, 5, 6),
+            right=(3, 4, 5, 6, 7),
         )
     )
     out += ["", "MODELS"]
     out.append(
-        table(["model", "workers", "queued", "running", "kv"], _model_rows(report), right=(1, 2, 3, 4))
+        table(["model", "workers", "queued", "running", "kv", "prefix hits"], _model_rows(report),
+              right=(1, 2, 3, 4, 5))
     )
     if report.queues is not None:
         out.append(f"dispatched by this scheduler since start: {report.dispatched}")
     if report.tenants:
-        out += ["", "TENANTS (this scheduler, last minute; fair share by tokens)"]
+        n = len(report.tenant_schedulers)
+        scope = f"{n} live scheduler{'s' if n != 1 else ''} combined" if n else "this scheduler"
+        unit = "/".join(report.fair_share_units) or "tokens"
+        out += ["", f"TENANTS ({scope}, last minute; fair share by {unit})"]
         out.append(table(
             ["tenant", "weight", "tokens", "share", "weight share", "wait p50", "wait p99", "refused (deadline)"],
             [(t.tenant, f"{t.weight:g}", t.tokens_last_minute, f"{t.share:.0%}", f"{t.weight_share:.0%}",
@@ -202,13 +227,20 @@ def _model_rows(report: StatusReport) -> list[tuple]:
                 queued.get(model, "?") if report.queues is not None else "?",
                 sum(x.running for x in loads),
                 percent(used, total),
+                _hit_rate(loads),
             )
         )
     return rows
+
+
+def _hit_rate(loads: list) -> str:
+    """Prompt tokens its workers served from the prefix cache, over all they admitted."""
+    prompt = sum(x.prompt_tokens for x in loads)
+    return percent(sum(x.prefix_hit_tokens for x in loads), prompt) if prompt else "-"
 
 
 def run_status(args) -> int:
     report = asyncio.run(collect(args.redis_url, args.scheduler, args.monitor, args.timeout))
     print(json.dumps(asdict(report), indent=2) if args.json else render(report))
     # Exit 2 when no source answered at all: scripts can tell "down" from "degraded".
-    return 2 if len(report.errors) == 3 else 0
+    return 2 if {"redis", "scheduler", "monitor"} <= set(report.errors) else 0

@@ -4,7 +4,9 @@ Start-time fair queuing: each tenant has a finish tag `F`; the class has a virtu
 A tenant's next request starts at `max(F, V)` (an idle tenant rejoins at `V`, so it cannot
 bank credit); dispatching it moves `F` to start + cost / weight and `V` to that start. The
 cost is prompt + max_tokens at dispatch; when the request ends the worker refunds the output
-it did not produce, so the charge is what really ran.
+it did not produce, so the charge is what really ran. (The scheduler's `fair_share_unit:
+requests` charges 1 per request instead, with nothing to refund: the old accounting, kept
+as a setting so the two can be compared.)
 
 Every scheduler replica updates the same hash atomically in its dispatch script, and each one
 marks the tenants it holds work for (`h:<scheduler>\\t<tenant>` = last seen, unix ms): a
@@ -71,6 +73,16 @@ if unused <= 0 then return 0 end
 redis.call('HINCRBYFLOAT', KEYS[2], 'f:' .. ARGV[1], -unused * tonumber(per_token))
 return 1
 """
+
+
+def cost(need_tokens: int, max_out: int, unit: str) -> tuple[int, int]:
+    """(charge before the tenant's weight, the part refundable if not produced) of one request.
+
+    By `tokens`: prompt + max_tokens, max_tokens refundable. By `requests`: 1, nothing refundable.
+    """
+    if unit == "requests":
+        return 1, 0
+    return need_tokens, max_out
 
 
 def clock_key(model: str, priority: int) -> str:

@@ -29,6 +29,7 @@ dashboards refer to the names below, so a name changes only together with them.
 | llmserve.engine.sequences        | gauge         | sequence  | model, worker, state, priority | worker  |
 | llmserve.kv.blocks.used / .free  | gauge         | block     | model, worker              | worker      |
 | llmserve.kv.prefix_hits          | counter       | token     | model, worker              | worker      |
+| llmserve.kv.prompt_tokens        | counter       | token     | model, worker              | worker (prefix_hits / this: the prefix-cache hit rate) |
 | llmserve.preemptions             | counter       | sequence  | model, worker              | worker      |
 | llmserve.background_task.failures | counter      | failure   | service, task              | every service (`supervise.Supervisor`) |
 | llmserve.process.cpu.utilization | observable    | 1         | (resource: service)        | every service |
@@ -237,6 +238,10 @@ class WorkerMetrics:
         self.prefix_hits = m.create_counter(
             "llmserve.kv.prefix_hits", "{token}", "Prompt tokens served from the prefix cache."
         )
+        self.prompt_tokens = m.create_counter(
+            "llmserve.kv.prompt_tokens", "{token}",
+            "Prompt tokens of the requests the engine admitted (the prefix-cache hit rate's denominator).",
+        )
         self.sequences = m.create_gauge(
             "llmserve.engine.sequences", "{sequence}", "Sequences in the engine, by state (running, waiting) and priority."
         )
@@ -249,6 +254,7 @@ class WorkerMetrics:
         attrs = self._attrs(model)
         self.preempts.add(0, attrs)
         self.prefix_hits.add(0, attrs)
+        self.prompt_tokens.add(0, attrs)
         for phase in ENGINE_PHASES:
             self.tokens.add(0, {**attrs, "phase": phase})
 
@@ -281,10 +287,13 @@ class WorkerMetrics:
         """`count` sequences were preempted (recompute) to free KV blocks."""
         self.preempts.add(count, self._attrs(model))
 
-    def prefix_hit(self, model: str, tokens: int) -> None:
-        """`tokens` prompt tokens were taken from the prefix cache instead of computed."""
+    def prefix_hit(self, model: str, tokens: int, prompt_tokens: int = 0) -> None:
+        """`tokens` prompt tokens were taken from the prefix cache instead of computed, out of
+        `prompt_tokens` admitted."""
         if tokens:
             self.prefix_hits.add(tokens, self._attrs(model))
+        if prompt_tokens:
+            self.prompt_tokens.add(prompt_tokens, self._attrs(model))
 
     def set_sequences(self, model: str, counts: dict[tuple[str, int], int]) -> None:
         """Sequences in the engine after a step by (state, priority): in the batch, and waiting

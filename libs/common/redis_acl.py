@@ -25,7 +25,7 @@ _KEYS = {
     "gateway": "requests:* request:* cancel:* apikey:* apikeys ratelimit:* model:* models workers heartbeat:* "
                "gateway:* result:*",
     "scheduler": "requests:* worker:* workers heartbeat:* request:* cancel:* deadletter recovering:* model:* models "
-                 "fair:*",
+                 "fair:* schedulers scheduler_stats:*",
     "worker": "worker:* workers heartbeat:* request:* cancel:* requests:* model:* models fair:* gateway:* result:*",
     "monitor": "workers heartbeat:* model:* models",
 }

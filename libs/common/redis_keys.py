@@ -13,6 +13,8 @@
 | llmserve:deadletter                  | stream | scheduler | requests that failed too many attempts |
 | llmserve:recovering:{worker_id}      | string | scheduler | lock: one scheduler recovers a dead worker |
 | llmserve:fair:{model}:{priority}     | hash   | scheduler, worker | fair-share virtual clock shared by scheduler replicas (fair_share.py) |
+| llmserve:schedulers                 | set    | scheduler | ids of scheduler replicas that published a tenant window |
+| llmserve:scheduler_stats:{id}        | string | scheduler | JSON per-tenant dispatch window of one replica, expires (tenant_window.py) |
 | llmserve:apikey:{key_id}             | hash   | CLI       | stored API key: SHA-256 of the secret, tenant, models, limits |
 | llmserve:apikeys                     | set    | CLI       | ids of stored API keys |
 | llmserve:ratelimit:{tenant}:window   | zset   | gateway   | admissions in the sliding minute (requests per minute) |
@@ -61,6 +63,13 @@ def gateway_key(address: str) -> str:
 
 def fair_key(model: str, priority: int) -> str:
     return f"{PREFIX}:fair:{model}:{priority}"
+
+
+SCHEDULERS_SET = f"{PREFIX}:schedulers"
+
+
+def scheduler_stats_key(scheduler_id: str) -> str:
+    return f"{PREFIX}:scheduler_stats:{scheduler_id}"
 
 
 MODELS_SET = f"{PREFIX}:models"

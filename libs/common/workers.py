@@ -26,6 +26,15 @@ class ModelLoad:
     decode_tokens_per_s: float = 0.0  # tokens generated per second of step time, all sequences
     mean_completion_tokens: float = 0.0  # of recently finished requests
     prefix_keys: list[str] = field(default_factory=list)  # recently run prompt prefixes (prefix_affinity.py)
+    # Since the engine started (0 for an engine that does not say): prompt tokens admitted, and
+    # those of them served from the prefix cache instead of computed.
+    prompt_tokens: int = 0
+    prefix_hit_tokens: int = 0
+
+    @property
+    def prefix_hit_rate(self) -> float | None:
+        """Prefix-cache hits over prompt tokens; None before any prompt."""
+        return self.prefix_hit_tokens / self.prompt_tokens if self.prompt_tokens else None
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from opentelemetry import trace
 
-from llmserve.common import fair_share
+from llmserve.common import fair_share, tenant_window
 from llmserve.common import redis_keys as keys
 from llmserve.common.internal_auth import InternalAuth
 from llmserve.common.logging import get_logger, request_context, trace_id_of
@@ -78,11 +79,11 @@ class SchedulerCore:
         self.settings = settings
         self.supervisor = supervisor or Supervisor("scheduler")
         self.redis = redis
-        self.waiting = WaitingQueue(settings.tenant_weights)
+        self.waiting = WaitingQueue(settings.tenant_weights, settings.fair_share_unit)
         self.placement = Placement(settings.max_worker_backlog,
                                    settings.affinity_backlog_slack if settings.prefix_affinity else None)
         self.dispatcher = Dispatcher(redis, settings.scheduler_id, settings.tenant_weights,
-                                     settings.fair_mark_stale_ms)
+                                     settings.fair_mark_stale_ms, settings.fair_share_unit)
         self.sink = SinkClient(f"scheduler/{settings.scheduler_id}",
                                auth=InternalAuth.from_settings(settings, "scheduler", settings.scheduler_id))
         self.recovery = WorkerRecovery(redis, self.sink, settings.scheduler_id,
@@ -94,6 +95,7 @@ class SchedulerCore:
         self._streams: set[str] = set()
         self._last_refresh = 0.0
         self._last_reclaim = 0.0
+        self._last_publish = 0.0
         self._stopping = False
 
     async def run(self) -> None:
@@ -112,6 +114,11 @@ class SchedulerCore:
         if now - self._last_reclaim >= self.settings.reclaim_idle_ms / 3000:
             await self._reclaim()
             self._last_reclaim = now
+        if now - self._last_publish >= tenant_window.PUBLISH_EVERY_S:
+            # For `llmserve status`, which combines every live replica's window.
+            await tenant_window.publish(self.redis, self.settings.scheduler_id, self.settings.fair_share_unit,
+                                        self.tenants.window())
+            self._last_publish = now
         block: int | None = self.settings.idle_block_ms
         if len(self.waiting):
             # A batching window is open: poll instead of blocking, since Redis ends a blocked
@@ -304,4 +311,6 @@ class SchedulerCore:
         self.sink.send(p.reply_to, [OutChunk(p.request_id, p.attempt, 0, [], "", outcome=outcome)])
 
     async def close(self) -> None:
+        with contextlib.suppress(Exception):  # Redis may be down: the window then expires on its own
+            await tenant_window.withdraw(self.redis, self.settings.scheduler_id)
         await self.sink.close()

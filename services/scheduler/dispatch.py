@@ -47,8 +47,9 @@ DISPATCHED, CANCELLED, TAKEN_ELSEWHERE, WORKER_GONE, NOT_YOUR_TURN = 1, 0, -1, -
 
 class Dispatcher:
     def __init__(self, redis: aioredis.Redis, scheduler_id: str = "", weights: dict[str, float] | None = None,
-                 held_stale_ms: int = 1000):
+                 held_stale_ms: int = 1000, unit: str = "tokens"):
         self.redis = redis
+        self.unit = unit
         self.scheduler_id = scheduler_id
         self.weights = weights or {}
         self.held_stale_ms = held_stale_ms
@@ -65,13 +66,15 @@ class Dispatcher:
             await ensure_group(self.redis, stream, keys.WORKER_GROUP)
             self._worker_groups.add(stream)
         per_token = 1.0 / self.weights.get(p.tenant, 1.0)
+        # By requests: a flat charge of 1, and nothing to refund (max_out 0) when it ends.
+        cost, refundable = fair_share.cost(p.need_tokens, p.max_out, self.unit)
         code, self.last_state = await self._dispatch(
             keys=[p.stream, stream, keys.request_key(p.request_id), keys.cancel_key(p.request_id),
                   keys.heartbeat_key(worker_id), fair_share.clock_key(p.model, p.priority)],
             args=[keys.SCHEDULER_GROUP, p.entry_id, p.payload, worker_id, p.attempt, p.tenant,
-                  repr(p.need_tokens * per_token), repr(per_token),
+                  repr(cost * per_token), repr(per_token),
                   fair_share.held_field(self.scheduler_id, p.tenant), int(time.time() * 1000),
-                  self.held_stale_ms, int(last_of_tenant), p.max_out],
+                  self.held_stale_ms, int(last_of_tenant), refundable],
         )
         return code
 

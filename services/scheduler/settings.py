@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -56,6 +57,11 @@ class SchedulerSettings(ServiceSettings):
         default_factory=dict, description="Fair-share weight per tenant (default 1): a tenant's share of "
         "dispatched tokens (prompt + output) is its weight over the sum of the weights of the tenants "
         "waiting in the same priority class and model.",
+    )
+    fair_share_unit: Literal["tokens", "requests"] = Field(
+        "tokens", description="What fair share counts: `tokens` (default: prompt + max_tokens at dispatch, "
+        "the unproduced output refunded at the end) or `requests` (each request costs 1 over its tenant's "
+        "weight, whatever its size). Every replica sharing a queue must use the same unit: they share one clock.",
     )
     tenant_ttft_target_ms: dict[str, int] = Field(
         default_factory=dict, description="Per tenant, a time-to-first-token target: within its priority "

@@ -1,27 +1,15 @@
 """Per-tenant account of what this scheduler dispatched: token share and queue wait over the
-last minute, refusals for deadlines since start (for `llmserve status`)."""
+last minute, refusals for deadlines since start (for `llmserve status`, which combines the
+windows of all live replicas: llmserve.common.tenant_window)."""
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
 
-from llmserve.common.stats import quantile
+from llmserve.common.tenant_window import TenantShare, TenantWindow, combine
 
 WINDOW_S = 60.0
-
-
-@dataclass(frozen=True)
-class TenantShare:
-    tenant: str
-    weight: float
-    tokens_last_minute: int
-    share: float
-    weight_share: float
-    wait_p50_ms: float
-    wait_p99_ms: float
-    refused_deadline: int
 
 
 class TenantStats:
@@ -36,25 +24,19 @@ class TenantStats:
     def refused(self, tenant: str) -> None:
         self.refused_deadline[tenant] = self.refused_deadline.get(tenant, 0) + 1
 
-    def shares(self) -> list[TenantShare]:
+    def window(self) -> list[TenantWindow]:
+        """This replica's last minute, per tenant (what it publishes)."""
         cutoff = time.monotonic() - WINDOW_S
         for events in self._dispatched.values():
             while events and events[0][0] < cutoff:
                 events.popleft()
-        tokens = {t: sum(e[1] for e in ev) for t, ev in self._dispatched.items()}
-        total = sum(tokens.values())
-        active = [t for t, n in tokens.items() if n]
-        weight_total = sum(self.weights.get(t, 1.0) for t in active)
-        out = []
-        for tenant in sorted(set(self._dispatched) | set(self.refused_deadline)):
-            waits = [e[2] * 1000 for e in self._dispatched.get(tenant, ())]
-            weight = self.weights.get(tenant, 1.0)
-            out.append(TenantShare(
-                tenant, weight, tokens.get(tenant, 0), tokens.get(tenant, 0) / total if total else 0.0,
-                weight / weight_total if tenant in active else 0.0,
-                _wait_ms(waits, 0.5), _wait_ms(waits, 0.99), self.refused_deadline.get(tenant, 0)))
-        return out
+        return [
+            TenantWindow(tenant, self.weights.get(tenant, 1.0), sum(e[1] for e in self._dispatched.get(tenant, ())),
+                         [e[2] * 1000 for e in self._dispatched.get(tenant, ())],
+                         self.refused_deadline.get(tenant, 0))
+            for tenant in sorted(set(self._dispatched) | set(self.refused_deadline))
+        ]
 
-
-def _wait_ms(waits: list[float], q: float) -> float:
-    return quantile(waits, q, method="floor", default=0.0) or 0.0
+    def shares(self) -> list[TenantShare]:
+        """This replica's numbers alone (GetQueueStats)."""
+        return combine([self.window()])

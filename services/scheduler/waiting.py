@@ -20,6 +20,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from llmserve.common import fair_share
+
 
 @dataclass
 class Pending:
@@ -81,8 +83,9 @@ class _FairClass:
 
 
 class WaitingQueue:
-    def __init__(self, weights: dict[str, float] | None = None):
+    def __init__(self, weights: dict[str, float] | None = None, unit: str = "tokens"):
         self.weights = weights or {}
+        self.unit = unit  # fair_share_unit: what a dispatch charges
         self._classes: dict[tuple[int, str], _FairClass] = {}
         self._size = 0
 
@@ -109,7 +112,7 @@ class WaitingQueue:
         cls = self._classes[(p.priority, p.model)]
         queue = cls.queues[p.tenant]
         queue.remove(p)
-        cls.charge(p.tenant, p.need_tokens / self.weights.get(p.tenant, 1.0))
+        cls.charge(p.tenant, fair_share.cost(p.need_tokens, p.max_out, self.unit)[0] / self.weights.get(p.tenant, 1.0))
         if not queue:
             del cls.queues[p.tenant]
         self._size -= 1

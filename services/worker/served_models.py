@@ -38,7 +38,8 @@ class ServedModel:
                          self.memory_bytes, prefill_tokens_per_s=round(self.rates.prefill_tokens_per_s, 1),
                          decode_tokens_per_s=round(self.rates.decode_tokens_per_s, 1),
                          mean_completion_tokens=round(self.rates.mean_completion_tokens, 1),
-                         prefix_keys=self.prefixes.keys())
+                         prefix_keys=self.prefixes.keys(), prompt_tokens=self.rates.prompt_tokens,
+                         prefix_hit_tokens=self.rates.prefix_hit_tokens)
 
 
 def _gib(n: int) -> str:

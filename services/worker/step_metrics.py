@@ -38,7 +38,7 @@ def record_step(
     )
     if step.preempted:
         metrics.preempted(model, step.preempted)
-    metrics.prefix_hit(model, step.prefix_hit_tokens)
+    metrics.prefix_hit(model, step.prefix_hit_tokens, step.prompt_tokens)
     stats = engine.stats()
     metrics.set_kv_blocks(model, stats.total_kv_blocks - stats.free_kv_blocks, stats.free_kv_blocks)
     counts = getattr(engine, "sequence_counts", None)  # an engine without it: all NORMAL (2)

@@ -4,6 +4,8 @@ Schedulers estimate how long a queued request waits from these (see the schedule
 admission.py), so they follow what this engine really does on this machine: an exponential
 average over recent steps of tokens per second of step time, per phase. A step that mixes
 phases counts for the phase with most of its tokens (a prefill-heavy step measures prefill).
+It also counts, since the engine started, the prompt tokens admitted and those of them served
+from the prefix cache: the heartbeat's prefix-cache hit rate.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ class StepRates:
         self.prefill_tokens_per_s = 0.0
         self.decode_tokens_per_s = 0.0
         self.mean_completion_tokens = 0.0  # of finished requests: max_tokens is often far above it
+        self.prompt_tokens = 0
+        self.prefix_hit_tokens = 0
 
     def finished(self, completion_tokens: int) -> None:
         self.mean_completion_tokens = _ema(self.mean_completion_tokens, float(max(completion_tokens, 1)))
 
     def record(self, step: StepStats, seconds: float) -> None:
+        self.prompt_tokens += step.prompt_tokens
+        self.prefix_hit_tokens += step.prefix_hit_tokens
         prefill, decode = step.prefill_tokens + step.recompute_tokens, step.decode_tokens
         if prefill + decode <= 0 or seconds <= 0:
             return

@@ -41,6 +41,7 @@ class SchedulerOutput:
     scheduled: list[ScheduledSeq] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
     prefix_hit_tokens: int = 0  # tokens the admitted sequences took from the prefix cache
+    prompt_tokens: int = 0  # context tokens of the sequences admitted for the first time
 
     @property
     def num_tokens(self) -> int:
@@ -120,6 +121,8 @@ class BatchScheduler:
             # Only first-time hits: a preempted sequence finding its own blocks again saves
             # recompute, and its tokens were already counted when first computed.
             out.prefix_hit_tokens += max(0, hit - seq.max_computed_tokens)
+            if seq.max_computed_tokens == 0:  # the hit rate's denominator: each prompt once
+                out.prompt_tokens += seq.num_context_tokens
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append(ScheduledSeq(seq, num_new, num_new == seq.num_uncomputed_tokens))
@@ -162,7 +165,7 @@ class BatchScheduler:
             seq.max_computed_tokens = max(seq.max_computed_tokens, end)
             self.block_manager.cache_full_blocks(seq)
         return StepStats(len(out.scheduled), prefill, decode, recompute, len(out.preempted),
-                         out.prefix_hit_tokens)
+                         out.prefix_hit_tokens, out.prompt_tokens)
 
     def finish(self, seq: Sequence) -> None:
         """Remove a finished/cancelled sequence and free its blocks at once."""

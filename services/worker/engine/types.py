@@ -96,7 +96,9 @@ class StepStats:
     Every token a step computes KV for is counted once, in one of three phases: `prefill`
     (prompt and resume tokens computed for the first time), `decode` (generated tokens'
     KV), `recompute` (tokens computed again after their sequence was preempted). Prompt
-    tokens served from the prefix cache are not computed; they count in `prefix_hit_tokens`.
+    tokens served from the prefix cache are not computed; they count in `prefix_hit_tokens`,
+    out of `prompt_tokens` (the context tokens of the sequences admitted for the first time):
+    the prefix-cache hit rate is their ratio.
     """
 
     scheduled_seqs: int = 0  # sequences in the step's batch (0: nothing ran)
@@ -105,6 +107,7 @@ class StepStats:
     recompute_tokens: int = 0
     preempted: int = 0  # sequences preempted (KV freed, to recompute) while planning it
     prefix_hit_tokens: int = 0
+    prompt_tokens: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -116,4 +119,4 @@ class StepStats:
 
 def _fields(stats: StepStats) -> tuple[int, ...]:
     return (stats.scheduled_seqs, stats.prefill_tokens, stats.decode_tokens, stats.recompute_tokens,
-            stats.preempted, stats.prefix_hit_tokens)
+            stats.preempted, stats.prefix_hit_tokens, stats.prompt_tokens)

@@ -89,3 +89,26 @@ async def test_output_not_produced_is_refunded(redis_url):
     assert tag == 3 + 5, tag
     assert not await r.hexists(keys.request_key("early"), "fair_per_token")  # refunded once
     await r.aclose()
+
+
+async def test_fair_share_by_requests_gives_the_long_prompts_their_request_count(redis_url):
+    """`fair_share_unit: requests` (the comparison setting): one request each in turn, so the
+    tenant with 20x longer prompts takes most of the tokens, and the clock moves by 1 per
+    request with nothing refunded."""
+    r = aioredis.Redis.from_url(redis_url)
+    items = []
+    for i in range(60):
+        items.append(_item(f"long{i}", "long", LONG))
+        items += [_item(f"short{i}-{j}", "short", SHORT) for j in range(12)]
+    await enqueue(r, items)
+    engine = ScriptedEngine(step_delay_s=0.002, stop_after=1)  # stops early: by tokens, a refund
+    async with schedulers(redis_url, max_worker_backlog=2, fair_share_unit="requests") as apps:
+        await wait_for(lambda: len(apps[0].service.core.waiting) == len(items))
+        async with workers(redis_url, [engine], max_backlog=2):
+            await wait_for(lambda: len(engine.seen) >= 100, timeout=60)
+    first = engine.seen[:100]
+    assert 45 <= sum(rid.startswith("long") for rid in first) <= 55, first
+    assert _long_share(engine.seen[:100]) > 0.85
+    state = fair_share.parse_state(await r.hgetall(fair_share.clock_key(MODEL, 2)))[1]
+    assert all(float(tag).is_integer() for tag in state.values()), state  # whole requests, no refunds
+    await r.aclose()

@@ -90,3 +90,34 @@ def test_settings_refuse_bad_weights_and_targets():
     with pytest.raises(ValidationError):
         SchedulerSettings(tenant_ttft_target_ms={"a": -1})
     assert SchedulerSettings(batch_windows={"m": {"max_batch_requests": 8, "max_batch_wait_ms": 50}}).window("m").enabled
+
+
+def _sized(i: int, tenant: str, tokens: int) -> Pending:
+    p = pending(i, tenant)
+    p.need_tokens = tokens
+    return p
+
+
+def test_the_fair_share_unit_decides_what_a_big_request_costs():
+    """A tenant with 10x bigger requests: by tokens it gets 1 request per 10 of the other's, by
+    requests one each in turn."""
+    shares = {}
+    for unit in ("tokens", "requests"):
+        q = WaitingQueue(unit=unit)
+        for i in range(50):
+            q.push(_sized(i, "big", 400))
+            q.push(_sized(100 + i, "small", 40))
+        shares[unit] = sum(p.tenant == "big" for p in drain(q, 44))
+    assert shares == {"tokens": 4, "requests": 22}
+
+
+def test_settings_take_only_known_fair_share_units():
+    import pytest
+    from pydantic import ValidationError
+
+    from llmserve.scheduler.settings import SchedulerSettings
+
+    assert SchedulerSettings().fair_share_unit == "tokens"
+    assert SchedulerSettings(fair_share_unit="requests").fair_share_unit == "requests"
+    with pytest.raises(ValidationError):
+        SchedulerSettings(fair_share_unit="bytes")

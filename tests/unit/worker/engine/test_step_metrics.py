@@ -121,6 +121,9 @@ def test_prefix_cache_hits_are_counted_and_not_prefilled(tokenizer):
     registry.register(ReaderCollector(reader))
     s = parse(generate_latest(registry))
     assert value(s, "llmserve_kv_prefix_hits_total", model=MODEL) == 16
+    # The hit rate's denominator: every prompt token admitted, once.
+    assert totals.prompt_tokens == sum(len(p) for p in prompts)
+    assert value(s, "llmserve_kv_prompt_tokens_total", model=MODEL) == sum(len(p) for p in prompts)
 
 
 def test_prompt_tokens_count_once_with_prefix_hits_and_preemption(tokenizer):
@@ -137,6 +140,7 @@ def test_prompt_tokens_count_once_with_prefix_hits_and_preemption(tokenizer):
     totals = engine.step_totals
     assert totals.preempted > 0 and totals.prefix_hit_tokens > 0
     assert totals.prefill_tokens + totals.prefix_hit_tokens == 6 * len(prompt)
+    assert totals.prompt_tokens == 6 * len(prompt)  # preempted ones are not admitted again as new
 
 
 def test_running_and_waiting_by_priority_after_a_step(tokenizer):
