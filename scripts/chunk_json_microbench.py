@@ -46,13 +46,13 @@ def _typed(builder: ResponseBuilder, event: TokenEvent) -> bytes:
 
 
 def main(rounds: int = 15, calls: int = 4000) -> None:
-    print(f"cpu count {os.cpu_count()}, loadavg {open('/proc/loadavg').read().split()[:3]}")
+    print(f"cpu count {os.cpu_count()}, loadavg {_load()}")
     for logprobs in (False, True):
         builder, event = _builder(logprobs), _event(logprobs)
         ways = {
-            "json.dumps": lambda: json.dumps(builder.chunk(0, event)).encode(),
-            "to_json": lambda: to_json(builder.chunk(0, event)),
-            "models": lambda: _typed(builder, event),
+            "json.dumps": lambda b=builder, e=event: json.dumps(b.chunk(0, e)).encode(),
+            "to_json": lambda b=builder, e=event: to_json(b.chunk(0, e)),
+            "models": lambda b=builder, e=event: _typed(b, e),
         }
         assert len({json.dumps(json.loads(f())) for f in ways.values()}) == 1, "the three must send the same JSON"
         best = dict.fromkeys(ways, float("inf"))
@@ -65,7 +65,12 @@ def main(rounds: int = 15, calls: int = 4000) -> None:
         base = best["json.dumps"]
         print(f"chat chunk, logprobs={logprobs}: " + ", ".join(
             f"{name} {t * 1e6:.2f} us ({t / base:.2f}x)" for name, t in best.items()))
-    print(f"loadavg after {open('/proc/loadavg').read().split()[:3]}")
+    print(f"loadavg after {_load()}")
+
+
+def _load() -> list[str]:
+    with open("/proc/loadavg") as f:
+        return f.read().split()[:3]
 
 
 if __name__ == "__main__":

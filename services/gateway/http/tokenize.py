@@ -55,7 +55,8 @@ class TokenizeApi:
 def _tokenize(model: ModelProfile, body: TokenizeRequest) -> TokenizeResponse:
     if (body.prompt is None) == (body.messages is None):
         raise InvalidArgument("give exactly one of prompt or messages", param="prompt")
-    if body.messages is not None:
+    if body.prompt is None:
+        assert body.messages is not None
         if body.add_special_tokens is not None:
             raise InvalidArgument("add_special_tokens applies to prompt only", param="add_special_tokens")
         ids = model.encode_chat(message_dicts(body.messages))

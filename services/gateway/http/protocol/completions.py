@@ -35,11 +35,13 @@ class CompletionRequest(SamplingRequest):
 
     def prompt_list(self) -> list[str | list[int]]:
         """One entry per prompt: a string, or a list of token ids."""
-        if isinstance(self.prompt, str):
-            return [self.prompt]
-        if all(isinstance(v, int) for v in self.prompt):
-            return [list(self.prompt)]  # type: ignore[arg-type]
-        return [v if isinstance(v, str) else list(v) for v in self.prompt]
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        ids = [v for v in prompt if isinstance(v, int)]
+        if len(ids) == len(prompt):
+            return [ids]
+        return [v if isinstance(v, str) else list(v) for v in prompt if not isinstance(v, int)]
 
 
 class CompletionChoice(ResponseModel):
