@@ -43,8 +43,9 @@ async def websocket_endpoint(ws: WebSocket, service: GenerationService) -> None:
                     await ws.send_json(_idle_cancel())
                     continue
                 parsed = parse_request(body, chat="messages" in body)
-                if parsed.n != 1 or parsed.best_of != 1 or (parsed.prompts is not None and len(parsed.prompts) != 1):
-                    raise InvalidArgument("one choice per WebSocket request (n 1, one prompt)", param="n")
+                if parsed.best_of != 1 or (parsed.prompts is not None and len(parsed.prompts) != 1):
+                    param = "n" if parsed.n != 1 else "best_of" if parsed.best_of != 1 else "prompt"
+                    raise InvalidArgument("one choice per WebSocket request (n 1, best_of 1, one prompt)", param=param)
                 job = await service.admit(authorization, parsed.params)
             except LLMServeError as e:
                 await conn.send(_error(e))
