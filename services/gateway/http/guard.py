@@ -16,13 +16,14 @@ WebSocket connections leave the guard's timers once upgraded but stay counted.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from llmserve.common.logging import get_logger
+
+from .protocol import ErrorBody, ErrorInfo
 
 log = get_logger(__name__)
 
@@ -76,8 +77,8 @@ class ConnectionGuard:
 
 
 def _refusal(cap: str) -> bytes:
-    body = json.dumps({"error": {"message": f"too many open connections ({cap}); retry later",
-                                 "type": "server_error", "param": None, "code": "too_many_connections"}})
+    body = ErrorBody(error=ErrorInfo(message=f"too many open connections ({cap}); retry later", type="server_error",
+                                     param=None, code="too_many_connections")).model_dump_json()
     return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
             b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body.encode())
 

@@ -1,7 +1,8 @@
 """OpenAI request bodies -> GenerateParams, and events -> OpenAI response objects.
 
-Plain functions, no web framework: the HTTP and WebSocket adapters share them. Every
-type or shape error is InvalidArgument naming the field, like the domain's own checks.
+Plain functions, no web framework: the HTTP and WebSocket adapters share them. The body is
+parsed by the protocol models (types, shapes, unknown fields: an InvalidArgument naming the
+field path); what the models cannot say (one field needing another) is checked here.
 """
 
 from __future__ import annotations
@@ -14,12 +15,21 @@ from llmserve.common.errors import InvalidArgument, LLMServeError, bounded, http
 
 from ..admission.validation import GenerateParams
 from ..streams.inflight import FinishEvent
-from .request_fields import check_fields
+from .choices import MAX_N
+from .protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    ErrorBody,
+    ErrorInfo,
+    Usage,
+    parse,
+)
+from .protocol.sampling import SamplingRequest
 from .structured_fields import constraint_of
 from .tool_calls import Tools, parse_tools, render_messages
 from .tool_calls import constraint as tool_constraint
 
-_MAX_SEED = 2**64 - 1
 _PRIORITIES = {"low": 1, "normal": 2, "high": 3}
 
 
@@ -33,6 +43,8 @@ class OpenAIRequest:
     include_usage: bool
     tools: Tools | None = None  # tool calling (chat): the completion is read back as calls
     n: int = 1  # choices per prompt
+    best_of: int = 1  # completions: candidates generated per prompt (>= n; the n most likely are returned)
+    ranking_logprobs: bool = False  # logprobs computed only to rank best_of candidates, not returned
     echo: bool = False  # completions: the prompt comes back before the completion
     prompts: list[str | list[int]] | None = None  # completions: one or more prompts
 
@@ -56,209 +68,130 @@ def json_object(raw: bytes | str, what: str) -> dict:
 
 
 def parse_request(body: Any, *, chat: bool) -> OpenAIRequest:
+    """A decoded body as a request: typed by the protocol models, then as GenerateParams."""
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a JSON object")
-    check_fields(body, chat=chat)
-    n = _opt(body, "n", int)
-    params = GenerateParams(
-        model=_opt(body, "model", str) or "",
-        max_tokens=_opt(body, "max_completion_tokens", int)
-        if chat and "max_completion_tokens" in body
-        else _opt(body, "max_tokens", int),
-        temperature=_opt(body, "temperature", float),
-        top_p=_opt(body, "top_p", float),
-        top_k=_opt(body, "top_k", int) or 0,
-        repetition_penalty=_opt(body, "repetition_penalty", float),
-        stop=_stop(body.get("stop")),
-        seed=_seed(body.get("seed")),
-        request_id=_opt(body, "request_id", str) or "",
-        priority=_priority(body.get("priority")),
-        resume_from_index=_opt(body, "resume_from_index", int),
-        **_controls(body, chat),
-    )
-    params.constraint, params.constraint_param = constraint_of(body, chat=chat)
-    tools = parse_tools(body) if chat else None
+    if chat:
+        return _chat(parse(ChatCompletionRequest, body, "chat completions"))
+    return _completion(parse(CompletionRequest, body, "completions"))
+
+
+def _chat(req: ChatCompletionRequest) -> OpenAIRequest:
+    logprobs = bool(req.logprobs)
+    if req.top_logprobs is not None and not logprobs:
+        raise InvalidArgument("top_logprobs requires logprobs: true", param="top_logprobs")
+    # max_completion_tokens is OpenAI's newer name: when present (even null) it is the one read.
+    max_tokens = req.max_completion_tokens if "max_completion_tokens" in req.model_fields_set else req.max_tokens
+    params = _params(req, max_tokens, logprobs=logprobs, top_logprobs=req.top_logprobs or 0)
+    params.constraint, params.constraint_param = constraint_of(req.response_format, req.structured_outputs)
+    tools = parse_tools(req.tools, req.tool_choice)
     if tools is not None and tools.forced:
         if params.constraint is not None:
             raise InvalidArgument("a required tool call cannot be combined with another output constraint",
                                   param="tool_choice")
         params.constraint, params.constraint_param = tool_constraint(tools), "tools"
-    prompts = None
-    if chat:
-        params.messages = render_messages(_messages(body.get("messages")), tools)
-    else:
-        prompts = _prompts(body.get("prompt"))
-    stream = bool(_opt(body, "stream", bool))
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise InvalidArgument("stream_options must be an object")
-    include_usage = bool(_opt(options or {}, "include_usage", bool))
-    if prompts is not None and len(prompts) == 1:
+    params.messages = render_messages(message_dicts(req.messages), tools)
+    return OpenAIRequest(params, True, bool(req.stream), _include_usage(req), tools=tools, n=_n(req),
+                         best_of=_n(req))
+
+
+def _completion(req: CompletionRequest) -> OpenAIRequest:
+    top = req.logprobs
+    if top is not None and not 0 <= top <= 5:
+        raise InvalidArgument(f"logprobs must be an integer in [0, 5]; got {top}", param="logprobs")
+    echo = bool(req.echo)
+    n, best_of = _n(req), _best_of(req)
+    ranking = best_of > n and top is None
+    params = _params(req, req.max_tokens, logprobs=top is not None or ranking, top_logprobs=top or 0,
+                     prompt_logprobs=echo and top is not None)
+    params.constraint, params.constraint_param = constraint_of(None, req.structured_outputs)
+    prompts = req.prompt_list()
+    if len(prompts) == 1:
         if isinstance(prompts[0], str):
             params.prompt = prompts[0]
         else:
             params.prompt_token_ids = prompts[0]
-    echo = not chat and bool(_opt(body, "echo", bool))
-    return OpenAIRequest(params, chat, stream, include_usage, n=1 if n is None else n, prompts=prompts,
-                         echo=echo, tools=tools)
+    return OpenAIRequest(params, False, bool(req.stream), _include_usage(req), n=n, echo=echo, prompts=prompts,
+                         best_of=best_of, ranking_logprobs=ranking)
 
 
-def _controls(body: dict, chat: bool) -> dict:
-    """Penalties, bias, vLLM-style extras and the logprobs request, type-checked."""
-    if chat:
-        logprobs = bool(_opt(body, "logprobs", bool))
-        top = _opt(body, "top_logprobs", int)
-        if top is not None and not logprobs:
-            raise InvalidArgument("top_logprobs requires logprobs: true", param="top_logprobs")
-    else:
-        top = _opt(body, "logprobs", int)
-        if top is not None and not 0 <= top <= 5:
-            raise InvalidArgument(f"logprobs must be an integer in [0, 5]; got {top}", param="logprobs")
-        logprobs = top is not None
-    echo = not chat and bool(_opt(body, "echo", bool))
-    return {
-        "prompt_logprobs": echo and logprobs,
-        "presence_penalty": _opt(body, "presence_penalty", float),
-        "frequency_penalty": _opt(body, "frequency_penalty", float),
-        "logit_bias": _logit_bias(body.get("logit_bias")),
-        "min_p": _opt(body, "min_p", float),
-        "min_tokens": _opt(body, "min_tokens", int) or 0,
-        "stop_token_ids": _int_list(body.get("stop_token_ids"), "stop_token_ids"),
-        "ignore_eos": bool(_opt(body, "ignore_eos", bool)),
-        "logprobs": logprobs,
-        "top_logprobs": top or 0,
-    }
+def _params(req: SamplingRequest, max_tokens: int | None, **logprobs: Any) -> GenerateParams:
+    return GenerateParams(
+        model=req.model or "",
+        max_tokens=max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k or 0,
+        repetition_penalty=req.repetition_penalty,
+        stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or ()),
+        seed=req.seed,
+        request_id=req.request_id or "",
+        priority=_priority(req.priority),
+        resume_from_index=req.resume_from_index,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        logit_bias={int(token): bias for token, bias in (req.logit_bias or {}).items()},
+        min_p=req.min_p,
+        min_tokens=req.min_tokens or 0,
+        stop_token_ids=list(req.stop_token_ids or ()),
+        ignore_eos=bool(req.ignore_eos),
+        **logprobs,
+    )
 
 
-def _logit_bias(value: Any) -> dict[int, float]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidArgument("logit_bias must be an object of token id -> bias", param="logit_bias")
-    out = {}
-    for key, bias in value.items():
-        token = str(key)
-        if not token.isdigit() or len(token) > 9 or isinstance(bias, bool) or not isinstance(bias, int | float):
-            raise InvalidArgument("logit_bias must map token ids (as strings) to numbers", param="logit_bias")
-        out[int(token)] = float(bias)
-    return out
+def _n(req: SamplingRequest) -> int:
+    return 1 if req.n is None else req.n  # its range is checked with the prompts (choices.expand)
 
 
-def _int_list(value: Any, name: str) -> list[int]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise InvalidArgument(f"{name} must be a list of integers", param=name)
-    return list(value)
+def _best_of(req: CompletionRequest) -> int:
+    """Candidates per prompt: `best_of`, or `n` when it is not given."""
+    if req.best_of is None:
+        return _n(req)
+    if not 1 <= req.best_of <= MAX_N:
+        raise InvalidArgument(f"best_of must be in [1, {MAX_N}]; got {req.best_of}", param="best_of")
+    if req.best_of < _n(req):
+        raise InvalidArgument(f"best_of ({req.best_of}) must be at least n ({_n(req)})", param="best_of")
+    if req.stream and req.best_of > 1:
+        raise InvalidArgument("best_of cannot be streamed (the best candidates are known only at the end)",
+                              param="best_of")
+    return req.best_of
 
 
-def _opt(body: dict, name: str, kind: type) -> Any:
-    value = body.get(name)
-    if value is None:
-        return None
-    # bool is an int in Python, JSON keeps them apart; an int is a fine float.
-    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        ok, value = True, float(value)
-    if not ok:
-        raise InvalidArgument(f"{name} must be a {_TYPE_NAMES[kind]}", param=name)
-    return value
+def _include_usage(req: SamplingRequest) -> bool:
+    return req.stream_options is not None and bool(req.stream_options.include_usage)
 
 
-_TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean"}
-
-
-def _stop(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(s, str) for s in value):
-        return list(value)
-    raise InvalidArgument("stop must be a string or a list of strings")
-
-
-def _seed(value: Any) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_SEED:
-        raise InvalidArgument("seed must be an integer in [0, 2^64-1]")
-    return value
-
-
-def _priority(value: Any) -> int:
+def _priority(value: str | int | None) -> int:
     if value is None:
         return 0
-    if isinstance(value, str) and value in _PRIORITIES:
-        return _PRIORITIES[value]
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int):
         return value  # validation names the allowed values
-    raise InvalidArgument("priority must be low, normal or high")
+    if value in _PRIORITIES:
+        return _PRIORITIES[value]
+    raise InvalidArgument("priority must be low, normal or high", param="priority")
 
 
-def _messages(value: Any) -> list[dict]:
-    if not isinstance(value, list):
-        raise InvalidArgument("messages must be a list of {role, content} objects")
+def message_dicts(messages: list[ChatMessage]) -> list[dict]:
+    """The history as plain dicts (role, text content; an assistant's calls, a tool result's call id)."""
     out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise InvalidArgument(f"messages[{i}] must be an object with a string role")
-        message = {"role": m["role"], "content": _content(m.get("content"), i)}
-        calls = m.get("tool_calls")
-        if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
-            raise InvalidArgument(f"messages[{i}].tool_calls must be a list of tool calls")
-        if calls and m["role"] == "assistant":
-            message["tool_calls"] = calls
-        if m["role"] == "tool":
-            message["tool_call_id"] = str(m.get("tool_call_id") or "")
+    for m in messages:
+        # A developer message is OpenAI's newer name for system instructions.
+        message: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        if m.tool_calls and m.role == "assistant":
+            message["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+        if m.role == "tool":
+            message["tool_call_id"] = m.tool_call_id or ""
         out.append(message)
     return out
 
 
-def _content(value: Any, i: int) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    # The content-parts form: only text parts are served by a text model.
-    if isinstance(value, list) and all(
-        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value
-    ):
-        return "".join(p["text"] for p in value)
-    raise InvalidArgument(f"messages[{i}].content must be a string or a list of text parts")
-
-
-def _prompts(value: Any) -> list[str | list[int]]:
-    """A string, a list of strings, a list of token ids, or a list of lists of token ids."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and value:
-        if all(isinstance(v, str) for v in value):
-            return list(value)
-        if all(_is_int(v) for v in value):
-            return [list(value)]
-        if all(isinstance(v, list) and v and all(_is_int(t) for t in v) for v in value):
-            return [list(v) for v in value]
-    raise InvalidArgument("prompt must be a string, a list of strings, a list of token ids or a list of "
-                          "lists of token ids (none empty)", param="prompt")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def usage(finish: FinishEvent) -> dict:
-    return {
-        "prompt_tokens": finish.prompt_tokens,
-        "completion_tokens": finish.completion_tokens,
-        "total_tokens": finish.prompt_tokens + finish.completion_tokens,
-    }
+def usage(finish: FinishEvent) -> Usage:
+    return Usage(prompt_tokens=finish.prompt_tokens, completion_tokens=finish.completion_tokens,
+                 total_tokens=finish.prompt_tokens + finish.completion_tokens)
 
 
 def error_body(error: LLMServeError) -> tuple[int, dict]:
     """(HTTP status, OpenAI-shaped error object) for a domain error."""
     kind, code = openai_error_of(error)
-    return http_status_for(error), {
-        "error": {"message": bounded(error.message), "type": kind, "code": code,
-                  "param": getattr(error, "param", None)}
-    }
+    info = ErrorInfo(message=bounded(error.message), type=kind, code=code, param=getattr(error, "param", None))
+    return http_status_for(error), ErrorBody(error=info).model_dump()

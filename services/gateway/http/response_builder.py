@@ -1,4 +1,10 @@
-"""Events of one OpenAI request (one or more choices) as OpenAI response objects, whole or as chunks."""
+"""Events of one OpenAI request (one or more choices) as OpenAI response objects, whole or as chunks.
+
+A whole response is built from the protocol models. Stream chunks, one per token, stay plain
+dicts serialised by pydantic's JSON encoder: building the chunk models per token cost about
+twice what the chunk cost before (the measurement is in docs/backend.md); the tests validate
+every chunk they read against `ChatCompletionChunk` / `CompletionResponse` instead.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,9 @@ from llmserve.common.logprobs import TokenLogprob
 from ..streams.inflight import FinishEvent, TokenEvent
 from .logprobs_format import LogprobsFormatter
 from .openai_format import OpenAIRequest, usage
+from .protocol import ChatCompletionResponse, CompletionResponse, Usage
+from .protocol.chat import ChatChoice, ChatMessageOut
+from .protocol.completions import CompletionChoice
 from .tool_calls import CallBuffer, parse_calls
 
 
@@ -33,11 +42,12 @@ class ResponseBuilder:
         self.chat = request.chat
         self.include_usage = request.include_usage
         self.n = request.n
+        self.per_prompt = request.best_of  # choices generated per prompt: n, or best_of candidates
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + request_id
         self.model = model
         self.created = int(time.time())
         self.tokenizer = tokenizer
-        self.want_logprobs = request.params.logprobs
+        self.want_logprobs = request.params.logprobs and not request.ranking_logprobs
         self._formatters: dict[int, LogprobsFormatter] = {}
         self._finished: dict[int, FinishEvent] = {}
         self.echo = echo
@@ -65,34 +75,50 @@ class ResponseBuilder:
         kind = ("chat.completion" if self.chat else "text_completion") + (".chunk" if chunk and self.chat else "")
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def whole(self, results: dict[int, ChoiceResult]) -> dict:
-        choices = []
-        for index in sorted(results):
-            r = results[index]
-            lp = None
-            if self.echo is not None and self.want_logprobs:
-                head = self._prompt_logprobs(index, r.prompt_logprobs or [])
-                tail = self._logprobs(index, r.logprobs) or {}
-                lp = {k: head[k] + tail[k] for k in head}
-            choice: dict[str, Any] = {"index": index, "finish_reason": r.finish.reason if r.finish else None,
-                                      "logprobs": lp if self.echo is not None else self._logprobs(index, r.logprobs)}
-            text = (self.echo[index][0] if self.echo is not None else "") + "".join(r.text)
-            calls = (parse_calls(text, self.tools)
-                     if self.tools is not None and r.finish is not None and r.finish.reason == "stop" else None)
-            if calls:
-                choice["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
-                choice["finish_reason"] = "tool_calls"
-            elif self.chat:
-                choice["message"] = {"role": "assistant", "content": text}
-            else:
-                choice["text"] = text
-            choices.append(choice)
+    def whole(self, results: dict[int, ChoiceResult]) -> ChatCompletionResponse | CompletionResponse:
+        """The whole response, built from the protocol models (once per request: validated as built)."""
+        order = self._best(results) if self.per_prompt > self.n else sorted(results)
+        choices = [self._whole_choice(index, results[source], source) for index, source in enumerate(order)]
         finishes = {i: r.finish for i, r in results.items() if r.finish is not None}
-        return {**self._base(False), "choices": choices, "usage": self.total_usage(finishes)}
+        if self.chat:
+            return ChatCompletionResponse(id=self.id, object="chat.completion", created=self.created, model=self.model,
+                                          choices=choices, usage=self.total_usage(finishes))
+        return CompletionResponse(id=self.id, object="text_completion", created=self.created, model=self.model,
+                                  choices=choices, usage=self.total_usage(finishes))
 
-    def total_usage(self, finishes: dict[int, FinishEvent]) -> dict:
-        """Every choice's completion tokens; each prompt's tokens once (as OpenAI counts n > 1)."""
-        prompt = sum(f.prompt_tokens for i, f in finishes.items() if i % self.n == 0)
+    def _best(self, results: dict[int, ChoiceResult]) -> list[int]:
+        """best_of: per prompt, the n candidates with the highest log probability per token, best first."""
+        order: list[int] = []
+        for start in range(0, len(results), self.per_prompt):
+            group = range(start, start + self.per_prompt)
+            order += sorted(group, key=lambda i: -_mean_logprob(results[i]))[: self.n]
+        return order
+
+    def _whole_choice(self, index: int, r: ChoiceResult, source: int) -> Any:
+        """Choice `index` of the response, from the events of choice `source` (the same unless best_of)."""
+        reason = r.finish.reason if r.finish else None
+        if self.echo is not None:
+            lp = None
+            if self.want_logprobs:
+                head = self._prompt_logprobs(source, r.prompt_logprobs or [])
+                tail = self._logprobs(source, r.logprobs) or {}
+                lp = {k: head[k] + tail[k] for k in head}
+        else:
+            lp = self._logprobs(source, r.logprobs)
+        text = (self.echo[source][0] if self.echo is not None else "") + "".join(r.text)
+        calls = parse_calls(text, self.tools) if self.tools is not None and reason == "stop" else None
+        if calls:
+            message = ChatMessageOut(role="assistant", content=None, tool_calls=calls)
+            return ChatChoice(index=index, message=message, finish_reason="tool_calls", logprobs=lp)
+        if self.chat:
+            message = ChatMessageOut(role="assistant", content=text)
+            return ChatChoice(index=index, message=message, finish_reason=reason, logprobs=lp)
+        return CompletionChoice(index=index, text=text, finish_reason=reason, logprobs=lp)
+
+    def total_usage(self, finishes: dict[int, FinishEvent]) -> Usage:
+        """Every choice's completion tokens (every best_of candidate's too); each prompt's tokens once
+        (as OpenAI counts n > 1)."""
+        prompt = sum(f.prompt_tokens for i, f in finishes.items() if i % self.per_prompt == 0)
         completion = sum(f.completion_tokens for f in finishes.values())
         return usage(FinishEvent(next(iter(finishes.values())).reason, prompt, completion))
 
@@ -138,7 +164,7 @@ class ResponseBuilder:
             done["choices"][0]["delta"] = {}
         if not last:
             return [*held, done]
-        total = self.total_usage(self._finished)
+        total = self.total_usage(self._finished).model_dump()
         if not self.include_usage:
             return [*held, {**done, "usage": total}]
         return [*held, {**done, "usage": None}, {**self._base(True), "choices": [], "usage": total}]
@@ -165,3 +191,9 @@ class ResponseBuilder:
         chunk = self._empty(index)
         chunk["choices"][0]["delta" if self.chat else "text"] = {"content": text} if self.chat else text
         return [chunk]
+
+
+def _mean_logprob(result: ChoiceResult) -> float:
+    if not result.logprobs:
+        return 0.0  # nothing generated (max_tokens 0 with echo): every candidate is the same
+    return sum(lp.logprob for lp in result.logprobs) / len(result.logprobs)

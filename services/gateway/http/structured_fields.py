@@ -4,77 +4,60 @@ OpenAI's `response_format` (chat): `{"type": "text"}`, `{"type": "json_object"}`
 `{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}, "strict": true}}`.
 llmserve's extension (both endpoints, the shape vLLM uses): `"structured_outputs": {"json": <schema>}`,
 `{"regex": "..."}`, `{"choice": ["a", "b"]}`, `{"grammar": "<EBNF>"}` or `{"json_object": true}`,
-exactly one key. Shapes are checked here; whether xgrammar can enforce the schema, regex or
-grammar is checked at admission (validation.validate), still before anything is queued.
+exactly one key. The protocol models check the shapes; here they become a Constraint, and
+whether xgrammar can enforce the schema, regex or grammar is checked at admission
+(validation.validate), still before anything is queued.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from llmserve.common.errors import InvalidArgument
 from llmserve.common.structured import Constraint, choice, json_schema
 
-_EXTENSION_KEYS = ("json", "regex", "choice", "grammar", "json_object")
+from .protocol.chat import ResponseFormat
+from .protocol.sampling import StructuredOutputs
 
 
-def constraint_of(body: dict, *, chat: bool) -> tuple[Constraint | None, str]:
-    """(the body's constraint or None, the field it came from)."""
-    fmt = _response_format(body.get("response_format")) if chat else None
-    ext = _extension(body.get("structured_outputs"))
-    if fmt is not None and ext is not None:
+def constraint_of(fmt: ResponseFormat | None, ext: StructuredOutputs | None) -> tuple[Constraint | None, str]:
+    """(the request's constraint or None, the field it came from)."""
+    from_format = _response_format(fmt) if fmt is not None else None
+    from_ext = _extension(ext) if ext is not None else None
+    if from_format is not None and from_ext is not None:
         raise InvalidArgument("response_format and structured_outputs cannot both constrain the output",
                               param="structured_outputs")
-    return fmt or ext or (None, "")
+    return from_format or from_ext or (None, "")
 
 
-def _response_format(value: Any) -> tuple[Constraint, str] | None:
-    if value is None:
+def _response_format(fmt: ResponseFormat) -> tuple[Constraint, str] | None:
+    if fmt.type == "text":
         return None
-    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
-        raise InvalidArgument("response_format must be an object with a type", param="response_format")
-    kind = value["type"]
-    if kind == "text":
-        return None
-    if kind == "json_object":
+    if fmt.type == "json_object":
         return Constraint("json_object"), "response_format"
-    if kind != "json_schema":
-        raise InvalidArgument("response_format.type must be text, json_object or json_schema",
-                              param="response_format.type")
-    spec = value.get("json_schema")
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise InvalidArgument("response_format.json_schema must be an object with a name",
+    if fmt.json_schema is None:
+        raise InvalidArgument("response_format.json_schema is required with type json_schema",
                               param="response_format.json_schema")
     param = "response_format.json_schema.schema"
-    if "schema" not in spec:
-        raise InvalidArgument(f"{param} is required", param=param)
-    return json_schema(spec["schema"], param), param
+    return json_schema(fmt.json_schema.schema_, param), param
 
 
-def _extension(value: Any) -> tuple[Constraint, str] | None:
-    if value is None:
-        return None
-    keys = [k for k in _EXTENSION_KEYS if isinstance(value, dict) and value.get(k) not in (None, False)]
-    if not isinstance(value, dict) or len(keys) != 1 or set(value) - set(_EXTENSION_KEYS):
-        raise InvalidArgument(f"structured_outputs must be an object with exactly one of {', '.join(_EXTENSION_KEYS)}",
-                              param="structured_outputs")
-    key = keys[0]
-    param = f"structured_outputs.{key}"
-    item = value[key]
-    if key == "json":
+def _extension(ext: StructuredOutputs) -> tuple[Constraint, str]:
+    # The model lets exactly one key through set (json_object only as true).
+    if ext.json_ is not None:
+        param, item = "structured_outputs.json", ext.json_
         if isinstance(item, str):
             try:
                 item = json.loads(item)
             except ValueError:
                 raise InvalidArgument(f"{param} must be a JSON schema", param=param) from None
         return json_schema(item, param), param
-    if key == "choice":
-        return choice(item, param), param
-    if key == "json_object":
-        if item is not True:
-            raise InvalidArgument(f"{param} must be true", param=param)
-        return Constraint("json_object"), param
-    if not isinstance(item, str) or not item:
+    if ext.choice is not None:
+        return choice(ext.choice, "structured_outputs.choice"), "structured_outputs.choice"
+    if ext.json_object:
+        return Constraint("json_object"), "structured_outputs.json_object"
+    kind, item = ("regex", ext.regex) if ext.regex is not None else ("grammar", ext.grammar)
+    param = f"structured_outputs.{kind}"
+    if not item:
         raise InvalidArgument(f"{param} must be a non-empty string", param=param)
-    return Constraint(key, item), param
+    return Constraint(kind, item), param

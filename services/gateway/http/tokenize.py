@@ -18,10 +18,9 @@ from llmserve.common.errors import InvalidArgument, LLMServeError
 
 from ..generation import GenerationService
 from ..routing.catalog import ModelProfile
-from .openai_format import _messages, json_object
-
-_TOKENIZE_FIELDS = frozenset({"model", "prompt", "messages", "add_special_tokens"})
-_DETOKENIZE_FIELDS = frozenset({"model", "tokens"})
+from .openai_format import json_object, message_dicts
+from .protocol import parse
+from .protocol.tokens import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 
 class TokenizeApi:
@@ -31,19 +30,16 @@ class TokenizeApi:
         self.error_response = error_response
 
     async def tokenize(self, request: Request):
-        return await self._answer(request, _TOKENIZE_FIELDS, _tokenize)
+        return await self._answer(request, TokenizeRequest, _tokenize)
 
     async def detokenize(self, request: Request):
-        return await self._answer(request, _DETOKENIZE_FIELDS, _detokenize)
+        return await self._answer(request, DetokenizeRequest, _detokenize)
 
-    async def _answer(self, request: Request, fields: frozenset[str], handler):
+    async def _answer(self, request: Request, kind: type[TokenizeRequest | DetokenizeRequest], handler):
         try:
-            body = json_object(await self.read_body(request), "the request body")
-            unknown = sorted(set(body) - fields)
-            if unknown:
-                raise InvalidArgument(f"unrecognized request argument {unknown[0][:100]!r}", param=unknown[0][:100])
-            model = await self._model(request.headers.get("authorization"), body.get("model"))
-            return JSONResponse(handler(model, body))
+            body = parse(kind, json_object(await self.read_body(request), "the request body"), request.url.path)
+            model = await self._model(request.headers.get("authorization"), body.model)
+            return JSONResponse(handler(model, body).model_dump())
         except LLMServeError as e:
             return self.error_response(e)
 
@@ -56,32 +52,26 @@ class TokenizeApi:
         return route.model
 
 
-def _tokenize(model: ModelProfile, body: dict) -> dict:
-    prompt, messages = body.get("prompt"), body.get("messages")
-    if (prompt is None) == (messages is None):
+def _tokenize(model: ModelProfile, body: TokenizeRequest) -> TokenizeResponse:
+    if (body.prompt is None) == (body.messages is None):
         raise InvalidArgument("give exactly one of prompt or messages", param="prompt")
-    if messages is not None:
-        if "add_special_tokens" in body:
+    if body.prompt is None:
+        assert body.messages is not None
+        if body.add_special_tokens is not None:
             raise InvalidArgument("add_special_tokens applies to prompt only", param="add_special_tokens")
-        ids = model.encode_chat(_messages(messages))
+        ids = model.encode_chat(message_dicts(body.messages))
+    elif body.add_special_tokens is False:
+        ids = model.tokenizer.encode(body.prompt, add_special_tokens=False)
     else:
-        if not isinstance(prompt, str):
-            raise InvalidArgument("prompt must be a string", param="prompt")
-        special = body.get("add_special_tokens", True)
-        if not isinstance(special, bool):
-            raise InvalidArgument("add_special_tokens must be a boolean", param="add_special_tokens")
-        ids = model.encode_prompt(prompt) if special else model.tokenizer.encode(prompt, add_special_tokens=False)
-    return {"tokens": list(ids), "count": len(ids), "max_model_len": model.context_length}
+        ids = model.encode_prompt(body.prompt)
+    return TokenizeResponse(tokens=list(ids), count=len(ids), max_model_len=model.context_length)
 
 
-def _detokenize(model: ModelProfile, body: dict) -> dict:
-    tokens = body.get("tokens")
-    vocab = len(model.tokenizer)
-    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
-        raise InvalidArgument("tokens must be a list of token ids", param="tokens")
+def _detokenize(model: ModelProfile, body: DetokenizeRequest) -> DetokenizeResponse:
+    tokens, vocab = body.tokens, len(model.tokenizer)
     if len(tokens) > 4 * model.context_length:
         raise InvalidArgument(f"at most {4 * model.context_length} tokens", param="tokens")
     bad = next((t for t in tokens if not 0 <= t < vocab), None)
     if bad is not None:
         raise InvalidArgument(f"token id {bad} is outside the vocabulary (0..{vocab - 1})", param="tokens")
-    return {"prompt": model.tokenizer.decode(tokens)}
+    return DetokenizeResponse(prompt=model.tokenizer.decode(tokens))

@@ -24,6 +24,8 @@ from typing import Any
 from llmserve.common.errors import InvalidArgument
 from llmserve.common.structured import Constraint
 
+from .protocol.chat import NamedToolChoice, Tool
+
 _WRAPPERS = re.compile(r"</?tool_call>|```(?:json)?")
 _OPENERS = ("<tool_call>", "```")
 
@@ -41,42 +43,27 @@ class Tools:
         return self.choice != "auto"
 
 
-def parse_tools(body: dict) -> Tools | None:
-    """The body's tools and tool_choice; None when there are none or tool_choice is none."""
-    raw, choice = body.get("tools"), body.get("tool_choice")
-    if not raw:
+def parse_tools(tools: list[Tool] | None, choice: str | NamedToolChoice | None) -> Tools | None:
+    """The request's tools and tool_choice (shapes checked by the protocol model); None when
+    there are none or tool_choice is none."""
+    if not tools:
         if choice not in (None, "none", "auto"):
             raise InvalidArgument("tool_choice needs tools", param="tool_choice")
         return None
-    if not isinstance(raw, list):
-        raise InvalidArgument("tools must be a list of function tools", param="tools")
-    functions = dict(_function(t, i) for i, t in enumerate(raw))
+    functions = {t.function.name: {"description": t.function.description or "",
+                                   "parameters": t.function.parameters or {"type": "object", "properties": {}}}
+                 for t in tools}
     if choice in (None, "auto"):
         return Tools(functions, "auto")
     if choice == "none":
         return None
     if choice == "required":
         return Tools(functions, "required")
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
-    if not isinstance(choice, dict) or choice.get("type") != "function" or not isinstance(name, str):
-        raise InvalidArgument('tool_choice must be none, auto, required or {"type": "function", "function": '
-                              '{"name": ...}}', param="tool_choice")
+    assert isinstance(choice, NamedToolChoice)
+    name = choice.function.name
     if name not in functions:
         raise InvalidArgument(f"tool_choice names {name[:64]!r}, which is not in tools", param="tool_choice")
     return Tools(functions, "named", name)
-
-
-def _function(tool: Any, i: int) -> tuple[str, dict]:
-    fn = tool.get("function") if isinstance(tool, dict) else None
-    if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(fn, dict) \
-            or not isinstance(fn.get("name"), str) or not fn["name"]:
-        raise InvalidArgument(f"tools[{i}] must be {{type: function, function: {{name, parameters}}}}",
-                              param=f"tools[{i}]")
-    params = fn.get("parameters") or {"type": "object", "properties": {}}
-    if not isinstance(params, dict):
-        raise InvalidArgument(f"tools[{i}].function.parameters must be a JSON schema",
-                              param=f"tools[{i}].function.parameters")
-    return fn["name"], {"description": str(fn.get("description") or ""), "parameters": params}
 
 
 def constraint(tools: Tools) -> Constraint | None:

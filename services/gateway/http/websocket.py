@@ -21,6 +21,7 @@ from ..admission.auth import single_authorization
 from ..generation import GenerationService
 from ..streams.inflight import TokenEvent
 from .openai_format import error_body, json_object, parse_request, usage
+from .protocol import ErrorInfo
 
 
 async def websocket_endpoint(ws: WebSocket, service: GenerationService) -> None:
@@ -42,8 +43,9 @@ async def websocket_endpoint(ws: WebSocket, service: GenerationService) -> None:
                     await ws.send_json(_idle_cancel())
                     continue
                 parsed = parse_request(body, chat="messages" in body)
-                if parsed.n != 1 or (parsed.prompts is not None and len(parsed.prompts) != 1):
-                    raise InvalidArgument("one choice per WebSocket request (n 1, one prompt)", param="n")
+                if parsed.best_of != 1 or (parsed.prompts is not None and len(parsed.prompts) != 1):
+                    param = "n" if parsed.n != 1 else "best_of" if parsed.best_of != 1 else "prompt"
+                    raise InvalidArgument("one choice per WebSocket request (n 1, best_of 1, one prompt)", param=param)
                 job = await service.admit(authorization, parsed.params)
             except LLMServeError as e:
                 await conn.send(_error(e))
@@ -127,7 +129,7 @@ class _Connection:
                 else:
                     self.running = None  # over before the client can read `done`
                     await self.send({"type": "done", "request_id": request_id, "finish_reason": event.reason,
-                                     "usage": usage(event)})
+                                     "usage": usage(event).model_dump()})
                     return True
         except LLMServeError as e:
             self.running = None
@@ -159,12 +161,12 @@ def _error(e: LLMServeError) -> dict:
 
 
 def _busy(request_id: str) -> dict:
-    return {"type": "error", "status": 409, "request_id": request_id, "error": {
-        "message": 'one request at a time per connection; send {"type": "cancel"} to stop the running one',
-        "type": "invalid_request_error", "code": "busy", "param": None}}
+    info = ErrorInfo(message='one request at a time per connection; send {"type": "cancel"} to stop the running one',
+                     type="invalid_request_error", code="busy", param=None)
+    return {"type": "error", "status": 409, "request_id": request_id, "error": info.model_dump()}
 
 
 def _idle_cancel() -> dict:
-    return {"type": "error", "status": 409, "error": {
-        "message": "no request is running on this connection", "type": "invalid_request_error",
-        "code": "not_running", "param": None}}
+    info = ErrorInfo(message="no request is running on this connection", type="invalid_request_error",
+                     code="not_running", param=None)
+    return {"type": "error", "status": 409, "error": info.model_dump()}

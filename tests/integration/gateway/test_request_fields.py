@@ -1,7 +1,8 @@
 """Every field of the `openai` SDK's own request types is honoured, harmless, or a 400 naming it.
 
 The lists come from the installed SDK (its TypedDicts), so a field a new SDK version adds
-fails `test_every_sdk_field_is_classified` until someone decides what it does here.
+fails `test_every_sdk_field_is_classified` (top level) or `test_sdk_nested_types_match_the_models`
+(messages, tools, formats) until someone decides what it does here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import pytest
 from openai.types import completion_create_params as completion_params
 from openai.types.chat import completion_create_params as chat_params
 
+from llmserve.gateway.http.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, ErrorBody
+from llmserve.gateway.http.protocol import chat as chat_models
+from llmserve.gateway.http.protocol.sampling import StreamOptions
 from llmserve.gateway.http.request_fields import HONOURED, NO_EFFECT, NOT_IMPLEMENTED
 from llmserve.gateway.routing.catalog import ModelCatalog
 from tests.support.scripted_engine import ScriptedEngine
@@ -27,11 +31,17 @@ ASKING = {
     "audio": {"voice": "alloy", "format": "wav"}, "prediction": {"type": "content", "content": "x"},
     "reasoning_effort": "low", "verbosity": "low", "web_search_options": {}, "moderation": {},
 }
-ASKING_COMPLETION = {"best_of": 2, "suffix": "x"}
+ASKING_COMPLETION = {"suffix": "x"}
+#: Fields of the SDK's nested types that this server refuses (a 400 naming them).
+REFUSED_NESTED = {"ChatCompletionAssistantMessageParam": {"audio", "function_call"}}
 
 
 def sdk_fields(params_module) -> set[str]:
     return set(params_module.CompletionCreateParamsBase.__annotations__) | {"stream"}
+
+
+def model_fields(model) -> set[str]:
+    return {f.alias or name for name, f in model.model_fields.items()}
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +50,44 @@ def catalog():
 
 
 def test_every_sdk_field_is_classified():
-    for chat, module in ((True, chat_params), (False, completion_params)):
+    for chat, module, model in ((True, chat_params, ChatCompletionRequest), (False, completion_params,
+                                                                             CompletionRequest)):
         known = HONOURED[chat] | NO_EFFECT[chat] | set(NOT_IMPLEMENTED[chat])
         assert sdk_fields(module) - known == set(), f"unclassified {'chat' if chat else 'completion'} fields"
+        # The model reads exactly the classified fields (and refuses every other one).
+        assert model_fields(model) == known, model.__name__
+        assert model.model_config["extra"] == "forbid"
+
+
+def test_sdk_nested_types_match_the_models():
+    """The SDK's message, tool, format and option types: every key is a field of our model or refused."""
+    from openai.types import shared_params
+    from openai.types.chat import (
+        ChatCompletionContentPartTextParam,
+        ChatCompletionFunctionToolParam,
+        ChatCompletionMessageToolCallParam,
+        ChatCompletionNamedToolChoiceParam,
+        ChatCompletionStreamOptionsParam,
+    )
+    from openai.types.shared_params.response_format_json_schema import JSONSchema
+
+    messages = [t for t in chat_params.ChatCompletionMessageParam.__args__ if t.__name__ != "ChatCompletionFunctionMessageParam"]
+    pairs = [(t, ChatMessage) for t in messages] + [
+        (ChatCompletionContentPartTextParam, chat_models.TextPart),
+        (ChatCompletionMessageToolCallParam, chat_models.ToolCallIn),
+        (ChatCompletionFunctionToolParam, chat_models.Tool),
+        (shared_params.FunctionDefinition, chat_models.FunctionDefinition),
+        (ChatCompletionNamedToolChoiceParam, chat_models.NamedToolChoice),
+        (shared_params.ResponseFormatJSONSchema, chat_models.ResponseFormat),
+        (JSONSchema, chat_models.JsonSchemaFormat),
+        (ChatCompletionStreamOptionsParam, StreamOptions),
+    ]
+    for sdk, model in pairs:
+        refused = REFUSED_NESTED.get(sdk.__name__, set())
+        assert set(sdk.__annotations__) - refused - model_fields(model) == set(), (sdk.__name__, model.__name__)
+        assert model.model_config["extra"] == "forbid"
+    roles = {t.__annotations__["role"].__forward_arg__.split("'")[1] for t in messages}
+    assert roles == set(ChatMessage.model_fields["role"].annotation.__args__), "a role the SDK sends"
     assert set(NOT_IMPLEMENTED[True]) == set(ASKING)
     assert set(NOT_IMPLEMENTED[False]) == set(ASKING_COMPLETION)
 
@@ -63,6 +108,51 @@ async def test_each_unimplemented_field_is_a_400_naming_it(redis_url, catalog):
         with pytest.raises(openai.BadRequestError) as caught:
             await client.chat.completions.create(model=MODEL, messages=MESSAGES, extra_body={"min_pp": 0.1})
         assert caught.value.param == "min_pp" and "unrecognized" in caught.value.message
+
+
+#: (path, body fields, the param the 400 names): unknown fields and wrong types, nested.
+NESTED = [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi", "colour": "red"}]}, "messages[0].colour"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 7}]}, "messages[0].content"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]},
+     "messages[0].content"),
+    ("/v1/chat/completions", {"messages": [{"role": "function", "content": "x", "name": "f"}]}, "messages[0].role"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "audio": {}}]},
+     "messages[1].audio"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}, {
+        "role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": 5}}]}]},
+     "messages[1].tool_calls[0].function.name"),
+    ("/v1/chat/completions", {"stream": True, "stream_options": {"include_usage": True, "every": 2}},
+     "stream_options.every"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_schema", "json_schema": {
+        "name": "n", "schema": {}, "stict": True}}}, "response_format.json_schema.stict"),
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]},
+     "tools[0].function.parameters"),
+    ("/v1/chat/completions", {"top_logprobs": 2.5, "logprobs": True}, "top_logprobs"),
+    ("/v1/chat/completions", {"structured_outputs": {"choice": ["a", 1]}}, "structured_outputs.choice[1]"),
+    ("/v1/completions", {"prompt": "x", "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
+    ("/v1/completions", {"prompt": "x", "echo": 1}, "echo"),
+    ("/v1/completions", {"prompt": "x", "messages": []}, "messages"),
+]
+
+
+async def test_unknown_and_mistyped_nested_fields_are_a_400_naming_their_path(redis_url, catalog):
+    """OpenAI's error body, `param` the field's path, a message of our own (not pydantic's dump)."""
+    async with running_stack(redis_url, [ScriptedEngine()], catalog) as stack:
+        base = f"http://127.0.0.1:{stack.gateway.service.http_port}"
+        headers = {"authorization": f"Bearer {API_KEY}"}
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            for path, fields, param in NESTED:
+                body = {"model": MODEL, "max_tokens": 2} | ({"messages": MESSAGES} if "chat" in path else {}) | fields
+                reply = await http.post(path, headers=headers, json=body)
+                assert reply.status_code == 400, (param, reply.text)
+                error = ErrorBody.model_validate_json(reply.content).error
+                assert error.param == param and error.type == "invalid_request_error", (param, reply.text)
+                assert error.message.startswith(param) or param in error.message, (param, error.message)
+                assert not any(w in error.message for w in ("validation error", "input_value", "pydantic")), error
+            extra = await http.post("/tokenize", headers=headers,
+                                    json={"model": MODEL, "messages": [{"role": "user", "content": "x", "y": 1}]})
+            assert extra.status_code == 400 and extra.json()["error"]["param"] == "messages[0].y"
 
 
 async def test_neutral_values_and_harmless_fields_are_served(redis_url, catalog):

@@ -175,3 +175,27 @@ async def test_echo_scores_a_token_id_prompt_like_lm_eval_does(redis_url, catalo
         plain_echo = await client.completions.create(model=MODEL, prompt="Hello", max_tokens=1, echo=True,
                                                      temperature=0)
         assert plain_echo.choices[0].text.startswith("Hello") and plain_echo.choices[0].logprobs is None
+
+
+async def test_best_of_returns_the_candidates_with_the_highest_logprob_per_token(redis_url, catalog, hf_model):
+    """best_of forks best_of candidates (seeded like n of them) and returns the n most likely."""
+    async with running_stack(redis_url, [real_engine(catalog, hf_model)], catalog) as stack:
+        base = f"http://127.0.0.1:{stack.gateway.service.http_port}/v1"
+        client = openai.AsyncOpenAI(base_url=base, api_key=API_KEY, max_retries=0, timeout=120)
+        ask = {"model": MODEL, "prompt": "The weather today is", "max_tokens": 5, "temperature": 1.0, "seed": 11}
+        candidates = await client.completions.create(n=4, logprobs=0, **ask)
+        score = {c.text: sum(c.logprobs.token_logprobs) / len(c.logprobs.token_logprobs)
+                 for c in candidates.choices}
+        assert len(score) == 4
+        ranked = sorted(score, key=score.__getitem__, reverse=True)
+        best = await client.completions.create(n=2, best_of=4, **ask)
+        assert [c.text for c in best.choices] == ranked[:2] and [c.index for c in best.choices] == [0, 1]
+        assert all(c.logprobs is None for c in best.choices)  # ranked by logprobs nobody asked to see
+        assert best.usage.completion_tokens == candidates.usage.completion_tokens  # every candidate counts
+        assert best.usage.prompt_tokens == candidates.usage.prompt_tokens
+        shown = await client.completions.create(best_of=4, logprobs=1, **ask)
+        assert [c.text for c in shown.choices] == ranked[:1] and len(shown.choices[0].logprobs.top_logprobs[0]) == 1
+        for extra in ({"n": 2, "best_of": 1}, {"best_of": 2, "stream": True}, {"best_of": 17}):
+            with pytest.raises(openai.BadRequestError) as caught:
+                await client.completions.create(**(ask | extra))
+            assert caught.value.param == "best_of", (extra, caught.value.body)

@@ -8,11 +8,16 @@ import pytest
 
 from llmserve.common.errors import InvalidArgument
 from llmserve.gateway.http.openai_format import parse_request
-from llmserve.gateway.http.tool_calls import CallBuffer, parse_calls, parse_tools, render_messages
+from llmserve.gateway.http.tool_calls import CallBuffer, parse_calls, render_messages
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
          {"type": "function", "function": {"name": "noop"}}]
+
+
+def parse_tools(fields: dict):
+    """The tools of a chat body with these fields, through the typed parse."""
+    return parse_request({"model": "m", "messages": [{"role": "user", "content": "x"}], **fields}, chat=True).tools
 
 
 def test_tool_choice_modes():
@@ -23,7 +28,10 @@ def test_tool_choice_modes():
     assert named.named == "noop"
     for bad, param in (({"tools": "x"}, "tools"), ({"tools": [{"type": "code"}]}, "tools[0]"),
                        ({"tool_choice": "required"}, "tool_choice"),
-                       ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice")):
+                       ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice"),
+                       ({"tools": [TOOLS[0] | {"extra": 1}]}, "tools[0].extra"),
+                       ({"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]},
+                        "tools[0].function.parameters")):
         with pytest.raises(InvalidArgument) as caught:
             parse_tools(bad)
         assert caught.value.param == param
