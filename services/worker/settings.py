@@ -37,13 +37,13 @@ class WorkerSettings(ServiceSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
     dtype: str | None = Field(None, description="float32, bfloat16 or float16; unset: fp32 on CPU, bf16 on GPU.")
     quantization: Literal["auto", "none", "int4", "int8", "w8a8"] = Field(
-        "none", description="CPU weight format of the Llama-family fast path. none (default): weights in "
-        "dtype (fp32 on CPU), the one mode whose greedy text survives a resume on another worker exactly "
-        "(bf16 activations of the packed modes let a recomputed prefill and token-by-token decode pick "
-        "different tokens; see docs/engine.md). auto: int4 on a CPU when dtype is unset (the fastest mode "
-        "at one sequence within 2% perplexity of fp32, bench/results/quantization.md), else none. int4: the GGUF's Q4_1 blocks served packed, bf16 activations. int8: int8 weight-only, "
-        "bf16 activations. w8a8: int8 weights x int8 activations (SmoothQuant), fp32 activations. none: "
-        "weights in dtype (docs/engine.md).")
+        "auto", description="CPU weight format of the Llama-family fast path. auto (default): int4 on a "
+        "CPU when dtype is unset (the fastest mode at one sequence within 2% perplexity of fp32, "
+        "bench/results/quantization.md), else none. int4: the GGUF's Q4_1 blocks served packed, bf16 "
+        "activations; its kernels are batch-invariant and recomputed tokens are replayed as decode, so a "
+        "resumed greedy request continues exactly. int8: int8 weight-only, bf16 activations. w8a8: int8 "
+        "weights x int8 activations (SmoothQuant), fp32 activations. none: weights in dtype (fp32 on "
+        "CPU; docs/engine.md).")
     kv_cache_bytes: int | None = Field(
         None, ge=1,
         description="KV cache budget per model; unset: 512 MiB on CPU, on CUDA what gpu_memory_fraction "

@@ -178,14 +178,13 @@ def test_engine_config_errors_name_the_field(overrides, field):
         EngineConfig(model="unused", **overrides).validate()
 
 
-def test_worker_settings_default_to_dense_weights_and_name_a_bad_field():
+def test_worker_settings_default_to_auto_and_name_a_bad_field():
     from pydantic import ValidationError
 
     from llmserve.worker.settings import WorkerSettings
 
-    # fp32 by default: the packed modes' bf16 activations can change a resumed sequence's greedy
-    # text (docs/engine.md, "Why auto is not the default"); auto stays one setting away.
-    assert WorkerSettings().quantization == "none"
-    assert WorkerSettings(quantization="auto").quantization == "auto"
+    # auto by default (int4 on a CPU); dense weights stay one setting away.
+    assert WorkerSettings().quantization == "auto"
+    assert WorkerSettings(quantization="none").quantization == "none"
     with pytest.raises(ValidationError, match="quantization"):
         WorkerSettings(quantization="int3")
