@@ -1,0 +1,275 @@
+"""Where the stack's CPU goes per output token, process by process (issue 14).
+
+Starts the suite as `make run` does (`LocalSuite`: Redis, monitor, worker, scheduler, gateway as
+real processes, the default worker mode), drives 1, 4 and 16 closed-loop streams through the
+OpenAI HTTP API with ../shared/bench/loadgen.py (greedy, 64 new tokens), and records per level
+each process's CPU seconds (psutil: user + system, all threads) per 1,000 output tokens. The
+worker is split by thread: its event loop (runtime, token-sink publishing, heartbeats, intake),
+its engine thread, its other Python threads (OTLP exporters, metrics) and its native threads
+(OpenMP pool, gRPC core).
+
+`--label before|after` names the run; results accumulate in bench/results/control-plane-cpu.json
+and the table in control-plane-cpu.md is rewritten from every label there. `--profile` instead
+records py-spy profiles (raw, collapsed stacks) of the gateway, scheduler and worker at 1 stream
+and writes the top self-time frames of each to bench/results/control-plane-profile-<label>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+SHARED = next((p for p in (Path(os.environ.get("LLMSERVE_BENCH_SHARED", "")), ROOT.parent / "shared/bench",
+                           Path("/work/shared/bench")) if (p / "loadgen.py").is_file()), None)
+PY_SPY = Path(sys.executable).with_name("py-spy")
+PLANE = ("gateway", "scheduler", "monitor", "redis")
+WORKER_PARTS = ("worker_loop", "worker_engine", "worker_py_other", "worker_native")
+
+
+def process_cpu(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+def worker_threads(pid: int) -> dict[str, set[int]]:
+    """Native thread ids of the worker's Python threads, by role (py-spy dump names them)."""
+    out = subprocess.run([str(PY_SPY), "dump", "--pid", str(pid), "--json", "--nonblocking"],
+                         capture_output=True, text=True, check=True).stdout
+    roles: dict[str, set[int]] = {"worker_engine": set(), "worker_py_other": set()}
+    for thread in json.loads(out):
+        tid = thread.get("os_thread_id")
+        if tid is None or tid == pid:
+            continue
+        name = thread.get("thread_name") or ""
+        roles["worker_engine" if name.startswith("engine-") else "worker_py_other"].add(tid)
+    return roles
+
+
+def worker_split(proc: psutil.Process, roles: dict[str, set[int]]) -> dict[str, float]:
+    split = dict.fromkeys(WORKER_PARTS, 0.0)
+    for t in proc.threads():
+        role = ("worker_loop" if t.id == proc.pid else "worker_engine" if t.id in roles["worker_engine"]
+                else "worker_py_other" if t.id in roles["worker_py_other"] else "worker_native")
+        split[role] += t.user_time + t.system_time
+    return split
+
+
+def snapshot(procs: dict[str, psutil.Process], roles: dict[str, set[int]]) -> dict[str, float]:
+    cpu = {name: process_cpu(p) for name, p in procs.items()}
+    return cpu | worker_split(procs["worker"], roles)
+
+
+def loadgen(url: str, model: str, api_key: str, level: int, requests: int) -> dict:
+    cmd = [sys.executable, str(SHARED / "loadgen.py"), "--url", url, "--model", model, "--api-key", api_key,
+           "-c", str(level), "-n", str(requests), "--warmup", "2", "--max-tokens", "64", "--temperature", "0"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def measure_level(suite, procs, roles, level: int, requests: int) -> dict:
+    from llmserve.common.model_store import DEFAULT_MODEL
+
+    url = f"http://127.0.0.1:{suite.ports.http}"
+    before, wall = snapshot(procs, roles), time.monotonic()
+    r = loadgen(url, DEFAULT_MODEL, suite.api_key, level, requests)
+    after, wall = snapshot(procs, roles), time.monotonic() - wall
+    # loadgen's two warm-up requests cost the same CPU; their tokens are estimated alike.
+    tokens = r["output_tokens_total"] * (requests + 2) / requests
+    per_1k = {k: round((after[k] - before[k]) / tokens * 1000, 3) for k in after}
+    per_1k["control_plane"] = round(sum(per_1k[k] for k in PLANE), 3)
+    per_1k["worker_non_engine"] = round(per_1k["worker_loop"] + per_1k["worker_py_other"], 3)
+    return {"level": level, "output_tok_s": r["output_tok_per_s"], "ttft_p50_ms": r["ttft_ms"]["p50"],
+            "itl_p50_ms": r["itl_ms"]["p50"], "errors": r["errors"], "output_tokens": round(tokens),
+            "wall_s": round(wall, 2), "cpu_s_per_1k_tokens": per_1k,
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+
+
+class Suite:
+    """The suite as `make run` starts it, on free ports, with its own Redis."""
+
+    def __enter__(self):
+        from llmserve.cli.redis_server import RedisServer
+        from llmserve.cli.suite import LocalSuite, Ports
+
+        self.redis = RedisServer().__enter__()
+        self.suite = LocalSuite(ports=Ports.free(), redis_url=self.redis.url, log_dir=Path("/tmp/llmserve-cpcpu-logs"))
+        self.suite.start(timeout=600)
+        self.procs = {s.name: psutil.Process(s.process.pid) for s in self.suite.services}
+        self.procs["redis"] = psutil.Process(self.redis.process.pid)
+        return self
+
+    def __exit__(self, *exc):
+        self.suite.stop()
+        self.redis.__exit__(*exc)
+
+
+def run_measure(args) -> dict:
+    with Suite() as s:
+        time.sleep(2)  # let start-up work (warm-up, first heartbeats, first exports) settle
+        roles = worker_threads(s.procs["worker"].pid)
+        idle = measure_idle(s.procs, roles, args.idle_s)
+        print(json.dumps({"idle_cpu_ms_per_s": idle}), flush=True)
+        levels = []
+        for level in args.levels:
+            levels.append(measure_level(s.suite, s.procs, roles, level, args.requests))
+            print(json.dumps(levels[-1]), flush=True)
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(),
+            "machine": _machine(), "requests_per_level": args.requests, "idle_cpu_ms_per_s": idle,
+            "levels": levels}
+
+
+def measure_idle(procs, roles, seconds: float) -> dict[str, float]:
+    """CPU milliseconds per second of each part with no request at all: the fixed cost (polling,
+    heartbeats, exports) that a level's per-token figure carries divided by its throughput."""
+    before = snapshot(procs, roles)
+    time.sleep(seconds)
+    after = snapshot(procs, roles)
+    return {k: round((after[k] - before[k]) / seconds * 1000, 2) for k in after}
+
+
+def run_profile(args) -> None:
+    """py-spy of gateway, scheduler and worker while loadgen runs one stream."""
+    from llmserve.common.model_store import DEFAULT_MODEL
+
+    out_dir = Path(args.profile_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with Suite() as s:
+        url = f"http://127.0.0.1:{s.suite.ports.http}"
+        loadgen(url, DEFAULT_MODEL, s.suite.api_key, 1, 2)  # warm
+        spies = {name: subprocess.Popen([str(PY_SPY), "record", "--pid", str(s.procs[name].pid), "--format", "raw",
+                                         "--rate", "200", "--threads", "--nonblocking",
+                                         "-o", str(out_dir / f"{args.label}-{name}.txt")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for name in ("gateway", "scheduler", "worker")}
+        r = loadgen(url, DEFAULT_MODEL, s.suite.api_key, 1, args.requests)
+        for spy in spies.values():
+            spy.send_signal(2)
+            spy.wait(30)
+    lines = [f"# py-spy profiles at 1 stream ({args.label})\n", f"{_machine()}; {args.requests} requests, "
+             f"{r['output_tokens_total']} output tokens, {r['output_tok_per_s']} tok/s; commit {_commit()}.\n",
+             "Samples at 200 Hz of threads that were running (idle threads excluded).\n"]
+    for name in spies:
+        lines += summarize(out_dir / f"{args.label}-{name}.txt", name, r["output_tokens_total"])
+    path = RESULTS / f"control-plane-profile-{args.label}.md"
+    path.write_text("\n".join(lines) + "\n")
+    print(path.read_text())
+
+
+def summarize(path: Path, name: str, tokens: int, top: int = 25) -> list[str]:
+    """Self and inclusive samples per frame of a raw (collapsed) py-spy file."""
+    own, incl, threads, total = Counter(), Counter(), Counter(), 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        count = int(n)
+        total += count
+        threads[frames[0]] += count
+        own[frames[-1]] += count
+        for f in set(frames[1:]):
+            incl[f] += count
+    out = [f"\n## {name}: {total} samples ({total / 200 / tokens * 1000:.2f} s per 1,000 tokens)\n",
+           "By thread: " + ", ".join(f"{t} {n}" for t, n in threads.most_common(6)) + "\n",
+           "| self | inclusive | frame |", "|---|---|---|"]
+    for frame, n in own.most_common(top):
+        out.append(f"| {n / total:.1%} | {incl[frame] / total:.1%} | `{frame}` |")
+    out += ["", "Top inclusive:", "", "| inclusive | frame |", "|---|---|"]
+    for frame, n in incl.most_common(top):
+        out.append(f"| {n / total:.1%} | `{frame}` |")
+    return out
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() + ("+dirty" if subprocess.run(
+                              ["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "libs", "services"]).returncode
+                              else "")
+
+
+def _machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"{platform.machine()}, {os.cpu_count()} cores ({cpu}), load avg {os.getloadavg()[0]:.2f} at the end"
+
+
+def to_markdown(runs: dict[str, dict]) -> str:
+    cols = ("control_plane", *PLANE, "worker", *WORKER_PARTS, "worker_non_engine")
+    lines = ["# Control-plane CPU per output token\n",
+             "`bench/control_plane_cpu.py`: the suite as `make run` starts it (default worker mode), loadgen.py "
+             "through the OpenAI HTTP API (SSE), greedy, 64 new tokens, closed loop. CPU-seconds (user + system, "
+             "psutil) per 1,000 output tokens, per process; control plane = gateway + scheduler + monitor + Redis. "
+             "Worker threads: loop = its asyncio thread (runtime, token sink, heartbeats), engine = the step thread, "
+             "py_other = other Python threads (OTLP export, metrics), native = OpenMP pool and gRPC core; "
+             "non_engine = loop + py_other.\n"]
+    for label, run in runs.items():
+        lines += [f"\n## {label}\n", f"{run['machine']}; run {run['date']}, commit {run['commit']}, "
+                  f"{run['requests_per_level']} requests per level (+2 warm-up).\n",
+                  "| streams | tok/s | TTFT p50 ms | load avg | " + " | ".join(cols) + " |",
+                  "|---|---|---|---|" + "---|" * len(cols)]
+        for lv in run["levels"]:
+            c = lv["cpu_s_per_1k_tokens"]
+            lines.append(f"| {lv['level']} | {lv['output_tok_s']:.1f} | {lv['ttft_p50_ms']:.0f} | "
+                         f"{lv['loadavg'][0]:.2f} | " + " | ".join(f"{c.get(k, 0.0):.2f}" for k in cols) + " |")
+        if run.get("idle_cpu_ms_per_s"):
+            idle = run["idle_cpu_ms_per_s"]
+            lines += ["", "With no request at all (CPU milliseconds per second"
+                      + (f"; measured {run['idle_measured']}" if run.get("idle_measured") else "") + "): "
+                      + ", ".join(f"{k} {idle.get(k, 0.0):.1f}" for k in (*PLANE, *WORKER_PARTS)) + "."]
+    if "before" in runs and "after" in runs:
+        lines += _ratio(runs["before"], runs["after"])
+    return "\n".join(lines) + "\n"
+
+
+def _ratio(before: dict, after: dict) -> list[str]:
+    lines = ["\n## after / before (CPU-s per 1,000 tokens)\n", "| streams | control plane | gateway | scheduler "
+             "| monitor | redis | worker non-engine |", "|---|---|---|---|---|---|---|"]
+    b = {lv["level"]: lv["cpu_s_per_1k_tokens"] for lv in before["levels"]}
+    for lv in after["levels"]:
+        a, o = lv["cpu_s_per_1k_tokens"], b.get(lv["level"])
+        if o:
+            keys = ("control_plane", *PLANE, "worker_non_engine")
+            lines.append(f"| {lv['level']} | " + " | ".join(
+                f"{o[k]:.2f} → {a[k]:.2f}" + (f" ({a[k] / o[k]:.2f}x)" if o[k] else "") for k in keys) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--label", default="after")
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--idle-s", type=float, default=20.0, help="seconds of the idle measurement")
+    parser.add_argument("--profile", action="store_true", help="py-spy profiles at 1 stream instead")
+    parser.add_argument("--profile-dir", default="/tmp/llmserve-cpcpu-profiles")
+    args = parser.parse_args()
+    if SHARED is None:
+        sys.exit("../shared/bench/loadgen.py not found (set LLMSERVE_BENCH_SHARED to its folder)")
+    args.levels = [int(x) for x in args.concurrency.split(",") if x.strip() and int(x)]
+    if args.profile:
+        run_profile(args)
+        return
+    path = RESULTS / "control-plane-cpu.json"
+    runs = json.loads(path.read_text()) if path.is_file() else {}
+    run = run_measure(args)
+    if not args.levels and args.label in runs:  # an idle-only run completes an earlier one
+        runs[args.label]["idle_cpu_ms_per_s"] = run["idle_cpu_ms_per_s"]
+        runs[args.label]["idle_measured"] = f"{run['date']}, commit {run['commit']}, {run['machine']}"
+    else:
+        runs[args.label] = run
+    path.write_text(json.dumps(runs, indent=2))
+    (RESULTS / "control-plane-cpu.md").write_text(to_markdown(runs))
+    print((RESULTS / "control-plane-cpu.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
