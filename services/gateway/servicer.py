@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import grpc
 
@@ -198,12 +199,21 @@ class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
                                             delivered_text="".join(stream.delivered_text))
 
 
+#: How long an acknowledgement alone waits for more to ride with it. A worker sends a message
+#: per engine step; answering each with its own ack costs a gRPC message each way per token.
+#: Cancellations, errors and the end of the stream never wait; the sender keeps (and, after a
+#: reconnect, resends) what is unacknowledged, so a later ack loses nothing.
+ACK_DELAY_S = 0.05
+
+
 async def _next_response(outbox: asyncio.Queue[str | int | Unavailable]) -> token_sink_pb2.StreamTokensResponse | None:
-    """One response for everything queued now: all cancellations and the newest ack
-    (acks coalesce while the writer is behind). None once the sender closed its side."""
+    """One response for everything queued now, or within ACK_DELAY_S while it is only acks:
+    all cancellations and the newest ack. None once the sender closed its side."""
     items = [await outbox.get()]
     while not outbox.empty():
         items.append(outbox.get_nowait())
+    if all(isinstance(item, int) for item in items):
+        await _more_acks(outbox, items)
     response = token_sink_pb2.StreamTokensResponse()
     for item in items:
         if isinstance(item, Unavailable):
@@ -215,6 +225,16 @@ async def _next_response(outbox: asyncio.Queue[str | int | Unavailable]) -> toke
         else:
             response.cancel_request_ids.append(item)
     return response
+
+
+async def _more_acks(outbox: asyncio.Queue[str | int | Unavailable], items: list[str | int | Unavailable]) -> None:
+    """Add to `items` what arrives within ACK_DELAY_S, until something that is not an ack."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(ACK_DELAY_S):
+            while isinstance(items[-1], int):
+                items.append(await outbox.get())
+                while not outbox.empty():
+                    items.append(outbox.get_nowait())
 
 
 async def _forward(source: asyncio.Queue[str], outbox: asyncio.Queue[str]) -> None:
