@@ -228,13 +228,17 @@ async def _next_response(outbox: asyncio.Queue[str | int | Unavailable]) -> toke
 
 
 async def _more_acks(outbox: asyncio.Queue[str | int | Unavailable], items: list[str | int | Unavailable]) -> None:
-    """Add to `items` what arrives within ACK_DELAY_S, until something that is not an ack."""
+    """Add to `items` what arrives within ACK_DELAY_S, until something that is not an ack
+    (a cancellation is queued just before its message's ack: the whole batch is looked at)."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(ACK_DELAY_S):
-            while isinstance(items[-1], int):
-                items.append(await outbox.get())
+            only_acks = True
+            while only_acks:
+                batch = [await outbox.get()]
                 while not outbox.empty():
-                    items.append(outbox.get_nowait())
+                    batch.append(outbox.get_nowait())
+                items.extend(batch)
+                only_acks = all(isinstance(item, int) for item in batch)
 
 
 async def _forward(source: asyncio.Queue[str], outbox: asyncio.Queue[str]) -> None:
