@@ -17,6 +17,7 @@ and writes the top self-time frames of each to bench/results/control-plane-profi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -70,20 +71,35 @@ def snapshot(procs: dict[str, psutil.Process], roles: dict[str, set[int]]) -> di
     return cpu | worker_split(procs["worker"], roles)
 
 
-def loadgen(url: str, model: str, api_key: str, level: int, requests: int) -> dict:
-    cmd = [sys.executable, str(SHARED / "loadgen.py"), "--url", url, "--model", model, "--api-key", api_key,
-           "-c", str(level), "-n", str(requests), "--warmup", "2", "--max-tokens", "64", "--temperature", "0"]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+def loadgen_cmd(url: str, model: str, api_key: str, level: int, requests: int) -> list[str]:
+    return [sys.executable, str(SHARED / "loadgen.py"), "--url", url, "--model", model, "--api-key", api_key,
+            "-c", str(level), "-n", str(requests), "--warmup", "2", "--max-tokens", "64", "--temperature", "0"]
+
+
+def loadgen_result(out: str) -> dict:
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
 
 
-def measure_level(suite, procs, roles, level: int, requests: int) -> dict:
+def loadgen(url: str, model: str, api_key: str, level: int, requests: int) -> dict:
+    out = subprocess.run(loadgen_cmd(url, model, api_key, level, requests), check=True, capture_output=True,
+                         text=True).stdout
+    return loadgen_result(out)
+
+
+def measure_level(suites: list[Suite], level: int, requests: int) -> list[dict]:
+    """One level on every suite at once (side by side: the same machine load for each)."""
     from llmserve.common.model_store import DEFAULT_MODEL
 
-    url = f"http://127.0.0.1:{suite.ports.http}"
-    before, wall = snapshot(procs, roles), time.monotonic()
-    r = loadgen(url, DEFAULT_MODEL, suite.api_key, level, requests)
-    after, wall = snapshot(procs, roles), time.monotonic() - wall
+    before, wall = [s.snapshot() for s in suites], time.monotonic()
+    gens = [subprocess.Popen(loadgen_cmd(f"http://127.0.0.1:{s.suite.ports.http}", DEFAULT_MODEL, s.suite.api_key,
+                                         level, requests), stdout=subprocess.PIPE, text=True) for s in suites]
+    outs = [g.communicate()[0] for g in gens]
+    after, wall = [s.snapshot() for s in suites], time.monotonic() - wall
+    return [_level_row(level, requests, loadgen_result(out), b, a, wall) for out, b, a in zip(outs, before, after,
+                                                                                              strict=True)]
+
+
+def _level_row(level: int, requests: int, r: dict, before: dict, after: dict, wall: float) -> dict:
     # loadgen's two warm-up requests cost the same CPU; their tokens are estimated alike.
     tokens = r["output_tokens_total"] * (requests + 2) / requests
     per_1k = {k: round((after[k] - before[k]) / tokens * 1000, 3) for k in after}
@@ -96,46 +112,60 @@ def measure_level(suite, procs, roles, level: int, requests: int) -> dict:
 
 
 class Suite:
-    """The suite as `make run` starts it, on free ports, with its own Redis."""
+    """The suite as `make run` starts it, on free ports, with its own Redis; `env` on top (a
+    PYTHONPATH naming another source tree runs that code instead)."""
+
+    def __init__(self, name: str = "suite", env: dict[str, str] | None = None):
+        self.name, self.env = name, env or {}
 
     def __enter__(self):
         from llmserve.cli.redis_server import RedisServer
         from llmserve.cli.suite import LocalSuite, Ports
 
         self.redis = RedisServer().__enter__()
-        self.suite = LocalSuite(ports=Ports.free(), redis_url=self.redis.url, log_dir=Path("/tmp/llmserve-cpcpu-logs"))
+        self.suite = LocalSuite(ports=Ports.free(), redis_url=self.redis.url, env=self.env,
+                                log_dir=Path(f"/tmp/llmserve-cpcpu-logs/{self.name}"))
         self.suite.start(timeout=600)
         self.procs = {s.name: psutil.Process(s.process.pid) for s in self.suite.services}
         self.procs["redis"] = psutil.Process(self.redis.process.pid)
+        self.roles: dict[str, set[int]] = {"worker_engine": set(), "worker_py_other": set()}
         return self
+
+    def snapshot(self) -> dict[str, float]:
+        return snapshot(self.procs, self.roles)
 
     def __exit__(self, *exc):
         self.suite.stop()
         self.redis.__exit__(*exc)
 
 
-def run_measure(args) -> dict:
-    with Suite() as s:
+def run_measure(args, variants: dict[str, dict[str, str]]) -> dict[str, dict]:
+    """Every variant (label -> extra env) started and measured at the same time."""
+    with contextlib.ExitStack() as stack:
+        suites = [stack.enter_context(Suite(label.replace(" ", "-"), env)) for label, env in variants.items()]
         time.sleep(2)  # let start-up work (warm-up, first heartbeats, first exports) settle
-        roles = worker_threads(s.procs["worker"].pid)
-        idle = measure_idle(s.procs, roles, args.idle_s)
+        for s in suites:
+            s.roles = worker_threads(s.procs["worker"].pid)
+        idle = measure_idle(suites, args.idle_s)
         print(json.dumps({"idle_cpu_ms_per_s": idle}), flush=True)
-        levels = []
+        levels: list[list[dict]] = []
         for level in args.levels:
-            levels.append(measure_level(s.suite, s.procs, roles, level, args.requests))
+            levels.append(measure_level(suites, level, args.requests))
             print(json.dumps(levels[-1]), flush=True)
-    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(),
-            "machine": _machine(), "requests_per_level": args.requests, "idle_cpu_ms_per_s": idle,
-            "levels": levels}
+    side = " side by side with " + ", ".join(variants) if len(variants) > 1 else ""
+    return {label: {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(env),
+                    "machine": _machine() + side, "requests_per_level": args.requests,
+                    "idle_cpu_ms_per_s": idle[i], "levels": [lv[i] for lv in levels]}
+            for i, (label, env) in enumerate(variants.items())}
 
 
-def measure_idle(procs, roles, seconds: float) -> dict[str, float]:
+def measure_idle(suites: list[Suite], seconds: float) -> list[dict[str, float]]:
     """CPU milliseconds per second of each part with no request at all: the fixed cost (polling,
     heartbeats, exports) that a level's per-token figure carries divided by its throughput."""
-    before = snapshot(procs, roles)
+    before = [s.snapshot() for s in suites]
     time.sleep(seconds)
-    after = snapshot(procs, roles)
-    return {k: round((after[k] - before[k]) / seconds * 1000, 2) for k in after}
+    after = [s.snapshot() for s in suites]
+    return [{k: round((a[k] - b[k]) / seconds * 1000, 2) for k in a} for b, a in zip(before, after, strict=True)]
 
 
 def run_profile(args) -> None:
@@ -148,7 +178,7 @@ def run_profile(args) -> None:
         url = f"http://127.0.0.1:{s.suite.ports.http}"
         loadgen(url, DEFAULT_MODEL, s.suite.api_key, 1, 2)  # warm
         spies = {name: subprocess.Popen([str(PY_SPY), "record", "--pid", str(s.procs[name].pid), "--format", "raw",
-                                         "--rate", "200", "--threads", "--nonblocking",
+                                         "--rate", "200", "--threads", "--gil", "--nonblocking",
                                          "-o", str(out_dir / f"{args.label}-{name}.txt")],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for name in ("gateway", "scheduler", "worker")}
@@ -158,7 +188,7 @@ def run_profile(args) -> None:
             spy.wait(30)
     lines = [f"# py-spy profiles at 1 stream ({args.label})\n", f"{_machine()}; {args.requests} requests, "
              f"{r['output_tokens_total']} output tokens, {r['output_tok_per_s']} tok/s; commit {_commit()}.\n",
-             "Samples at 200 Hz of threads that were running (idle threads excluded).\n"]
+             "Samples at 200 Hz of threads holding the GIL (waits in epoll and native work without the GIL, such as torch kernels, excluded).\n"]
     for name in spies:
         lines += summarize(out_dir / f"{args.label}-{name}.txt", name, r["output_tokens_total"])
     path = RESULTS / f"control-plane-profile-{args.label}.md"
@@ -189,7 +219,9 @@ def summarize(path: Path, name: str, tokens: int, top: int = 25) -> list[str]:
     return out
 
 
-def _commit() -> str:
+def _commit(env: dict[str, str] | None = None) -> str:
+    if env and env.get("PYTHONPATH"):
+        return f"source tree {env['PYTHONPATH']}"
     return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True).stdout.strip() + ("+dirty" if subprocess.run(
                               ["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "libs", "services"]).returncode
@@ -225,13 +257,39 @@ def to_markdown(runs: dict[str, dict]) -> str:
             lines += ["", "With no request at all (CPU milliseconds per second"
                       + (f"; measured {run['idle_measured']}" if run.get("idle_measured") else "") + "): "
                       + ", ".join(f"{k} {idle.get(k, 0.0):.1f}" for k in (*PLANE, *WORKER_PARTS)) + "."]
-    if "before" in runs and "after" in runs:
-        lines += _ratio(runs["before"], runs["after"])
+    for label in runs:
+        if label.endswith("before") and label.removesuffix("before") + "after" in runs:
+            lines += _ratio(runs[label], runs[label.removesuffix("before") + "after"], label.removesuffix("before"))
+    lines += _marginal(runs)
     return "\n".join(lines) + "\n"
 
 
-def _ratio(before: dict, after: dict) -> list[str]:
-    lines = ["\n## after / before (CPU-s per 1,000 tokens)\n", "| streams | control plane | gateway | scheduler "
+def marginal_ms_per_token(run: dict, level: dict) -> dict[str, float]:
+    """CPU milliseconds per output token beyond the idle rate: (level CPU - idle rate x wall) /
+    tokens, the part that scales with tokens rather than with time (polling, heartbeats,
+    exports), so runs at different throughputs compare."""
+    idle, per_1k, wall, tokens = run["idle_cpu_ms_per_s"], level["cpu_s_per_1k_tokens"], level["wall_s"], \
+        level["output_tokens"]
+    parts = (*PLANE, "worker_loop", "worker_py_other")
+    return {k: round(per_1k[k] - idle.get(k, 0.0) * wall / tokens, 3) for k in parts}
+
+
+def _marginal(runs: dict[str, dict]) -> list[str]:
+    parts = (*PLANE, "worker_loop", "worker_py_other")
+    lines = ["\n## CPU ms per output token beyond the idle rate (see `marginal_ms_per_token`)\n",
+             "| run | streams | " + " | ".join(parts) + " | control plane | + worker non-engine |",
+             "|---|---|" + "---|" * (len(parts) + 2)]
+    for label, run in runs.items():
+        for lv in run["levels"]:
+            m = marginal_ms_per_token(run, lv)
+            plane = sum(m[k] for k in PLANE)
+            lines.append(f"| {label} | {lv['level']} | " + " | ".join(f"{m[k]:.2f}" for k in parts)
+                         + f" | {plane:.2f} | {plane + m['worker_loop'] + m['worker_py_other']:.2f} |")
+    return lines
+
+
+def _ratio(before: dict, after: dict, name: str) -> list[str]:
+    lines = [f"\n## {name}after / {name}before (CPU-s per 1,000 tokens)\n", "| streams | control plane | gateway | scheduler "
              "| monitor | redis | worker non-engine |", "|---|---|---|---|---|---|---|"]
     b = {lv["level"]: lv["cpu_s_per_1k_tokens"] for lv in before["levels"]}
     for lv in after["levels"]:
@@ -248,6 +306,8 @@ def main() -> None:
     parser.add_argument("--label", default="after")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--baseline-src", default="", help="a folder whose `llmserve` package is the baseline's "
+                        "code: both suites run side by side, labelled '<label> before' and '<label> after'")
     parser.add_argument("--idle-s", type=float, default=20.0, help="seconds of the idle measurement")
     parser.add_argument("--profile", action="store_true", help="py-spy profiles at 1 stream instead")
     parser.add_argument("--profile-dir", default="/tmp/llmserve-cpcpu-profiles")
@@ -260,12 +320,15 @@ def main() -> None:
         return
     path = RESULTS / "control-plane-cpu.json"
     runs = json.loads(path.read_text()) if path.is_file() else {}
-    run = run_measure(args)
-    if not args.levels and args.label in runs:  # an idle-only run completes an earlier one
-        runs[args.label]["idle_cpu_ms_per_s"] = run["idle_cpu_ms_per_s"]
-        runs[args.label]["idle_measured"] = f"{run['date']}, commit {run['commit']}, {run['machine']}"
-    else:
-        runs[args.label] = run
+    variants = {args.label: {}}
+    if args.baseline_src:  # the baseline's code and this tree's, at the same time
+        variants = {f"{args.label} before": {"PYTHONPATH": args.baseline_src}, f"{args.label} after": {}}
+    for label, run in run_measure(args, variants).items():
+        if not args.levels and label in runs:  # an idle-only run completes an earlier one
+            runs[label]["idle_cpu_ms_per_s"] = run["idle_cpu_ms_per_s"]
+            runs[label]["idle_measured"] = f"{run['date']}, commit {run['commit']}, {run['machine']}"
+        else:
+            runs[label] = run
     path.write_text(json.dumps(runs, indent=2))
     (RESULTS / "control-plane-cpu.md").write_text(to_markdown(runs))
     print((RESULTS / "control-plane-cpu.md").read_text())
