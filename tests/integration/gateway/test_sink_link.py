@@ -18,8 +18,8 @@ from llmserve.common.redis_keys import request_key
 from llmserve.common.tokensink.client import OutChunk, SinkClient
 from llmserve.common.tokensink.v1 import token_sink_pb2 as pb
 from llmserve.common.tokensink.v1 import token_sink_pb2_grpc
-from llmserve.gateway import servicer as gateway_servicer
 from llmserve.gateway.servicer import TokenSinkServicer
+from llmserve.gateway.streams import sink_acks
 from llmserve.gateway.streams.inflight import InflightRegistry, TokenEvent
 from llmserve.gateway.streams.sink_authz import SinkAuthorizer
 
@@ -180,7 +180,7 @@ async def test_acknowledgements_coalesce_and_cancellations_do_not_wait(monkeypat
     """A worker streams a message per engine step: the gateway acknowledges several with one
     response (not a gRPC message back per token), acknowledges the last one too, and a
     cancellation (a chunk nobody waits for) goes out without waiting for more acks."""
-    monkeypatch.setattr(gateway_servicer, "ACK_DELAY_S", 1.0)  # wide, so the timings below are not close
+    monkeypatch.setattr(sink_acks, "ACK_DELAY_S", 1.0)  # wide, so the timings below are not close
     inflight = InflightRegistry()
     inflight.open("r1")
     server, address = await _serve(TokenSinkServicer(inflight))
@@ -212,6 +212,13 @@ async def test_acknowledgements_coalesce_and_cancellations_do_not_wait(monkeypat
                 while max((r.acked_seq for r in responses), default=0) < 21:
                     await asyncio.sleep(0.01)
             assert len(responses) < 10, f"{len(responses)} responses for 21 messages"
+            held = len(responses)
+            for seq in (22, 23):  # the last messages of a stream: their ack comes when the delay is up
+                await call.write(message(seq))
+            async with asyncio.timeout(10):
+                while max(r.acked_seq for r in responses) < 23:
+                    await asyncio.sleep(0.01)
+            assert len(responses) <= held + 1
             await call.done_writing()
             await reader
     finally:
