@@ -174,7 +174,7 @@ def run_profile(args) -> None:
 
     out_dir = Path(args.profile_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with Suite() as s:
+    with Suite(f"profile-{args.label}", {"PYTHONPATH": args.baseline_src} if args.baseline_src else None) as s:
         url = f"http://127.0.0.1:{s.suite.ports.http}"
         loadgen(url, DEFAULT_MODEL, s.suite.api_key, 1, 2)  # warm
         spies = {name: subprocess.Popen([str(PY_SPY), "record", "--pid", str(s.procs[name].pid), "--format", "raw",
@@ -187,7 +187,7 @@ def run_profile(args) -> None:
             spy.send_signal(2)
             spy.wait(30)
     lines = [f"# py-spy profiles at 1 stream ({args.label})\n", f"{_machine()}; {args.requests} requests, "
-             f"{r['output_tokens_total']} output tokens, {r['output_tok_per_s']} tok/s; commit {_commit()}.\n",
+             f"{r['output_tokens_total']} output tokens, {r['output_tok_per_s']} tok/s; {_commit({'PYTHONPATH': args.baseline_src} if args.baseline_src else None)}.\n",
              "Samples at 200 Hz of threads holding the GIL (waits in epoll and native work without the GIL, such as torch kernels, excluded).\n"]
     for name in spies:
         lines += summarize(out_dir / f"{args.label}-{name}.txt", name, r["output_tokens_total"])
@@ -330,8 +330,18 @@ def main() -> None:
         else:
             runs[label] = run
     path.write_text(json.dumps(runs, indent=2))
-    (RESULTS / "control-plane-cpu.md").write_text(to_markdown(runs))
+    write_markdown(runs)
     print((RESULTS / "control-plane-cpu.md").read_text())
+
+
+NOTES_MARK = "<!-- notes: written by hand, kept when the tables above are regenerated -->"
+
+
+def write_markdown(runs: dict[str, dict]) -> None:
+    md = RESULTS / "control-plane-cpu.md"
+    old = md.read_text() if md.is_file() else ""
+    notes = old.split(NOTES_MARK, 1)[1] if NOTES_MARK in old else "\n"
+    md.write_text(to_markdown(runs) + "\n" + NOTES_MARK + notes)
 
 
 if __name__ == "__main__":
