@@ -8,7 +8,9 @@ worker is split by thread: its event loop (runtime, token-sink publishing, heart
 its engine thread, its other Python threads (OTLP exporters, metrics) and its native threads
 (OpenMP pool, gRPC core).
 
-`--label before|after` names the run; results accumulate in bench/results/control-plane-cpu.json
+`--baseline REV` runs REV's code and this tree's as two suites at the same time (on a shared
+machine the only fair comparison), labelled '<label> before' and '<label> after'.
+`--label` names the run; results accumulate in bench/results/control-plane-cpu.json
 and the table in control-plane-cpu.md is rewritten from every label there. `--profile` instead
 records py-spy profiles (raw, collapsed stacks) of the gateway, scheduler and worker at 1 stream
 and writes the top self-time frames of each to bench/results/control-plane-profile-<label>.md.
@@ -219,6 +221,27 @@ def summarize(path: Path, name: str, tokens: int, top: int = 25) -> list[str]:
     return out
 
 
+def baseline_tree(rev: str) -> str:
+    """`rev`'s code as an importable `llmserve` package (what the editable install maps: libs/ is
+    `llmserve`, services/<name> is `llmserve.<name>`), with this tree's generated protobuf stubs
+    (build output, not in git); a PYTHONPATH naming it wins over the editable install."""
+    import tarfile
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="llmserve-baseline-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "libs", "services"], check=True,
+                             capture_output=True).stdout
+    with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+        tar.extractall(root / "src", filter="data")
+    for service in ("gateway", "scheduler", "worker", "monitor"):
+        (root / "src/libs" / service).symlink_to(root / "src/services" / service)
+    for stub in [*ROOT.glob("libs/**/*_pb2*.py*"), *ROOT.glob("services/**/*_pb2*.py*")]:
+        (root / "src" / stub.relative_to(ROOT)).write_bytes(stub.read_bytes())
+    (root / "pkg").mkdir()
+    (root / "pkg/llmserve").symlink_to(root / "src/libs")
+    return str(root / "pkg")
+
+
 def _commit(env: dict[str, str] | None = None) -> str:
     if env and env.get("PYTHONPATH"):
         return f"source tree {env['PYTHONPATH']}"
@@ -306,6 +329,8 @@ def main() -> None:
     parser.add_argument("--label", default="after")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--baseline", default="", help="a git revision: its libs/ and services/ are laid out as "
+                        "an `llmserve` package in a temporary folder and used as --baseline-src")
     parser.add_argument("--baseline-src", default="", help="a folder whose `llmserve` package is the baseline's "
                         "code: both suites run side by side, labelled '<label> before' and '<label> after'")
     parser.add_argument("--idle-s", type=float, default=20.0, help="seconds of the idle measurement")
@@ -315,6 +340,8 @@ def main() -> None:
     if SHARED is None:
         sys.exit("../shared/bench/loadgen.py not found (set LLMSERVE_BENCH_SHARED to its folder)")
     args.levels = [int(x) for x in args.concurrency.split(",") if x.strip() and int(x)]
+    if args.baseline:
+        args.baseline_src = baseline_tree(args.baseline)
     if args.profile:
         run_profile(args)
         return
