@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 BUF := .tools/node_modules/.bin/buf
-.PHONY: help install protos model run compose-env test test-tools buf-lint buf-breaking docs docs-check schemas test-exhaustive test-unit test-integration test-e2e lint format typecheck bench bench-engine bench-sched chaos chaos-reattach clean
+.PHONY: help install protos model run compose-env test test-tools buf-lint buf-breaking docs docs-check schemas test-exhaustive test-unit test-integration test-e2e lint format typecheck bench bench-engine bench-sched bench-control-plane chaos chaos-reattach clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ bench-sched: model ## quiet tenant's TTFT under a heavy one: fair share by token
 
 bench-stack: model ## serving overhead of the stack and full-queue rejection latency
 	$(BIN)/python bench/stack_bench.py
+
+bench-control-plane: model ## control-plane CPU-s per 1,000 output tokens, this tree beside BASELINE (default main), 1/4/16 streams
+	$(BIN)/python bench/control_plane_cpu.py --baseline $(or $(BASELINE),main) --label "beside $(or $(BASELINE),main),"
 
 clean: ## remove the environment, generated stubs and run state
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache

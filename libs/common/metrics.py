@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 import grpc
 from opentelemetry import metrics
@@ -181,6 +182,25 @@ class GatewayMetrics:
         self.revoked.add(count, {"tenant": tenant})
 
 
+class _LastValues:
+    """Sets a gauge only when its value changed. The SDK reads a synchronous gauge with
+    cumulative temporality (the Prometheus reader, and the OTLP exporter whatever its
+    temporality preference: that only concerns counters and histograms), which reports the
+    last value at every collection, so setting it again to the same value records nothing.
+    Each set costs several microseconds of SDK work; the worker sets eight after every step."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple, int | float] = {}
+        self._lock = threading.Lock()  # the engine thread and the heartbeat both set KV gauges
+
+    def set(self, gauge, value: int | float, key: tuple, attrs: dict[str, str]) -> None:
+        with self._lock:
+            if self._last.get(key) == value:
+                return
+            self._last[key] = value
+            gauge.set(value, attrs)
+
+
 class SchedulerMetrics:
     """What a scheduler records about queues, dispatch and the workers it sees."""
 
@@ -189,10 +209,11 @@ class SchedulerMetrics:
         self.depth = m.create_gauge("llmserve.queue.depth", "{request}", "Requests waiting for a worker.")
         self.wait = _latency(m, "llmserve.queue.wait", "Time from enqueue to dispatch on a worker.")
         self.workers = m.create_gauge("llmserve.workers", "{worker}", "Workers in the registry, by state.")
+        self._gauges = _LastValues()  # set on every registry refresh (10 a second), rarely changed
 
     def set_queue_depth(self, model: str, priority: int | str, depth: int) -> None:
         """Requests of `model` at `priority` waiting now (stream backlog plus held here)."""
-        self.depth.set(depth, {"model": model, "priority": str(priority)})
+        self._gauges.set(self.depth, depth, ("depth", model, str(priority)), {"model": model, "priority": str(priority)})
 
     def dispatched(self, model: str, priority: int | str, waited_s: float) -> None:
         """A request was handed to a worker after waiting `waited_s` since the gateway enqueued it."""
@@ -203,10 +224,10 @@ class SchedulerMetrics:
 
         Totals carry no `model` attribute, so a worker serving two models counts once.
         """
-        self.workers.set(live, {"state": "live"})
-        self.workers.set(draining, {"state": "draining"})
+        self._gauges.set(self.workers, live, ("live",), {"state": "live"})
+        self._gauges.set(self.workers, draining, ("draining",), {"state": "draining"})
         for model, count in live_by_model.items():
-            self.workers.set(count, {"model": model, "state": "live"})
+            self._gauges.set(self.workers, count, ("live", model), {"model": model, "state": "live"})
 
 
 class WorkerMetrics:
@@ -215,6 +236,9 @@ class WorkerMetrics:
     def __init__(self, worker_id: str, meter: Meter | None = None):
         m = _meter(meter)
         self.worker_id = worker_id
+        self._gauges = _LastValues()
+        self._attrs_of: dict[str, dict[str, str]] = {}
+        self._extra_attrs: dict[tuple, dict[str, str]] = {}
         self._priorities: set[int] = set(PRIORITY_CLASSES)
         self.batch = m.create_histogram(
             "llmserve.batch.size",
@@ -247,7 +271,18 @@ class WorkerMetrics:
         )
 
     def _attrs(self, model: str) -> dict[str, str]:
-        return {"model": model, "worker": self.worker_id}
+        attrs = self._attrs_of.get(model)
+        if attrs is None:
+            attrs = self._attrs_of[model] = {"model": model, "worker": self.worker_id}
+        return attrs
+
+    def _with(self, model: str, *extra: tuple[str, str]) -> dict[str, str]:
+        """The model's attributes plus `extra` (phase, state, ...), built once per combination."""
+        key = (model, *extra)
+        attrs = self._extra_attrs.get(key)
+        if attrs is None:
+            attrs = self._extra_attrs[key] = {**self._attrs(model), **dict(extra)}
+        return attrs
 
     def model_started(self, model: str) -> None:
         """Export this model's counters at 0 now, so they have data before their first event."""
@@ -270,18 +305,19 @@ class WorkerMetrics:
         self.batch_tokens.record(prefill_tokens + decode_tokens + recompute_tokens, attrs)
         for phase, count in zip(ENGINE_PHASES, (prefill_tokens, decode_tokens, recompute_tokens), strict=True):
             if count:
-                self.tokens.add(count, {**attrs, "phase": phase})
+                self.tokens.add(count, self._with(model, ("phase", phase)))
 
     def step_phases(self, model: str, seconds_by_phase: dict[str, float]) -> None:
-        """The per-phase breakdown of one step, so the next optimization starts from evidence."""
-        attrs = self._attrs(model)
+        """The per-phase breakdown of one step, so the next optimization starts from evidence.
+        `num_tokens` (a count the engine's timer keeps beside its phases) is not a duration."""
         for phase, seconds in seconds_by_phase.items():
-            self.phase_time.record(seconds, {**attrs, "phase": phase})
+            if phase != "num_tokens":
+                self.phase_time.record(seconds, self._with(model, ("phase", phase)))
 
     def set_kv_blocks(self, model: str, used: int, free: int) -> None:
         """KV accounting after a step (or a heartbeat)."""
-        self.kv_used.set(used, self._attrs(model))
-        self.kv_free.set(free, self._attrs(model))
+        self._gauges.set(self.kv_used, used, ("kv_used", model), self._attrs(model))
+        self._gauges.set(self.kv_free, free, ("kv_free", model), self._attrs(model))
 
     def preempted(self, model: str, count: int = 1) -> None:
         """`count` sequences were preempted (recompute) to free KV blocks."""
@@ -299,12 +335,11 @@ class WorkerMetrics:
         """Sequences in the engine after a step by (state, priority): in the batch, and waiting
         (preempted or not yet scheduled). Every priority class is set, 0 included, so a class
         that empties reads 0 rather than its last value."""
-        attrs = self._attrs(model)
         self._priorities.update(p for _, p in counts)  # once seen, a class is set (to 0) ever after
         for state in ("running", "waiting"):
             for priority in sorted(self._priorities):
-                self.sequences.set(counts.get((state, priority), 0),
-                                   {**attrs, "state": state, "priority": str(priority)})
+                attrs = self._with(model, ("state", state), ("priority", str(priority)))
+                self._gauges.set(self.sequences, counts.get((state, priority), 0), ("sequences", id(attrs)), attrs)
 
 
 _process_installed = False

@@ -10,6 +10,7 @@ and the OpenAI `finish_reason` show.
 from __future__ import annotations
 
 import enum
+import functools
 
 from .errors import Cancelled, DeadlineExceeded, GenerationFailed, LLMServeError
 from .tokensink.v1 import token_sink_pb2 as pb
@@ -29,10 +30,10 @@ class Outcome(enum.StrEnum):
 
     @classmethod
     def from_pb(cls, value: int) -> Outcome:
-        return cls[pb.Outcome.Name(value).removeprefix(_PB_PREFIX)]
+        return _from_pb(value)
 
     def to_pb(self) -> pb.Outcome:
-        return pb.Outcome.Value(_PB_PREFIX + self.name)
+        return _to_pb(self)
 
     @property
     def completed(self) -> bool:
@@ -48,3 +49,14 @@ class Outcome(enum.StrEnum):
         if self.completed or self is Outcome.UNSPECIFIED:
             raise ValueError(f"{self.name} is not an error outcome")
         return GenerationFailed(detail or "generation failed")
+
+
+# Every token chunk crosses both ways: look each name up once, not per chunk.
+@functools.cache
+def _from_pb(value: int) -> Outcome:
+    return Outcome[pb.Outcome.Name(value).removeprefix(_PB_PREFIX)]
+
+
+@functools.cache
+def _to_pb(outcome: Outcome) -> pb.Outcome:
+    return pb.Outcome.Value(_PB_PREFIX + outcome.name)

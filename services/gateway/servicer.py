@@ -20,6 +20,7 @@ from .generation import GenerationService
 from .routing.model_list import ModelStatus
 from .streams.inflight import FinishEvent, InflightRegistry, TokenEvent
 from .streams.reattach import chunk_from_pb
+from .streams.sink_acks import OutboxItem, SinkResponses
 from .streams.sink_authz import SinkAuthorizer
 from .streams.sink_links import SinkLinks
 
@@ -143,7 +144,8 @@ class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
     async def StreamTokens(self, request_iterator, context):
         # Items: a request id to cancel, an int seq to acknowledge, "" when the sender closed.
         # ...or an Unavailable that ends the stream.
-        outbox: asyncio.Queue[str | int | Unavailable] = asyncio.Queue()
+        outbox: asyncio.Queue[OutboxItem] = asyncio.Queue()
+        responses = SinkResponses(outbox)
         listeners: dict[str, asyncio.Queue[str]] = {}
         forwarders: list[asyncio.Task] = []
         caller = current_caller()
@@ -180,9 +182,10 @@ class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
 
         reader = asyncio.create_task(consume())
         try:
-            while (response := await _next_response(outbox)) is not None:
+            while (response := await responses.next()) is not None:
                 yield response
         finally:
+            responses.close()
             for task in (reader, *forwarders):
                 task.cancel()
             for worker_id, queue in listeners.items():
@@ -196,25 +199,6 @@ class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):
             return token_sink_pb2.FenceResponse(found=False)
         return token_sink_pb2.FenceResponse(found=True, delivered_token_ids=stream.delivered_token_ids,
                                             delivered_text="".join(stream.delivered_text))
-
-
-async def _next_response(outbox: asyncio.Queue[str | int | Unavailable]) -> token_sink_pb2.StreamTokensResponse | None:
-    """One response for everything queued now: all cancellations and the newest ack
-    (acks coalesce while the writer is behind). None once the sender closed its side."""
-    items = [await outbox.get()]
-    while not outbox.empty():
-        items.append(outbox.get_nowait())
-    response = token_sink_pb2.StreamTokensResponse()
-    for item in items:
-        if isinstance(item, Unavailable):
-            raise item  # UNAVAILABLE: the sender reconnects and resends what is unacknowledged
-        if item == "":
-            return None
-        if isinstance(item, int):
-            response.acked_seq = max(response.acked_seq, item)
-        else:
-            response.cancel_request_ids.append(item)
-    return response
 
 
 async def _forward(source: asyncio.Queue[str], outbox: asyncio.Queue[str]) -> None:

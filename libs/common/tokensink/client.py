@@ -43,13 +43,19 @@ class OutChunk:
     prompt_logprobs: list[TokenLogprob] | None = None  # prompt tokens 1.., once (echo)
 
     def to_pb(self, worker_id: str) -> pb.TokenChunk:
-        return pb.TokenChunk(request_id=self.request_id, attempt=self.attempt, index=self.index,
-                             token_ids=self.token_ids, text=self.text, outcome=Outcome(self.outcome).to_pb(),
-                             prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
-                             error=self.error, worker_id=worker_id,
-                             logprobs=[to_sink_pb(lp) for lp in self.logprobs or ()],
-                             prompt_logprobs=[to_sink_pb(lp) for lp in self.prompt_logprobs or ()],
-                             has_prompt_logprobs=self.prompt_logprobs is not None)
+        chunk = pb.TokenChunk(request_id=self.request_id, attempt=self.attempt, index=self.index,
+                              token_ids=self.token_ids, text=self.text, worker_id=worker_id)
+        # One chunk per sequence per step: the fields of a final chunk, and logprobs, only when set.
+        if self.outcome or self.prompt_tokens or self.completion_tokens or self.error:
+            chunk.outcome = Outcome(self.outcome).to_pb()
+            chunk.prompt_tokens, chunk.completion_tokens, chunk.error = (self.prompt_tokens,
+                                                                         self.completion_tokens, self.error)
+        if self.logprobs:
+            chunk.logprobs.extend(to_sink_pb(lp) for lp in self.logprobs)
+        if self.prompt_logprobs is not None:
+            chunk.prompt_logprobs.extend(to_sink_pb(lp) for lp in self.prompt_logprobs)
+            chunk.has_prompt_logprobs = True
+        return chunk
 
 
 class _GatewayLink:

@@ -19,6 +19,7 @@ from llmserve.common.tokensink.client import OutChunk, SinkClient
 from llmserve.common.tokensink.v1 import token_sink_pb2 as pb
 from llmserve.common.tokensink.v1 import token_sink_pb2_grpc
 from llmserve.gateway.servicer import TokenSinkServicer
+from llmserve.gateway.streams import sink_acks
 from llmserve.gateway.streams.inflight import InflightRegistry, TokenEvent
 from llmserve.gateway.streams.sink_authz import SinkAuthorizer
 
@@ -173,3 +174,52 @@ async def test_tokens_that_cannot_be_authorized_while_redis_is_down_are_resent_n
         await server.stop(None)
         await client.aclose()
         redis.stop()
+
+
+async def test_acknowledgements_coalesce_and_cancellations_do_not_wait(monkeypatch):
+    """A worker streams a message per engine step: the gateway acknowledges several with one
+    response (not a gRPC message back per token), acknowledges the last one too, and a
+    cancellation (a chunk nobody waits for) goes out without waiting for more acks."""
+    monkeypatch.setattr(sink_acks, "ACK_DELAY_S", 1.0)  # wide, so the timings below are not close
+    inflight = InflightRegistry()
+    inflight.open("r1")
+    server, address = await _serve(TokenSinkServicer(inflight))
+
+    def message(seq: int, request_id: str = "r1") -> pb.StreamTokensRequest:
+        return pb.StreamTokensRequest(link_id="w/1", seq=seq, chunks=[
+            pb.TokenChunk(request_id=request_id, attempt=1, index=seq - 1, token_ids=[seq], text="x")])
+
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = token_sink_pb2_grpc.TokenSinkServiceStub(channel).StreamTokens()
+            responses: list[pb.StreamTokensResponse] = []
+
+            async def read() -> None:
+                async for response in call:
+                    responses.append(response)
+
+            reader = asyncio.create_task(read())
+            for seq in range(1, 21):
+                await call.write(message(seq))
+                await asyncio.sleep(0.005)  # a fast engine step
+            sent = asyncio.get_running_loop().time()
+            await call.write(message(21, request_id="nobody-waits"))
+            async with asyncio.timeout(10):
+                while not any(r.cancel_request_ids for r in responses):
+                    await asyncio.sleep(0.001)
+            assert asyncio.get_running_loop().time() - sent < 0.5, "the cancellation waited for acks"
+            async with asyncio.timeout(10):
+                while max((r.acked_seq for r in responses), default=0) < 21:
+                    await asyncio.sleep(0.01)
+            assert len(responses) < 10, f"{len(responses)} responses for 21 messages"
+            held = len(responses)
+            for seq in (22, 23):  # the last messages of a stream: their ack comes when the delay is up
+                await call.write(message(seq))
+            async with asyncio.timeout(10):
+                while max(r.acked_seq for r in responses) < 23:
+                    await asyncio.sleep(0.01)
+            assert len(responses) <= held + 1
+            await call.done_writing()
+            await reader
+    finally:
+        await server.stop(None)
