@@ -45,7 +45,7 @@ test: model $(BUF) test-tools ## set up and run every test
 test-tools: ## install the system tools tests drive (promtool, prometheus, chromium) via apt when missing
 	@scripts/install_test_tools.sh
 
-test-exhaustive: model ## the whole must-show runs (120 JSON schemas, 50 LangChain prompts, 10 Redis restarts); many minutes
+test-exhaustive: model ## the whole must-show runs (120 JSON schemas, 50 LangChain prompts, 10 Redis restarts, 20 worker kills); many minutes
 	LLMSERVE_EXHAUSTIVE=1 $(BIN)/pytest -m exhaustive $(PYTEST_ARGS)
 	LLMSERVE_EXHAUSTIVE=1 $(BIN)/pytest tests/e2e/test_redis_faults.py -k aof_restarts $(PYTEST_ARGS)
 

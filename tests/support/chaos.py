@@ -1,6 +1,6 @@
 """kill -9 workers in the middle of streams; every stream must still complete, exactly.
 
-Used by the e2e test (20 kills) and by `make chaos` (200 kills, results in bench/results/).
+Used by the e2e test (5 kills; 20 in `make test-exhaustive`) and by `make chaos` (200 kills, results in bench/results/).
 """
 
 from __future__ import annotations
