@@ -99,10 +99,13 @@ def test_monitor_sees_what_the_client_saw(suite):
         time.sleep(6)  # one export interval: earlier tests' requests have all arrived
         before = ok_count(stub)
     ttfts = []
+    # A prompt of ~100 tokens: its prefill, not the client's own few ms of transport (which the
+    # gateway cannot see), is what the TTFT is made of, as for a real chat turn.
+    context = "The quick brown fox jumps over the lazy dog near the quiet river bank. " * 7
     with Client(f"127.0.0.1:{suite.ports.gateway}", api_key=suite.api_key) as client:
         for i in range(12):
             started = time.perf_counter()
-            for piece in client.stream(DEFAULT_MODEL, f"Count to {i}:", temperature=0.0, max_tokens=4,
+            for piece in client.stream(DEFAULT_MODEL, f"{context}Count to {i}:", temperature=0.0, max_tokens=4,
                                        request_id=f"monitored-{i}"):
                 if piece.token_ids and len(ttfts) == i:
                     ttfts.append(time.perf_counter() - started)
