@@ -153,15 +153,14 @@ async def test_grpc_n_choices_with_a_seed_differ_reproduce_and_share_the_prompt(
                                                enable_prefix_caching=False), hf_model, served.tokenizer)
     prompt_len = len(served.encode_chat(MESSAGES))
     messages = pb.ChatMessages(messages=[pb.ChatMessage(**m) for m in MESSAGES])
-    async with running_stack(redis_url, [engine], catalog) as stack:
-        async with grpc.aio.insecure_channel(stack.gateway_address) as channel:
-            stub = generation_pb2_grpc.GenerationServiceStub(channel)
-            request = pb.GenerateRequest(model=MODEL, messages=messages, max_tokens=5, n=4, seed=7, temperature=1.0)
-            first = await stub.Generate(request, metadata=(("authorization", f"Bearer {API_KEY}"),))
-            prefill = engine.step_totals.prefill_tokens
-            pieces: dict[int, list[int]] = {}
-            async for m in stub.GenerateStream(request, metadata=(("authorization", f"Bearer {API_KEY}"),)):
-                pieces.setdefault(m.choice_index, []).extend(m.token_ids)
+    async with running_stack(redis_url, [engine], catalog) as stack, grpc.aio.insecure_channel(stack.gateway_address) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        request = pb.GenerateRequest(model=MODEL, messages=messages, max_tokens=5, n=4, seed=7, temperature=1.0)
+        first = await stub.Generate(request, metadata=(("authorization", f"Bearer {API_KEY}"),))
+        prefill = engine.step_totals.prefill_tokens
+        pieces: dict[int, list[int]] = {}
+        async for m in stub.GenerateStream(request, metadata=(("authorization", f"Bearer {API_KEY}"),)):
+            pieces.setdefault(m.choice_index, []).extend(m.token_ids)
     texts = [c.text for c in first.choices]
     assert len(set(texts)) == 4 and [served.tokenizer.decode(pieces[i]) for i in range(4)] == texts
     assert (first.usage.prompt_tokens, first.usage.completion_tokens) == (prompt_len, 20)
