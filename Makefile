@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 BUF := .tools/node_modules/.bin/buf
-.PHONY: help install protos model run compose-env test test-tools buf-lint buf-breaking docs docs-check schemas test-exhaustive test-unit test-integration test-e2e lint format typecheck bench bench-engine bench-sched bench-control-plane chaos chaos-reattach clean
+.PHONY: help install protos model run compose-env test test-tools buf-lint buf-breaking docs docs-check schemas test-exhaustive test-unit test-integration test-e2e lint format typecheck bench bench-engine bench-sched bench-surface bench-control-plane chaos chaos-reattach clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -71,9 +71,13 @@ typecheck: install ## mypy on libs and services
 bench-engine: model ## engine benchmark against transformers baselines (results in bench/results/)
 	$(BIN)/python bench/engine_bench.py $(BENCH_ARGS)
 
-bench: model ## default mode (as `make run` starts it) vs llama-server, 1/4/16 streams, engine-alone row (bench/RESULTS.md); then bench-sched
+bench: model ## default mode (as `make run` starts it) vs llama-server, 1/4/16 streams, engine-alone row (bench/RESULTS.md); then bench-surface and bench-sched
 	$(BIN)/python bench/full_stack.py $(BENCH_ARGS)
+	$(MAKE) bench-surface
 	$(MAKE) bench-sched
+
+bench-surface: model ## cost of json_schema and of penalties+logprobs at 16 streams, engine alone, side by side (bench/results/surface.md)
+	$(BIN)/python bench/surface_bench.py
 
 bench-sched: model ## quiet tenant's TTFT under a heavy one: fair share by tokens vs by requests (bench/results/scheduling.md)
 	$(BIN)/python bench/sched_bench.py $(SCHED_BENCH_ARGS)

@@ -5,7 +5,7 @@ from .auth import ApiKey, Auth, BearerToken, NoAuth
 from .balancer import Balancer, Endpoint
 from .client import Client
 from .retry import ClientRpcError, RequestAlreadyAccepted, RetryPolicy, StreamInterrupted
-from .types import Completion, StreamPiece, build_request
+from .types import Choice, Completion, StreamPiece, build_request
 
 __all__ = [
     "ApiKey",
@@ -13,6 +13,7 @@ __all__ = [
     "Auth",
     "Balancer",
     "BearerToken",
+    "Choice",
     "Client",
     "ClientRpcError",
     "Completion",

@@ -21,7 +21,7 @@ from .auth import Auth
 from .balancer import Balancing
 from .base import DEFAULT_OPTIONS, ClientBase
 from .retry import CallPlan, RetryPolicy
-from .types import Completion, StreamPiece, to_completion, to_piece
+from .types import Completion, Delivered, StreamPiece, to_completion, to_piece
 
 
 class Client(ClientBase):
@@ -67,7 +67,7 @@ class Client(ClientBase):
         its gateway broke (UNAVAILABLE) re-attaches through another address, gap-free (retry.py)."""
         request, plan = self._generation(model, prompt, messages, timeout, params)
         plan.streaming = True
-        next_index = 0  # completion tokens the caller has: a re-attach continues from here
+        delivered = Delivered()  # completion tokens the caller has: a re-attach continues from here
         while True:
             endpoint, call_args = self._attempt(plan, request)
             if plan.resume_from is not None:
@@ -75,14 +75,12 @@ class Client(ClientBase):
             call = endpoint.stub.GenerateStream(request, **call_args)
             try:
                 for message in call:
-                    if message.token_ids and message.index + len(message.token_ids) <= next_index:
-                        continue  # never a repeat, whatever a gateway resends
-                    next_index = max(next_index, message.index + len(message.token_ids))
-                    yield to_piece(message)
+                    if delivered.fresh(message):  # never a repeat, whatever a gateway resends
+                        yield to_piece(message)
                 plan.succeeded(endpoint)
                 return
             except grpc.RpcError as e:
-                delay = plan.after_error(e, endpoint, next_index)
+                delay = plan.after_error(e, endpoint, delivered.total)
             finally:
                 call.cancel()  # the caller stopped early (or it failed): the gateway cancels the work
             time.sleep(delay)

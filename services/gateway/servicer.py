@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import uuid
 
 import grpc
 
-from llmserve.common.errors import Unavailable
+from llmserve.common.errors import InvalidArgument, Unavailable
 from llmserve.common.internal_auth import current_caller
 from llmserve.common.logging import get_logger
 from llmserve.common.structured import from_public_pb
@@ -15,7 +17,8 @@ from llmserve.gateway.v1 import generation_pb2 as pb
 from llmserve.gateway.v1 import generation_pb2_grpc
 
 from .admission.auth import single_authorization
-from .admission.validation import GenerateParams
+from .admission.validation import GenerateParams, Job
+from .choices import admit_all, expand, merged
 from .generation import GenerationService
 from .routing.model_list import ModelStatus
 from .streams.inflight import FinishEvent, InflightRegistry, TokenEvent
@@ -25,7 +28,6 @@ from .streams.sink_authz import SinkAuthorizer
 from .streams.sink_links import SinkLinks
 
 log = get_logger(__name__)
-
 
 
 def params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
@@ -59,6 +61,24 @@ def params_from_pb(request: pb.GenerateRequest) -> GenerateParams:
     )
 
 
+def prompts_from_pb(request: pb.GenerateRequest) -> list[str | list[int]] | None:
+    """The prompt list (None unless the request's input is `prompts`)."""
+    if request.WhichOneof("input") != "prompts":
+        return None
+    out: list[str | list[int]] = []
+    for i, p in enumerate(request.prompts.prompts):
+        kind = p.WhichOneof("kind")
+        if kind == "text":
+            out.append(p.text)
+        elif kind == "token_ids" and p.token_ids.ids:
+            out.append(list(p.token_ids.ids))
+        else:
+            raise InvalidArgument(f"prompts.prompts[{i}] needs text or token ids", param="prompts")
+    if not out:
+        raise InvalidArgument("prompts needs at least one prompt", param="prompts")
+    return out
+
+
 def _logprobs_pb(logprobs) -> list[pb.TokenLogprob]:
     return [pb.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob,
                             top_logprobs=[pb.TopLogprob(token_id=t, logprob=v) for t, v in lp.top])
@@ -68,6 +88,13 @@ def _logprobs_pb(logprobs) -> list[pb.TokenLogprob]:
 def _finish_reason(event: FinishEvent) -> pb.FinishReason:
     # The public FinishReason names the completed outcomes alike (FINISH_REASON_STOP, ...).
     return pb.FinishReason.Value(f"FINISH_REASON_{event.reason.name}")
+
+
+def _sum_usage(finishes: dict[int, FinishEvent], n: int) -> pb.Usage:
+    """Each prompt's tokens once (its choice 0's), every choice's completion tokens."""
+    prompt = sum(f.prompt_tokens for i, f in finishes.items() if i % n == 0)
+    completion = sum(f.completion_tokens for f in finishes.values())
+    return pb.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 def _usage(event: FinishEvent) -> pb.Usage:
@@ -96,39 +123,55 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
     # Domain errors raised here answer their table status through GrpcApp's one error path.
     async def GenerateStream(self, request, context):
-        job = await self._job(request, context)
-        async for event in self.service.stream(job, context.time_remaining()):
+        request_id, jobs = await self._jobs(request, context)
+        async for i, event in merged(self.service, jobs, context.time_remaining()):
             if isinstance(event, TokenEvent):
-                yield pb.GenerateStreamResponse(request_id=job.request_id, index=event.index,
+                yield pb.GenerateStreamResponse(request_id=request_id, index=event.index, choice_index=i,
                                                 token_ids=event.token_ids, text=event.text,
                                                 logprobs=_logprobs_pb(event.logprobs),
                                                 prompt_logprobs=_logprobs_pb(event.prompt_logprobs))
             else:
-                yield pb.GenerateStreamResponse(request_id=job.request_id, index=event.completion_tokens,
+                yield pb.GenerateStreamResponse(request_id=request_id, index=event.completion_tokens, choice_index=i,
                                                 finish_reason=_finish_reason(event), usage=_usage(event))
 
     async def Generate(self, request, context):
-        job = await self._job(request, context)
-        parts: list[str] = []
-        logprobs: list[pb.TokenLogprob] = []
-        prompt_logprobs: list[pb.TokenLogprob] = []
-        async for event in self.service.stream(job, context.time_remaining()):
+        request_id, jobs = await self._jobs(request, context)
+        choices = [pb.Choice(index=i) for i in range(len(jobs))]
+        parts: list[list[str]] = [[] for _ in jobs]
+        finishes: dict[int, FinishEvent] = {}
+        async for i, event in merged(self.service, jobs, context.time_remaining()):
             if isinstance(event, TokenEvent):
-                parts.append(event.text)
-                logprobs.extend(_logprobs_pb(event.logprobs))
-                prompt_logprobs.extend(_logprobs_pb(event.prompt_logprobs))
+                parts[i].append(event.text)
+                choices[i].logprobs.extend(_logprobs_pb(event.logprobs))
+                choices[i].prompt_logprobs.extend(_logprobs_pb(event.prompt_logprobs))
             else:
-                return pb.GenerateResponse(request_id=job.request_id, model=job.model, text="".join(parts),
-                                           finish_reason=_finish_reason(event), usage=_usage(event),
-                                           logprobs=logprobs, prompt_logprobs=prompt_logprobs)
+                finishes[i] = event
+                choices[i].finish_reason = _finish_reason(event)
+                choices[i].usage.CopyFrom(_usage(event))
+        for choice, texts in zip(choices, parts, strict=True):
+            choice.text = "".join(texts)
+        first = choices[0]
+        return pb.GenerateResponse(request_id=request_id, model=jobs[0].model, text=first.text,
+                                   finish_reason=first.finish_reason, usage=_sum_usage(finishes, request.n or 1),
+                                   logprobs=first.logprobs, prompt_logprobs=first.prompt_logprobs, choices=choices)
 
     async def ListModels(self, request, context):
         identity = await self.service.identify(_authorization(context))
         models = await self.service.list_models()
         return pb.ListModelsResponse(models=[_model_info(m) for m in models if identity.may_see(m.name)])
 
-    async def _job(self, request, context):
-        return await self.service.admit(_authorization(context), params_from_pb(request))
+    async def _jobs(self, request, context) -> tuple[str, list[Job]]:
+        """The request id and one admitted job per choice (all or none are admitted)."""
+        params, prompts, n = params_from_pb(request), prompts_from_pb(request), request.n or 1
+        if params.resume_from_index is not None:
+            if n != 1 or prompts is not None:
+                raise InvalidArgument("resume_from_index re-attaches to one choice: send its request id "
+                                      "(<request_id>.<index>) without n or prompts", param="resume_from_index")
+            job = await self.service.admit(_authorization(context), params)
+            return job.request_id, [job]
+        params = dataclasses.replace(params, request_id=params.request_id or uuid.uuid4().hex)
+        jobs = await admit_all(self.service, _authorization(context), expand(params, prompts, n))
+        return params.request_id, jobs
 
 
 class TokenSinkServicer(token_sink_pb2_grpc.TokenSinkServiceServicer):

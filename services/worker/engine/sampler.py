@@ -124,50 +124,51 @@ def _processed(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
           and r.output_token_ids]
     if not (bias or sup or rep or pf):
         return logits
-    x = logits.clone()
+    x = logits.clone(memory_format=torch.contiguous_format)  # x.view(-1) below
     if bias:
         ri, ti, bv = zip(*bias, strict=True)
         x.index_put_((_t(ri, dev), _t(ti, dev)), torch.tensor(bv, device=dev), accumulate=True)
-    if rep:
-        seen = _counts([rows[i].seen_token_ids for i in rep], vocab, dev) > 0
-        penalty = torch.tensor([rows[i].params.repetition_penalty for i in rep], device=dev).unsqueeze(1)
-        sub = _rows(x, rep)
-        _set_rows(x, rep, torch.where(seen, torch.where(sub > 0, sub / penalty, sub * penalty), sub))
-    if pf:
-        counts = _counts([rows[i].output_token_ids for i in pf], vocab, dev)
-        pres = torch.tensor([rows[i].params.presence_penalty for i in pf], device=dev).unsqueeze(1)
-        freq = torch.tensor([rows[i].params.frequency_penalty for i in pf], device=dev).unsqueeze(1)
-        _set_rows(x, pf, _rows(x, pf) - (freq * counts + pres * (counts > 0)))
+    if rep:  # x / p where positive, x * p where not, on the seen tokens only
+        at, sub = _seen(x, [rows[i].seen_token_ids for i in rep], rep)
+        penalty = torch.tensor([rows[i].params.repetition_penalty for i in rep], device=dev)[at.row]
+        x.view(-1)[at.flat] = torch.where(sub > 0, sub / penalty, sub * penalty)
+    if pf:  # x - (frequency * count + presence) on the completion's tokens only
+        at, sub = _seen(x, [rows[i].output_token_ids for i in pf], pf)
+        pres = torch.tensor([rows[i].params.presence_penalty for i in pf], device=dev)[at.row]
+        freq = torch.tensor([rows[i].params.frequency_penalty for i in pf], device=dev)[at.row]
+        x.view(-1)[at.flat] = sub - (freq * at.count + pres)
     if sup:
         ri, ti = zip(*sup, strict=True)
         x[_t(ri, dev), _t(ti, dev)] = float("-inf")
     return x
 
 
-def _rows(x: torch.Tensor, idx: list[int]) -> torch.Tensor:
-    """Rows `idx` of x: a view when they are all of them (the common all-penalised batch)."""
-    return x if len(idx) == x.shape[0] else x[_t(idx, x.device)]
-
-
-def _set_rows(x: torch.Tensor, idx: list[int], values: torch.Tensor) -> None:
-    if len(idx) == x.shape[0]:
-        x.copy_(values)
-    else:
-        x[_t(idx, x.device)] = values
-
-
 def _t(values, dev) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.long, device=dev)
 
 
-def _counts(id_lists: list[list[int]], vocab: int, dev) -> torch.Tensor:
-    """[len(id_lists), vocab] occurrence counts (one padded host-to-device copy)."""
-    width = max(len(ids) for ids in id_lists)
-    padded = torch.tensor([ids + [vocab] * (width - len(ids)) for ids in id_lists], dtype=torch.long)
-    padded = padded.to(dev, non_blocking=True)
-    counts = torch.zeros(len(id_lists), vocab + 1, device=dev)
-    counts.scatter_add_(1, padded, torch.ones_like(padded, dtype=torch.float32))
-    return counts[:, :vocab]
+@dataclass
+class _Seen:
+    flat: torch.Tensor  # row * vocab + token id of each distinct (row, token), into x.view(-1)
+    row: torch.Tensor  # its position in the penalised rows' list
+    count: torch.Tensor  # its occurrences (float32)
+
+
+def _seen(x: torch.Tensor, id_lists: list[list[int]], idx: list[int]) -> tuple[_Seen, torch.Tensor]:
+    """The distinct tokens of each penalised row and their current logits.
+
+    Penalties only change the logits of tokens a sequence holds (a few hundred per row against
+    a vocabulary of tens of thousands), so they are gathered, changed and scattered back rather
+    than computed densely over [rows, vocab]; the arithmetic per element is the same, so the
+    results are bit-identical to the dense form. One host-to-device copy.
+    """
+    vocab = x.shape[1]
+    flat_ids = [i * vocab + t for i, ids in zip(idx, id_lists, strict=True) for t in ids]
+    pos = [j for j, ids in enumerate(id_lists) for _ in ids]
+    both = torch.tensor([flat_ids, pos], dtype=torch.long).to(x.device, non_blocking=True)
+    flat, inverse, count = torch.unique(both[0], return_inverse=True, return_counts=True)
+    row = torch.empty_like(flat).scatter_(0, inverse, both[1])
+    return _Seen(flat, row, count.float()), x.view(-1)[flat]
 
 
 def _sample(x: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:

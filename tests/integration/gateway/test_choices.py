@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from llmserve.gateway.admission.validation import GenerateParams
-from llmserve.gateway.http.choices import choice_seed, expand
+from llmserve.gateway.choices import choice_seed, expand
 from llmserve.gateway.routing.catalog import ModelCatalog
 from tests.support.scripted_engine import ScriptedEngine
 from tests.support.stack import API_KEY, MODEL, running_stack

@@ -147,6 +147,28 @@ async def test_n_choices_with_a_seed_differ_reproduce_and_share_the_prompt(redis
         assert prefill == prompt_len + 3 * (prompt_len - (prompt_len - 1) // bs * bs)
 
 
+async def test_grpc_n_choices_with_a_seed_differ_reproduce_and_share_the_prompt(redis_url, catalog, hf_model):
+    served = catalog.get(MODEL)
+    engine = LLMEngine.from_model(EngineConfig(model=served.path, device="cpu", num_kv_blocks=256,
+                                               enable_prefix_caching=False), hf_model, served.tokenizer)
+    prompt_len = len(served.encode_chat(MESSAGES))
+    messages = pb.ChatMessages(messages=[pb.ChatMessage(**m) for m in MESSAGES])
+    async with running_stack(redis_url, [engine], catalog) as stack, grpc.aio.insecure_channel(stack.gateway_address) as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        request = pb.GenerateRequest(model=MODEL, messages=messages, max_tokens=5, n=4, seed=7, temperature=1.0)
+        first = await stub.Generate(request, metadata=(("authorization", f"Bearer {API_KEY}"),))
+        prefill = engine.step_totals.prefill_tokens
+        pieces: dict[int, list[int]] = {}
+        async for m in stub.GenerateStream(request, metadata=(("authorization", f"Bearer {API_KEY}"),)):
+            pieces.setdefault(m.choice_index, []).extend(m.token_ids)
+    texts = [c.text for c in first.choices]
+    assert len(set(texts)) == 4 and [served.tokenizer.decode(pieces[i]) for i in range(4)] == texts
+    assert (first.usage.prompt_tokens, first.usage.completion_tokens) == (prompt_len, 20)
+    # Choices 1-3 computed only the prompt's last partial block, not the whole prompt.
+    bs = engine.block_manager.block_size
+    assert prefill == prompt_len + 3 * (prompt_len - (prompt_len - 1) // bs * bs)
+
+
 async def test_echo_scores_a_token_id_prompt_like_lm_eval_does(redis_url, catalog, hf_model):
     served = catalog.get(MODEL)
     ids = served.encode_prompt("The capital of France is Paris")

@@ -169,3 +169,43 @@ def test_windowed_top_k_top_p_cut_equals_the_full_sort_cut():
         assert torch.equal(windowed, x.masked_fill(x < full, float("-inf")))
         assert torch.isfinite(windowed[2]).all()  # no filter: untouched
         assert int(torch.isfinite(windowed[1]).sum()) <= 30
+
+
+def _dense_penalties(logits, rows):
+    """The penalties as OpenAI and vLLM define them, computed densely over [rows, vocab]."""
+    x = logits.clone()
+    for i, r in enumerate(rows):
+        p = r.params
+        seen = torch.zeros(x.shape[1], dtype=torch.bool)
+        seen[list(r.seen_token_ids)] = True
+        if p.repetition_penalty != 1.0:
+            x[i] = torch.where(seen, torch.where(x[i] > 0, x[i] / p.repetition_penalty,
+                                                 x[i] * p.repetition_penalty), x[i])
+        counts = torch.zeros(x.shape[1])
+        counts.index_add_(0, torch.tensor(r.output_token_ids, dtype=torch.long), torch.ones(len(r.output_token_ids)))
+        pres = torch.tensor([p.presence_penalty])
+        freq = torch.tensor([p.frequency_penalty])
+        x[i] = x[i] - (freq * counts + pres * (counts > 0))
+    return x
+
+
+def test_sparse_penalties_equal_the_dense_formula_bit_for_bit():
+    import random
+
+    from llmserve.worker.engine.sampler import _processed
+
+    rnd = random.Random(1)
+    torch.manual_seed(1)
+    for _ in range(100):
+        n, vocab = rnd.randint(1, 9), rnd.choice([7, 50, 1000])
+        logits = torch.randn(n, vocab) * 4
+        logits[0, 0] = float("-inf")
+        rows = []
+        for _ in range(n):
+            out = [rnd.randrange(vocab) for _ in range(rnd.randint(0, 30))]
+            params = SamplingParams(temperature=0, repetition_penalty=rnd.choice([1.0, 1.3, 0.7]),
+                                    presence_penalty=rnd.choice([0.0, rnd.uniform(-2, 2)]),
+                                    frequency_penalty=rnd.choice([0.0, rnd.uniform(-2, 2)]))
+            seen = [rnd.randrange(vocab) for _ in range(rnd.randint(0, 10))] + out
+            rows.append(SampleRow(params, 0, len(out), seen, out))
+        assert torch.equal(_processed(logits, rows), _dense_penalties(logits, rows))
