@@ -1,4 +1,5 @@
-"""Several choices in one request, for every front end (gRPC, HTTP): `n` > 1 and a list of prompts.
+"""Several choices in one request, for every front end (gRPC, HTTP): `n` > 1, `best_of`
+candidates and a list of prompts.
 
 Each choice is its own generation (own request id `<id>.<index>`, own stream, fencing and
 resume), so nothing below the gateway changes for them. Index order is OpenAI's: prompt by
@@ -36,13 +37,15 @@ def choice_seed(seed: int, choice: int) -> int:
     return (z ^ (z >> 31)) & _MASK63
 
 
-def expand(params: GenerateParams, prompts: list[str | list[int]] | None, n: int) -> list[GenerateParams]:
-    """One GenerateParams per choice, in index order (`prompts` None: the chat or single prompt)."""
+def expand(params: GenerateParams, prompts: list[str | list[int]] | None, n: int,
+           param: str = "n") -> list[GenerateParams]:
+    """One GenerateParams per choice, in index order (`prompts` None: the chat or single prompt);
+    `n` choices per prompt (best_of candidates, `param` "best_of", when they are more)."""
     if not 1 <= n <= MAX_N:
-        raise InvalidArgument(f"n must be in [1, {MAX_N}]; got {n}", param="n")
+        raise InvalidArgument(f"{param} must be in [1, {MAX_N}]; got {n}", param=param)
     count = n * (len(prompts) if prompts is not None else 1)
     if count > MAX_CHOICES:
-        raise InvalidArgument(f"prompts x n must be at most {MAX_CHOICES}; got {count}", param="n")
+        raise InvalidArgument(f"prompts x {param} must be at most {MAX_CHOICES}; got {count}", param=param)
     if count == 1:
         return [_with_prompt(params, prompts[0]) if prompts is not None else params]
     base = params.request_id

@@ -34,10 +34,10 @@ from llmserve.common.metrics_http import HealthState
 
 from ..admission.auth import single_authorization
 from ..admission.validation import GenerateParams
+from ..choices import admit_all, expand, merged
 from ..generation import GenerationService
 from ..routing.model_list import ModelStatus
 from ..streams.inflight import TokenEvent
-from .choices import admit_all, expand, merged
 from .openai_format import OpenAIRequest, error_body, parse_body
 from .ops import ops_routes
 from .protocol import ErrorBody, ErrorInfo, ResponseModel

@@ -14,8 +14,8 @@ from typing import Any
 from llmserve.common.errors import InvalidArgument, LLMServeError, bounded, http_status_for, openai_error_of
 
 from ..admission.validation import GenerateParams
+from ..choices import MAX_N
 from ..streams.inflight import FinishEvent
-from .choices import MAX_N
 from .protocol import (
     ChatCompletionRequest,
     ChatMessage,
