@@ -23,7 +23,7 @@ class ModelLoad:
     memory_bytes: int = 0  # weights plus KV cache, as measured after loading
     # Measured over recent engine steps (0: not measured yet): what schedulers estimate waits from.
     prefill_tokens_per_s: float = 0.0  # prompt tokens computed per second of step time
-    decode_tokens_per_s: float = 0.0  # tokens generated per second of step time, all sequences
+    decode_tokens_per_s: float = 0.0  # decode capacity: tokens a second a full batch makes
     mean_completion_tokens: float = 0.0  # of recently finished requests
     prefix_keys: list[str] = field(default_factory=list)  # recently run prompt prefixes (prefix_affinity.py)
     # Since the engine started (0 for an engine that does not say): prompt tokens admitted, and

@@ -6,6 +6,7 @@ on the flat batch, sample, then detokenize and check stop conditions per sequenc
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -104,7 +105,7 @@ class LLMEngine:
         """KV and queue accounting as of the last step boundary (plus requests queued since)."""
         with self._lock:
             s, queued = self._stats, len(self._inbox)
-        return EngineStats(s.total_kv_blocks, s.free_kv_blocks, s.block_size, s.running, s.waiting + queued)
+        return dataclasses.replace(s, waiting=s.waiting + queued)
 
     # Profiling -----------------------------------------------------------------------------
     @property
@@ -331,4 +332,5 @@ class LLMEngine:
             block_size=bm.block_size,
             running=len(self.batch_scheduler.running),
             waiting=len(self.batch_scheduler.waiting),
+            max_running=self.batch_scheduler.max_num_seqs,
         )

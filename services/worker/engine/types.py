@@ -87,6 +87,7 @@ class EngineStats:
     block_size: int
     running: int
     waiting: int
+    max_running: int = 0  # most sequences a step can run (max_num_seqs); 0: not known
 
 
 @dataclass(frozen=True)
