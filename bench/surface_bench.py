@@ -139,13 +139,15 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--pairs", nargs="*", default=["structured", "sampling"])
+    # The worker's default on a CPU (quantization=auto): int4 projections, bf16 activations.
+    p.add_argument("--mode", default="int4", help="int4 (the CPU default), int8, float32, bfloat16 or w8a8")
     p.add_argument("--random-weights", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS / "surface")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     tune_cpu_malloc()
     path, tokenizer, hf_model = load(argparse.Namespace(model=args.model, random_weights=args.random_weights))
-    system = EngineSystem(hf_model, tokenizer, "cpu", "float32", args.threads, args.streams)
+    system = EngineSystem(hf_model, tokenizer, "cpu", args.mode, args.threads, args.streams)
     prompts = chat_token_ids(tokenizer, [f"Answer in JSON. {t}" for t in chat_prompts(args.streams)])
     all_pairs = pairs(args.new_tokens)
     results = [measure(system, prompts, name, all_pairs[name], args.rounds) for name in args.pairs]
@@ -153,10 +155,10 @@ def main() -> None:
     result = {
         "model": str(path), "machine": machine("cpu"),
         "settings": {"streams": args.streams, "new_tokens": args.new_tokens, "rounds": args.rounds,
-                     "dtype": "float32", "threads": args.threads, "schema": SCHEMA},
+                     "mode": args.mode, "threads": args.threads, "schema": SCHEMA},
         "pairs": results,
         "sampler_alone": alone,
-        "notes": ["Engine alone (LLMEngine, the worker's default fp32 CPU mode), one request per stream, "
+        "notes": [f"Engine alone (LLMEngine in mode {args.mode}; int4 is the worker's CPU default), one request per stream, "
                   "closed loop; on the same engine, each round runs both sides (A B, then B A the next round); "
                   "the ratio is the median of the rounds' ratios.",
                   "ratio = surface tok/s / baseline tok/s; target >= 0.90 for both pairs.",
