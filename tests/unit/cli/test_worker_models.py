@@ -70,5 +70,6 @@ async def test_status_counts_each_models_own_kv(redis_url):
     assert next(line for line in text if line.startswith("w0 ")).split()[2] == "m-big,m-small"
     start = text.index("MODELS") + 3
     rows = {line.split()[0]: line.split() for line in text[start:start + 2]}
-    assert rows["m-big"][1:] == ["1", "?", "0", "0%"]  # workers, queued (no scheduler), running, kv
-    assert rows["m-small"][1:] == ["1", "?", "1", "2%"]
+    # workers, queued (no scheduler), running, kv, prefix-cache hits (none: no prompt yet)
+    assert rows["m-big"][1:] == ["1", "?", "0", "0%", "-"]
+    assert rows["m-small"][1:] == ["1", "?", "1", "2%", "-"]
