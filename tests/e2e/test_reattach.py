@@ -125,9 +125,10 @@ class Raw:
     error: grpc.StatusCode | None = None
     first_at: float = 0.0  # time.monotonic() of the first token
 
-    def run(self, address: str, key: str, resume_from: int | None = None, max_tokens: int = MAX_TOKENS) -> None:
+    def run(self, address: str, key: str, resume_from: int | None = None, max_tokens: int = MAX_TOKENS,
+            ignore_eos: bool = False) -> None:
         request = pb.GenerateRequest(model=DEFAULT_MODEL, request_id=self.request_id, max_tokens=max_tokens,
-                                     temperature=0.0,
+                                     temperature=0.0, ignore_eos=ignore_eos,
                                      messages=pb.ChatMessages(messages=[pb.ChatMessage(role="user",
                                                                                        content=self.prompt)]))
         if resume_from is not None:
@@ -282,7 +283,10 @@ def test_streams_nobody_reattaches_to_stop_within_the_grace(two):
     pair, _ = two
     total = pair.worker_status().total_kv_blocks
     streams = [Raw(PROMPTS[i % len(PROMPTS)]) for i in range(4)]
-    threads = _threads(lambda s: s.run(pair.address("gateway"), pair.suite.api_key, max_tokens=400), streams)
+    # ignore_eos: the streams must still be running when the gateway dies (short answers to these
+    # prompts end in ~2 s on a fast machine, releasing their leases before the count below).
+    threads = _threads(lambda s: s.run(pair.address("gateway"), pair.suite.api_key, max_tokens=400,
+                                       ignore_eos=True), streams)
     while not all(len(s.indexes) >= 2 for s in streams):
         time.sleep(0.01)
     r = redis.Redis.from_url(pair.redis_url)
