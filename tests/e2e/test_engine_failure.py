@@ -37,8 +37,11 @@ def watch(port: int, r: redis.Redis, worker_id: str, seen: list, stop: threading
 
 @pytest.mark.timeout(600)
 def test_a_failed_engine_step_hands_the_batch_to_another_worker(tmp_path):
+    # Placement by free KV is what sends the streams to the failing worker; prefix affinity would
+    # send these prompts back to the healthy worker that computed the references, and a short
+    # answer there ends before the failing worker ever reaches its failing step.
     env = CHAOS_ENV | {"LLMSERVE_WORKER_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_MS),
-                       "LLMSERVE_WORKER_HEARTBEAT_TTL_MS": "3000"}
+                       "LLMSERVE_WORKER_HEARTBEAT_TTL_MS": "3000", "LLMSERVE_SCHEDULER_PREFIX_AFFINITY": "false"}
     with RedisServer() as server:
         suite = LocalSuite(ports=Ports.free(), redis_url=server.url, log_dir=tmp_path, with_monitor=False, env=env)
         r = redis.Redis.from_url(server.url)
