@@ -46,12 +46,22 @@ def _evaluate(base_url: str, tokenizer_path: str, task_dir: Path) -> dict:
     )
 
 
-async def test_local_completions_loglikelihood_matches_transformers(redis_url, catalog, tmp_path, monkeypatch):
-    served = catalog.get(MODEL)
+@pytest.fixture(scope="module")
+def hf_model(catalog):
+    """The served weights as a transformers model, loaded once for both lm-eval tests."""
     torch.set_num_threads(2)
-    hf_model = AutoModelForCausalLM.from_pretrained(str(served.path), dtype=torch.float32).eval()
-    engine = LLMEngine.from_model(EngineConfig(model=served.path, device="cpu", num_kv_blocks=256), hf_model,
-                                  served.tokenizer)
+    return AutoModelForCausalLM.from_pretrained(str(catalog.get(MODEL).path), dtype=torch.float32).eval()
+
+
+def _fp32_engine(served, hf_model) -> LLMEngine:
+    return LLMEngine.from_model(EngineConfig(model=served.path, device="cpu", num_kv_blocks=256), hf_model,
+                                served.tokenizer)
+
+
+async def test_local_completions_loglikelihood_matches_transformers(redis_url, catalog, hf_model, tmp_path,
+                                                                   monkeypatch):
+    served = catalog.get(MODEL)
+    engine = _fp32_engine(served, hf_model)
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
     async with running_stack(redis_url, [engine], catalog) as stack:
         base = f"http://127.0.0.1:{stack.gateway.service.http_port}/v1/completions"
@@ -96,13 +106,10 @@ def _greedy_text(hf_model, served, eos: set[int], messages: list[dict], max_toke
     return text[: min(cuts)] if cuts else text
 
 
-async def test_local_chat_completions_generate_until_answers_the_greedy_text(redis_url, catalog, tmp_path,
+async def test_local_chat_completions_generate_until_answers_the_greedy_text(redis_url, catalog, hf_model, tmp_path,
                                                                              monkeypatch):
     served = catalog.get(MODEL)
-    torch.set_num_threads(2)
-    hf_model = AutoModelForCausalLM.from_pretrained(str(served.path), dtype=torch.float32).eval()
-    engine = LLMEngine.from_model(EngineConfig(model=served.path, device="cpu", num_kv_blocks=256), hf_model,
-                                  served.tokenizer)
+    engine = _fp32_engine(served, hf_model)
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
     async with running_stack(redis_url, [engine], catalog) as stack:
         base = f"http://127.0.0.1:{stack.gateway.service.http_port}/v1/chat/completions"
