@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from . import packed
 from .attention import AttentionMetadata, paged_attention
+from .threads import StepThreads
 from .w8a8 import Int8Weight, int8_linear
 from .weight_source import ModuleWeights
 
@@ -81,6 +82,7 @@ class LlamaFastModel:
         # residual stream and the norms in fp32: a bf16 residual alone turned greedy answers to
         # short chat prompts into different text (e.g. "What is the capital of France?").
         self.residual = torch.float32 if quantization in ("int4", "int8") else dtype
+        self.threads: StepThreads | None = None  # CPU thread counts by step size (loader sets it)
         self._load_weights(weights if weights is not None else ModuleWeights(hf_model))
         self._build_rope(hf_model, max_positions)
 
@@ -201,6 +203,8 @@ class LlamaFastModel:
     ) -> torch.Tensor:
         """Run the step's tokens; return logits [len(logits_indices), vocab] (float32)."""
         num_tokens = input_ids.shape[0]
+        if self.threads is not None:
+            self.threads.use(self.threads.for_tokens(num_tokens))
         nh, nkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
         rope = self.rope_table.index_select(0, positions).unsqueeze(1)  # [T, 1, 2 * hd]
         cos, sin = rope[..., :hd], rope[..., hd:]

@@ -87,7 +87,8 @@ def load_engine_parts(config: EngineConfig, hf_model=None, tokenizer=None) -> En
         runner = _build_paged_runner(config, hf_model, device, dtype, context_len, tokenizer, weights)
         del hf_model  # the fast path copied what it needs
         if device.type == "cpu" and config.num_threads == "auto":
-            threads.calibrate(runner.model)
+            small = threads.calibrate(runner.model)
+            runner.model.threads = threads.StepThreads(small, max(small, threads.usable_cores()))
         prefix = config.enable_prefix_caching
     else:
         log.info("model type %s: using the transformers fallback path", hf_model.config.model_type)

@@ -38,7 +38,9 @@ def test_packed_kernels_give_each_row_the_same_bits_in_any_batch(kind):
 def test_real_model_int4_resumes_exactly_at_every_cut(model_dir, tokenizer):
     if source_gguf(model_dir) is None:
         pytest.skip("the bundled GGUF is not installed")
-    config = dict(model=model_dir, quantization="int4", num_kv_blocks=512, enable_prefix_caching=False)
+    # num_threads="auto": big steps run on every core, small ones on fewer (threads.StepThreads).
+    config = dict(model=model_dir, quantization="int4", num_kv_blocks=512, enable_prefix_caching=False,
+                  num_threads="auto")
     # One engine plays both workers: no prefix cache, and a finished request leaves no KV behind.
     engine = LLMEngine.from_config(EngineConfig(**config))
     prompts = [chat_ids(tokenizer, p) for p in PROMPTS[:8]]
