@@ -227,6 +227,8 @@ class LlamaFastModel:
             hidden = hidden + self._mm(F.silu(gate) * up, layer.down)
         hidden = hidden.index_select(0, logits_indices)
         hidden = F.rms_norm(hidden, norm_shape, self.final_norm, self.eps).to(act)
+        if self.threads is not None:  # the vocabulary projection is one big op at any batch size
+            self.threads.use(self.threads.large)
         if isinstance(self.lm_head, torch.Tensor):
             return F.linear(hidden, self.lm_head).float()
         return self._mm(hidden, self.lm_head).float()

@@ -8,10 +8,12 @@ model is loaded, each candidate count runs the projections of one decode token t
 layer and the lm_head a few times; the fastest median wins. It is a start-up snapshot: the
 choice does not follow the load afterwards (set `num_threads` to pin it).
 
-That count is for small steps. A step with many tokens (16 decodes, a prefill chunk) has ops
-big enough to pay for a barrier, so `StepThreads` gives such steps every usable core (measured
-through the whole stack on 2 cores: 16 streams 124.8 -> 154.8 tok/s; at 1 and 4 streams one
-thread stays faster because the gateway and scheduler share the cores).
+That count is for small steps. Big work pays for its barriers, so `StepThreads` gives every
+usable core to the vocabulary projection of every step (28 MB of int8 weights: 4.2 -> 2.8 ms
+at one row) and to every op of a step with many tokens (16 decodes, a prefill chunk).
+Measured through the whole stack on 2 cores: 1 stream 40.3 -> 46.3 tok/s, 16 streams
+124.8 -> 154.8; all of a small step on 2 threads was slower there (1 stream 29.9 tok/s),
+because the gateway, the scheduler and the worker's own threads need the second core.
 """
 
 from __future__ import annotations
@@ -77,8 +79,9 @@ def calibrate(model, candidates: list[int] | None = None, repeats: int = 5) -> i
 
 @dataclass
 class StepThreads:
-    """OpenMP threads by the size of a step: `small` for the hundreds of tiny ops of a step
-    with few tokens (each op is an OpenMP barrier), `large` from `large_from_tokens` tokens.
+    """OpenMP threads by the size of the work: `small` for the hundreds of tiny ops of a step
+    with few tokens (each op is an OpenMP barrier); `large` for a step from
+    `large_from_tokens` tokens, and for every step's vocabulary projection (and its sampling).
 
     In the packed modes the thread count never changes a result (the kernels split rows and
     output columns across threads, not a reduction), so exact resume holds across the switch

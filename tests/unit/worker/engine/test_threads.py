@@ -35,24 +35,27 @@ def _real_int4_engine(model_dir, **config) -> LLMEngine:
 
 
 @needs_two_cores
-def test_auto_threads_run_big_steps_on_every_core(model_dir, tokenizer):
+def test_auto_threads_run_big_work_on_every_core(model_dir, tokenizer):
     engine = _real_int4_engine(model_dir, num_threads="auto")
-    policy = engine.runner.model.threads
+    model = engine.runner.model
+    policy = model.threads
     assert policy is not None and policy.large == threads.usable_cores()
-    seen = []
-    forward = engine.runner.model.forward
+    seen = []  # (rows, threads, is the vocabulary projection) per matmul
+    mm = model._mm
 
-    def spy(input_ids, *args):
-        out = forward(input_ids, *args)
-        seen.append((input_ids.shape[0], torch.get_num_threads()))
-        return out
+    def spy(x, w, bias=None):
+        seen.append((x.shape[0], torch.get_num_threads(), w is model.lm_head))
+        return mm(x, w, bias)
 
-    engine.runner.model.forward = spy
+    model._mm = spy
     engine.add_request(EngineRequest("a", chat_ids(tokenizer, PROMPTS[0]), greedy(3)))
     while engine.has_unfinished():
         engine.step()
-    assert seen[0][0] >= policy.large_from_tokens and seen[0][1] == policy.large  # the prompt
-    assert seen[-1] == (1, policy.small)  # a decode step
+    prompt_rows = seen[0][0]
+    assert prompt_rows >= policy.large_from_tokens
+    layers = {(rows, n) for rows, n, lm in seen if not lm}
+    assert layers == {(prompt_rows, policy.large), (1, policy.small)}  # the prompt, then decodes
+    assert {(rows, n) for rows, n, lm in seen if lm} == {(1, policy.large)}
 
 
 @needs_two_cores
