@@ -54,8 +54,9 @@ class WorkerSettings(ServiceSettings):
     max_num_seqs: int = Field(64, ge=1, description="Most sequences in the running batch.")
     max_num_batched_tokens: int = Field(512, ge=1, description="Token budget per engine step.")
     num_threads: int | None = Field(
-        None, ge=1, description="torch threads on CPU; unset: measured at start (each count from 1 to the "
-        "usable cores runs a decode-sized pass, the fastest wins; engine/threads.py).")
+        None, ge=1, description="torch threads on CPU; unset: measured at start for small steps (each count "
+        "from 1 to one less than the usable cores runs a decode-sized pass, the fastest wins), every usable core "
+        "for big steps and the vocabulary projection (engine/threads.py).")
     max_backlog: int = Field(
         16, ge=1, description="Requests read from the stream but not yet running, at most."
     )

@@ -67,8 +67,9 @@ class EngineConfig:
 
     num_threads: int | str | None = None
     """torch intra-op threads on CPU. None: leave torch's default. `"auto"`: time a decode-sized
-    pass of the model at each thread count up to the usable cores once loaded and keep the
-    fastest (`threads.py`; the worker's default)."""
+    pass of the model at each thread count up to one less than the usable cores once loaded and
+    keep the fastest for small steps; big steps and the vocabulary projection use every core
+    (`threads.py`; the worker's default)."""
 
     tune_malloc: bool = True
     """On CPU (glibc), make the allocator keep and reuse freed memory (see

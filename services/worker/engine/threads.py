@@ -14,6 +14,8 @@ at one row) and to every op of a step with many tokens (16 decodes, a prefill ch
 Measured through the whole stack on 2 cores: 1 stream 40.3 -> 46.3 tok/s, 16 streams
 124.8 -> 154.8; all of a small step on 2 threads was slower there (1 stream 29.9 tok/s),
 because the gateway, the scheduler and the worker's own threads need the second core.
+So the calibrated small-step count leaves one core free (on 2 cores: 1 thread); the start-up
+measurement alone sometimes chose 2 on an idle box, and 1 stream fell to ~30 tok/s.
 """
 
 from __future__ import annotations
