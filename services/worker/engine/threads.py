@@ -11,8 +11,8 @@ choice does not follow the load afterwards (set `num_threads` to pin it).
 That count is for small steps. Big work pays for its barriers, so `StepThreads` gives every
 usable core to the vocabulary projection of every step (28 MB of int8 weights: 4.2 -> 2.8 ms
 at one row) and to every op of a step with many tokens (16 decodes, a prefill chunk).
-Measured through the whole stack on 2 cores: 1 stream 40.3 -> 46.3 tok/s, 16 streams
-124.8 -> 154.8; all of a small step on 2 threads was slower there (1 stream 29.9 tok/s),
+Measured through the whole stack on 2 cores, one run: 16 streams 114 -> 138 tok/s, 1 stream
+38.7 -> 40.5; all of a small step on 2 threads was slower there (1 stream 29.9 tok/s),
 because the gateway, the scheduler and the worker's own threads need the second core.
 So the calibrated small-step count leaves one core free (on 2 cores: 1 thread); the start-up
 measurement alone sometimes chose 2 on an idle box, and 1 stream fell to ~30 tok/s.
