@@ -87,10 +87,8 @@ def load_engine_parts(config: EngineConfig, hf_model=None, tokenizer=None) -> En
         runner = _build_paged_runner(config, hf_model, device, dtype, context_len, tokenizer, weights)
         del hf_model  # the fast path copied what it needs
         if device.type == "cpu" and config.num_threads == "auto":
-            cores = threads.usable_cores()
-            # Small steps leave a core to the worker's own threads and to co-located services.
-            small = threads.calibrate(runner.model, list(range(1, max(1, cores - 1) + 1)))
-            runner.model.threads = threads.StepThreads(small, cores)
+            small = threads.calibrate(runner.model, threads.small_step_candidates())
+            runner.model.threads = threads.StepThreads(small, threads.usable_cores())
         prefix = config.enable_prefix_caching
     else:
         log.info("model type %s: using the transformers fallback path", hf_model.config.model_type)

@@ -53,6 +53,12 @@ def decode_pass(model) -> None:
         model._mm(x, model.lm_head)
 
 
+def small_step_candidates() -> list[int]:
+    """Thread counts tried for small steps: 1 to one less than the usable cores (at least 1,
+    at most 8), so a core stays free for the worker's own threads and co-located services."""
+    return list(range(1, min(max(1, usable_cores() - 1), 8) + 1))
+
+
 def measure(model, candidates: list[int] | None = None, repeats: int = 5) -> dict[int, float]:
     """Median seconds of `decode_pass` at each thread count (default 1..usable cores, at most 8)."""
     candidates = candidates or list(range(1, min(usable_cores(), 8) + 1))

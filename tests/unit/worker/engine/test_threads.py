@@ -27,6 +27,12 @@ def test_small_steps_get_the_small_count_and_big_steps_every_core():
         torch.set_num_threads(before)
 
 
+def test_small_step_candidates_leave_a_core_free(monkeypatch):
+    for cores, expected in ((1, [1]), (2, [1]), (4, [1, 2, 3]), (32, list(range(1, 9)))):
+        monkeypatch.setattr(threads, "usable_cores", lambda cores=cores: cores)
+        assert threads.small_step_candidates() == expected, cores
+
+
 def _real_int4_engine(model_dir, **config) -> LLMEngine:
     if source_gguf(model_dir) is None:
         pytest.skip("the bundled GGUF is not installed")
